@@ -1,0 +1,298 @@
+//! Configuration: a raw parse of flags and environment variables
+//! ([`RawArgs`], clap), then one validation step into [`Config`]. Nothing is
+//! re-validated after start-up; tests build a [`Config`] directly.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::event_log::RetentionLimits;
+use crate::ids::Principal;
+
+/// Flags as typed, each with an environment fallback.
+#[derive(Debug, Parser)]
+#[command(
+    name = "arcp-gateway",
+    version,
+    about = "A resumable ARCP v1.1 gateway over HTTP and Server-Sent Events"
+)]
+pub struct RawArgs {
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    #[arg(long, env = "ARCP_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// An api token as PRINCIPAL:API_TOKEN (repeatable). Without any, a `dev`
+    /// principal is created and its token printed at start-up.
+    #[arg(
+        long = "token",
+        env = "ARCP_GATEWAY_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub tokens: Vec<String>,
+
+    /// Resume-token signing secret (repeatable): the first signs, all verify.
+    /// Without any, one is generated and tokens do not survive a restart.
+    #[arg(
+        long = "secret",
+        env = "ARCP_GATEWAY_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub secrets: Vec<String>,
+
+    /// How long a session stays resumable after its last stream disconnected.
+    #[arg(long, env = "ARCP_GATEWAY_RESUME_WINDOW_SEC", default_value_t = 600)]
+    pub resume_window_sec: u64,
+
+    /// Interval of SSE keepalive comments, advertised as heartbeat_interval_sec.
+    #[arg(
+        long,
+        env = "ARCP_GATEWAY_HEARTBEAT_INTERVAL_SEC",
+        default_value_t = 15
+    )]
+    pub heartbeat_interval_sec: u64,
+
+    /// Lifetime of each resume token from the moment it is issued.
+    #[arg(long, env = "ARCP_GATEWAY_TOKEN_TTL_SEC", default_value_t = 86_400)]
+    pub token_ttl_sec: u64,
+
+    /// Reconnect delay suggested to clients in the stream's `retry:` line.
+    #[arg(long, env = "ARCP_GATEWAY_RETRY_MS", default_value_t = 2_000)]
+    pub retry_ms: u64,
+
+    /// Events retained per session before the oldest are evicted.
+    #[arg(
+        long,
+        env = "ARCP_GATEWAY_MAX_EVENTS_PER_SESSION",
+        default_value_t = 100_000
+    )]
+    pub max_events_per_session: usize,
+
+    /// Encoded bytes retained per session before the oldest events are evicted.
+    #[arg(long, env = "ARCP_GATEWAY_MAX_BYTES_PER_SESSION", default_value_t = 64 * 1024 * 1024)]
+    pub max_bytes_per_session: usize,
+
+    /// Largest accepted request body.
+    #[arg(long, env = "ARCP_GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+/// Validated configuration.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// `(principal, api token)` pairs.
+    pub api_tokens: Vec<(Principal, String)>,
+    /// Set when no token was configured and a `dev` one was generated.
+    pub generated_dev_token: Option<String>,
+    /// Signing secrets; the first signs.
+    pub secrets: Vec<Vec<u8>>,
+    pub secret_was_generated: bool,
+    pub resume_window: Duration,
+    pub heartbeat_interval: Duration,
+    pub token_ttl: Duration,
+    pub retry: Duration,
+    pub retention: RetentionLimits,
+    pub max_body_bytes: usize,
+    /// How long graceful shutdown waits for connections to finish.
+    pub shutdown_grace: Duration,
+    /// How often expired sessions are swept.
+    pub sweep_interval: Duration,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const MIN_SECRET_BYTES: usize = 16;
+const MIN_API_TOKEN_BYTES: usize = 8;
+const MAX_WINDOW_SEC: u64 = 7 * 24 * 3600;
+
+fn within(name: &str, value: u64, low: u64, high: u64) -> Result<u64, ConfigError> {
+    if value < low || value > high {
+        return Err(ConfigError(format!(
+            "--{name} must be between {low} and {high} (got {value})"
+        )));
+    }
+    Ok(value)
+}
+
+impl Config {
+    /// Defaults for development and tests: a generated `dev` token and secret.
+    pub fn development() -> Config {
+        let dev_token = format!("arcp_dev_{:032x}", rand::random::<u128>());
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_tokens: vec![(Principal::new("dev"), dev_token.clone())],
+            generated_dev_token: Some(dev_token),
+            secrets: vec![generate_secret()],
+            secret_was_generated: true,
+            resume_window: Duration::from_secs(600),
+            heartbeat_interval: Duration::from_secs(15),
+            token_ttl: Duration::from_secs(86_400),
+            retry: Duration::from_millis(2_000),
+            retention: RetentionLimits {
+                max_events: 100_000,
+                max_bytes: 64 * 1024 * 1024,
+            },
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+
+    pub fn from_raw(raw: RawArgs) -> Result<Config, ConfigError> {
+        let mut config = Config::development();
+        config.listen = raw.listen.parse().map_err(|_| {
+            ConfigError(format!(
+                "--listen {:?} is not an IP:PORT address",
+                raw.listen
+            ))
+        })?;
+
+        if !raw.tokens.is_empty() {
+            config.api_tokens = parse_tokens(&raw.tokens)?;
+            config.generated_dev_token = None;
+        }
+        if !raw.secrets.is_empty() {
+            if let Some(short) = raw.secrets.iter().find(|s| s.len() < MIN_SECRET_BYTES) {
+                return Err(ConfigError(format!(
+                    "--secret values must be at least {MIN_SECRET_BYTES} bytes (one has {})",
+                    short.len()
+                )));
+            }
+            config.secrets = raw.secrets.iter().map(|s| s.as_bytes().to_vec()).collect();
+            config.secret_was_generated = false;
+        }
+        config.resume_window = Duration::from_secs(within(
+            "resume-window-sec",
+            raw.resume_window_sec,
+            1,
+            MAX_WINDOW_SEC,
+        )?);
+        config.heartbeat_interval = Duration::from_secs(within(
+            "heartbeat-interval-sec",
+            raw.heartbeat_interval_sec,
+            1,
+            3600,
+        )?);
+        config.token_ttl = Duration::from_secs(within(
+            "token-ttl-sec",
+            raw.token_ttl_sec,
+            1,
+            30 * 24 * 3600,
+        )?);
+        config.retry = Duration::from_millis(within("retry-ms", raw.retry_ms, 0, 3_600_000)?);
+        let max_events = within(
+            "max-events-per-session",
+            raw.max_events_per_session as u64,
+            1,
+            100_000_000,
+        )?;
+        let max_bytes = within(
+            "max-bytes-per-session",
+            raw.max_bytes_per_session as u64,
+            1024,
+            1 << 40,
+        )?;
+        config.retention = RetentionLimits {
+            max_events: max_events as usize,
+            max_bytes: max_bytes as usize,
+        };
+        config.max_body_bytes = within(
+            "max-body-bytes",
+            raw.max_body_bytes as u64,
+            1024,
+            256 * 1024 * 1024,
+        )? as usize;
+        Ok(config)
+    }
+}
+
+fn parse_tokens(specs: &[String]) -> Result<Vec<(Principal, String)>, ConfigError> {
+    let mut pairs: Vec<(Principal, String)> = Vec::new();
+    for spec in specs {
+        let Some((principal, token)) = spec.split_once(':') else {
+            return Err(ConfigError(
+                "--token must look like PRINCIPAL:API_TOKEN".into(),
+            ));
+        };
+        let principal = principal.trim();
+        if principal.is_empty() {
+            return Err(ConfigError(
+                "--token needs a principal name before the ':'".into(),
+            ));
+        }
+        if token.len() < MIN_API_TOKEN_BYTES {
+            return Err(ConfigError(format!(
+                "the api token for principal {principal:?} must be at least {MIN_API_TOKEN_BYTES} bytes"
+            )));
+        }
+        if pairs.iter().any(|(_, existing)| existing == token) {
+            return Err(ConfigError(format!(
+                "the api token for principal {principal:?} is already used by another principal"
+            )));
+        }
+        pairs.push((Principal::new(principal), token.to_owned()));
+    }
+    Ok(pairs)
+}
+
+fn generate_secret() -> Vec<u8> {
+    rand::random::<[u8; 32]>().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(args: &[&str]) -> RawArgs {
+        let mut all = vec!["arcp-gateway"];
+        all.extend_from_slice(args);
+        RawArgs::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn defaults_create_a_dev_principal_and_a_generated_secret() {
+        let config = Config::from_raw(raw(&[])).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.api_tokens.len(), 1);
+        assert_eq!(config.api_tokens[0].0, Principal::new("dev"));
+        assert!(config.generated_dev_token.is_some());
+        assert!(config.secret_was_generated);
+    }
+
+    #[test]
+    fn tokens_and_secrets_are_validated() {
+        let config = Config::from_raw(raw(&[
+            "--token",
+            "alice:alice-token-1",
+            "--token",
+            "bob:bob-token-22",
+            "--secret",
+            "0123456789abcdef0123",
+        ]))
+        .unwrap();
+        assert_eq!(config.api_tokens.len(), 2);
+        assert!(config.generated_dev_token.is_none());
+        assert!(!config.secret_was_generated);
+
+        assert!(Config::from_raw(raw(&["--token", "nocolon"])).is_err());
+        assert!(Config::from_raw(raw(&["--token", "a:short"])).is_err());
+        assert!(
+            Config::from_raw(raw(&["--token", "a:same-token", "--token", "b:same-token"])).is_err()
+        );
+        assert!(Config::from_raw(raw(&["--secret", "tooshort"])).is_err());
+        assert!(Config::from_raw(raw(&["--resume-window-sec", "0"])).is_err());
+        assert!(Config::from_raw(raw(&["--listen", "nowhere"])).is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! The per-session event log: the single source of truth for what a session's
+//! stream carries (§8.3).
+//!
+//! Jobs append; SSE readers only read. Each session has its own sequence that
+//! starts at 1 and grows by exactly one per appended event, so a reader that
+//! holds a cursor can never see a gap or a duplicate. Every entry keeps its
+//! encoded wire frame, so replay writes stored bytes and never re-serializes
+//! JSON.
+//!
+//! The trait is synchronous on purpose: appends and reads are short critical
+//! sections, never held across an `.await`. Readers learn about new entries
+//! through a `watch` channel carrying the newest sequence number.
+
+pub mod memory;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::ids::{EventSeq, JobId, SessionId};
+
+pub use memory::MemoryEventLog;
+
+/// An event before the log has given it a sequence number.
+#[derive(Clone, Debug)]
+pub struct EventDraft {
+    /// Envelope `type`: `job.event`, `job.result` or `job.error`.
+    pub message_type: &'static str,
+    pub job_id: JobId,
+    pub trace_id: Option<String>,
+    pub payload: Value,
+}
+
+/// Turns a sequenced draft into the bytes readers will write. The log calls it
+/// once per append, under the session's lock, so sequence and frame agree.
+pub type FrameEncoder = fn(session_id: &SessionId, seq: EventSeq, draft: &EventDraft) -> Bytes;
+
+/// One stored event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    pub seq: EventSeq,
+    pub frame: Bytes,
+}
+
+/// The range a cursor may take: `floor <= cursor <= newest`. Events
+/// `floor + 1 ..= newest` are retained; anything at or below `floor` was
+/// evicted or acknowledged away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogBounds {
+    pub floor: EventSeq,
+    pub newest: EventSeq,
+}
+
+/// Per-session retention limits. When either is exceeded the oldest events
+/// are evicted and the floor rises; memory stays bounded whatever clients do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+}
+
+/// A cap on one read, so a replay is written in large chunks of bounded size.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadLimit {
+    pub max_entries: usize,
+    pub max_bytes: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventLogError {
+    /// No log for this session (never created, or removed).
+    UnknownSession,
+    /// The session's log already exists.
+    SessionExists,
+    /// The cursor is below the floor: those events are gone.
+    CursorEvicted { floor: EventSeq },
+    /// The cursor is beyond the newest event.
+    CursorAhead { newest: EventSeq },
+}
+
+impl std::fmt::Display for EventLogError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventLogError::UnknownSession => write!(formatter, "no event log for this session"),
+            EventLogError::SessionExists => write!(formatter, "event log already exists"),
+            EventLogError::CursorEvicted { floor } => {
+                write!(formatter, "events up to {floor} are no longer retained")
+            }
+            EventLogError::CursorAhead { newest } => {
+                write!(formatter, "cursor is beyond the newest event ({newest})")
+            }
+        }
+    }
+}
+
+/// A backend for per-session event logs. The in-memory backend ships today;
+/// durable and distributed ones implement the same contract, checked by the
+/// shared conformance suite in `tests/it/event_log.rs`.
+pub trait EventLog: Send + Sync + 'static {
+    /// Creates an empty log for a new session.
+    fn create(&self, session_id: &SessionId) -> Result<(), EventLogError>;
+
+    /// Assigns the next sequence number, encodes the frame and stores it.
+    /// May evict the oldest entries to respect the retention limits.
+    fn append(&self, session_id: &SessionId, draft: &EventDraft)
+        -> Result<EventSeq, EventLogError>;
+
+    /// Entries with `seq > after`, oldest first, within `limit`. An empty
+    /// result means the reader is caught up.
+    fn read_after(
+        &self,
+        session_id: &SessionId,
+        after: EventSeq,
+        limit: ReadLimit,
+    ) -> Result<Vec<LogEntry>, EventLogError>;
+
+    fn bounds(&self, session_id: &SessionId) -> Result<LogBounds, EventLogError>;
+
+    /// Frees every entry with `seq <= up_to` (acknowledged, §6.5) and raises
+    /// the floor. Going backwards is a no-op.
+    fn release_through(
+        &self,
+        session_id: &SessionId,
+        up_to: EventSeq,
+    ) -> Result<LogBounds, EventLogError>;
+
+    /// A receiver whose value is the newest sequence number. Closed once the
+    /// session's log is removed.
+    fn watch_newest(
+        &self,
+        session_id: &SessionId,
+    ) -> Result<watch::Receiver<EventSeq>, EventLogError>;
+
+    /// Drops the session's log; readers see their watch close.
+    fn remove(&self, session_id: &SessionId);
+}

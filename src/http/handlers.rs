@@ -1,0 +1,704 @@
+//! One function per route. Handlers turn requests into calls on sessions,
+//! jobs and the log, and results into envelopes; they hold no lock across an
+//! `.await`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
+use hyper::http::request::Parts;
+use hyper::{Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use time::OffsetDateTime;
+
+use super::body::{json_response, read_json, ResponseBody};
+use super::credentials::{
+    authenticate_for_session, bearer_token, is_resume_token, now_unix, resume_cookie, token_error,
+    Caller, Query,
+};
+use super::error::{cursor_error, ApiError};
+use super::sse::{encode_retry, encode_unsequenced_event, open_stream, StreamPlan};
+use crate::auth::ResumeClaims;
+use crate::event_log::EventLogError;
+use crate::ids::{EventSeq, JobId, Principal, SessionId};
+use crate::jobs::agents::AgentResolveError;
+use crate::jobs::{runner, Job, JobSpec, Registration};
+use crate::protocol::{now_rfc3339, parse_utc_timestamp, Envelope};
+use crate::session::Session;
+use crate::state::{AppState, RUNTIME_FEATURES};
+
+/// The longest accepted `max_runtime_sec`: one week.
+const MAX_RUNTIME_SEC: u64 = 7 * 24 * 3600;
+
+pub fn healthz() -> Response<ResponseBody> {
+    json_response(StatusCode::OK, &json!({ "status": "ok" }))
+}
+
+/// `GET /v1/agents`: the inventory (§7.5).
+pub fn list_agents(state: &AppState, parts: &Parts) -> Result<Response<ResponseBody>, ApiError> {
+    authenticate_api_token(state, parts, None)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "agents": state.agents.inventory() }),
+    ))
+}
+
+/// Accepts a bare payload or a whole envelope of the expected `type` (§5);
+/// returns the payload and the envelope's `trace_id`, if any.
+fn unwrap_envelope(body: Value, expected_type: &str) -> Result<(Value, Option<String>), ApiError> {
+    let Value::Object(mut object) = body else {
+        if body.is_null() {
+            return Ok((Value::Null, None));
+        }
+        return Err(ApiError::InvalidRequest(
+            "request body must be a JSON object".into(),
+        ));
+    };
+    let is_envelope = object.contains_key("payload") && object.contains_key("type");
+    if !is_envelope {
+        return Ok((Value::Object(object), None));
+    }
+    if object.get("type").and_then(Value::as_str) != Some(expected_type) {
+        return Err(ApiError::InvalidRequest(format!(
+            "envelope type must be {expected_type:?}"
+        )));
+    }
+    let trace_id = object
+        .get("trace_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok((object.remove("payload").unwrap_or(Value::Null), trace_id))
+}
+
+fn parse_payload<T: for<'de> Deserialize<'de>>(payload: Value, what: &str) -> Result<T, ApiError> {
+    let payload = if payload.is_null() {
+        Value::Object(Map::new())
+    } else {
+        payload
+    };
+    serde_json::from_value(payload)
+        .map_err(|error| ApiError::InvalidRequest(format!("invalid {what}: {error}")))
+}
+
+/// The principal of an api token in `Authorization`, or in the hello's
+/// `payload.auth.token` (§6.1).
+fn authenticate_api_token(
+    state: &AppState,
+    parts: &Parts,
+    payload_token: Option<&str>,
+) -> Result<Principal, ApiError> {
+    let token = match bearer_token(parts)? {
+        Some(token) => token,
+        None => payload_token.ok_or_else(|| {
+            ApiError::Unauthenticated("missing api token (Authorization: Bearer)".into())
+        })?,
+    };
+    if is_resume_token(token) {
+        return Err(ApiError::Unauthenticated(
+            "an api token is required here, not a resume token".into(),
+        ));
+    }
+    state
+        .api_tokens
+        .authenticate(token)
+        .ok_or_else(|| ApiError::Unauthenticated("unknown api token".into()))
+}
+
+#[derive(Deserialize, Default)]
+struct HelloPayload {
+    #[serde(default)]
+    auth: Option<HelloAuth>,
+    #[serde(default)]
+    capabilities: Option<HelloCapabilities>,
+}
+
+#[derive(Deserialize)]
+struct HelloAuth {
+    #[serde(default)]
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HelloCapabilities {
+    #[serde(default)]
+    encodings: Option<Vec<String>>,
+    #[serde(default)]
+    features: Option<Vec<String>>,
+}
+
+/// The `session.welcome` envelope (§6.2) with a freshly signed token.
+fn welcome(
+    state: &AppState,
+    session: &Session,
+    generation: u64,
+    newest: EventSeq,
+) -> (Value, String) {
+    let claims = ResumeClaims {
+        session_id: session.id.clone(),
+        principal: session.principal.clone(),
+        generation,
+        expires_at_unix: now_unix() + state.config.token_ttl.as_secs(),
+    };
+    let token = state.token_keys.sign(&claims);
+    let payload = json!({
+        "runtime": { "name": "arcp-gateway", "version": env!("CARGO_PKG_VERSION") },
+        "resume_token": token,
+        "resume_window_sec": state.config.resume_window.as_secs(),
+        "heartbeat_interval_sec": state.config.heartbeat_interval.as_secs(),
+        "capabilities": {
+            "encodings": ["json"],
+            "features": session.features,
+            "agents": state.agents.inventory(),
+        },
+        "last_event_seq": newest,
+    });
+    let envelope = Envelope::new("session.welcome", &session.id, &payload).to_value();
+    (envelope, token)
+}
+
+fn with_cookie(
+    mut response: Response<ResponseBody>,
+    state: &AppState,
+    session_id: &SessionId,
+    token: &str,
+) -> Response<ResponseBody> {
+    let cookie = resume_cookie(session_id, token, state.config.token_ttl.as_secs());
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
+    response
+}
+
+/// `POST /v1/sessions`: `session.hello` -> `session.welcome` (§6.2).
+pub async fn create_session(
+    state: &AppState,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let body = read_json(body, state.config.max_body_bytes).await?;
+    let (payload, _) = unwrap_envelope(body, "session.hello")?;
+    let hello: HelloPayload = parse_payload(payload, "session.hello payload")?;
+    let payload_token = hello.auth.as_ref().and_then(|auth| auth.token.as_deref());
+    let principal = authenticate_api_token(state, parts, payload_token)?;
+
+    let capabilities = hello.capabilities.unwrap_or(HelloCapabilities {
+        encodings: None,
+        features: None,
+    });
+    if let Some(encodings) = &capabilities.encodings {
+        if !encodings.iter().any(|encoding| encoding == "json") {
+            return Err(ApiError::InvalidRequest(
+                "this runtime only speaks the json encoding".into(),
+            ));
+        }
+    }
+    // §6.2: the effective set is the intersection. A client that lists no
+    // features (curl) gets every runtime feature.
+    let features: Vec<String> = RUNTIME_FEATURES
+        .iter()
+        .filter(|feature| {
+            capabilities
+                .features
+                .as_ref()
+                .is_none_or(|asked| asked.iter().any(|f| f == *feature))
+        })
+        .map(|feature| (*feature).to_owned())
+        .collect();
+
+    let session = Arc::new(Session::new(
+        SessionId::generate(),
+        principal,
+        features,
+        now_rfc3339(),
+    ));
+    state
+        .log
+        .create(&session.id)
+        .map_err(|_| ApiError::InvalidRequest("session id collision; retry".into()))?;
+    state.sessions.insert(session.clone());
+    let generation = session.welcome_new().generation;
+    let (envelope, token) = welcome(state, &session, generation, 0);
+    tracing::info!(session = %session.id, principal = %session.principal, "session created");
+    let response = json_response(StatusCode::CREATED, &envelope);
+    Ok(with_cookie(response, state, &session.id, &token))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResumePayload {
+    resume_token: String,
+    #[serde(default)]
+    last_event_seq: Option<EventSeq>,
+}
+
+/// Looks a session up for a caller; a session of another principal is
+/// refused, and a signed token for a session that is gone means its window
+/// passed.
+fn session_for(
+    state: &AppState,
+    caller: &Caller,
+    session_id: &SessionId,
+) -> Result<Arc<Session>, ApiError> {
+    let Some(session) = state.sessions.get(session_id) else {
+        if caller.resume.is_some() {
+            return Err(ApiError::ResumeWindowExpired(
+                "the session's resume window has passed".into(),
+            ));
+        }
+        return Err(ApiError::SessionNotFound);
+    };
+    if session.principal != caller.principal {
+        return Err(ApiError::PermissionDenied(
+            "the session belongs to another principal".into(),
+        ));
+    }
+    if let Some(claims) = &caller.resume {
+        session.check_generation(claims.generation, state.config.resume_window)?;
+    } else if session.window_expired(state.config.resume_window, std::time::Instant::now()) {
+        return Err(ApiError::ResumeWindowExpired(
+            "the session's resume window has passed".into(),
+        ));
+    }
+    Ok(session)
+}
+
+/// Checks a client's cursor against the session's log.
+fn check_cursor(
+    state: &AppState,
+    session_id: &SessionId,
+    cursor: EventSeq,
+) -> Result<EventSeq, ApiError> {
+    let bounds = state.log.bounds(session_id).map_err(cursor_error)?;
+    if cursor < bounds.floor {
+        return Err(cursor_error(EventLogError::CursorEvicted {
+            floor: bounds.floor,
+        }));
+    }
+    if cursor > bounds.newest {
+        return Err(cursor_error(EventLogError::CursorAhead {
+            newest: bounds.newest,
+        }));
+    }
+    Ok(bounds.newest)
+}
+
+/// `POST /v1/sessions/resume`: `session.resume` (§6.3) without a stream.
+pub async fn resume_session(
+    state: &AppState,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let body = read_json(body, state.config.max_body_bytes).await?;
+    let (payload, _) = unwrap_envelope(body, "session.resume")?;
+    let resume: ResumePayload = parse_payload(payload, "session.resume payload")?;
+    let claims = state
+        .token_keys
+        .verify(&resume.resume_token, now_unix())
+        .map_err(token_error)?;
+    if let Some(token) = bearer_token(parts)? {
+        if !is_resume_token(token) {
+            let principal = state
+                .api_tokens
+                .authenticate(token)
+                .ok_or_else(|| ApiError::Unauthenticated("unknown api token".into()))?;
+            if principal != claims.principal {
+                return Err(ApiError::PermissionDenied(
+                    "the resume token belongs to a different principal than the api token".into(),
+                ));
+            }
+        }
+    }
+    let session_id = claims.session_id.clone();
+    let caller = Caller {
+        principal: claims.principal.clone(),
+        resume: Some(claims),
+    };
+    let session = session_for(state, &caller, &session_id)?;
+    let newest = match resume.last_event_seq {
+        Some(cursor) => check_cursor(state, &session_id, cursor)?,
+        None => state.log.bounds(&session_id).map_err(cursor_error)?.newest,
+    };
+    let presented = caller.resume.as_ref().map(|claims| claims.generation);
+    let generation = session
+        .resume(presented, state.config.resume_window)?
+        .generation;
+    let (envelope, token) = welcome(state, &session, generation, newest);
+    tracing::info!(session = %session.id, "session resumed");
+    Ok(with_cookie(
+        json_response(StatusCode::OK, &envelope),
+        state,
+        &session.id,
+        &token,
+    ))
+}
+
+/// The client's cursor: `Last-Event-ID`, else `last_event_seq`, else none
+/// (replay everything retained).
+fn requested_cursor(parts: &Parts, query: &Query) -> Result<Option<EventSeq>, ApiError> {
+    let header = parts.headers.get("last-event-id").map(|value| {
+        value
+            .to_str()
+            .map_err(|_| ApiError::InvalidRequest("Last-Event-ID is not valid text".into()))
+            .map(str::trim)
+            .map(str::to_owned)
+    });
+    let text = match header {
+        Some(Ok(text)) if !text.is_empty() => Some(text),
+        Some(Err(error)) => return Err(error),
+        _ => query.last_event_seq.clone(),
+    };
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    text.parse::<EventSeq>().map(Some).map_err(|_| {
+        ApiError::InvalidRequest(format!(
+            "event cursor {text:?} is not a non-negative integer"
+        ))
+    })
+}
+
+/// `GET /v1/sessions/{id}/events`: the session's SSE stream.
+pub fn session_events(
+    state: &Arc<AppState>,
+    parts: &Parts,
+    session_id: &SessionId,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let query = Query::parse(parts.uri.query());
+    let caller = authenticate_for_session(state, parts, &query, session_id)?;
+    let session = session_for(state, &caller, session_id)?;
+    let cursor = match requested_cursor(parts, &query)? {
+        Some(cursor) => {
+            check_cursor(state, session_id, cursor)?;
+            cursor
+        }
+        None => state.log.bounds(session_id).map_err(cursor_error)?.floor,
+    };
+    let presented = caller.resume.as_ref().map(|claims| claims.generation);
+    let (stream_id, welcome_issued) =
+        session.attach_stream(presented, state.config.resume_window)?;
+    let newest = state
+        .log
+        .bounds(session_id)
+        .map(|b| b.newest)
+        .unwrap_or(cursor);
+    let (envelope, token) = welcome(state, &session, welcome_issued.generation, newest);
+    let envelope_bytes = serde_json::to_vec(&envelope).unwrap_or_default();
+    let mut prelude = encode_retry(state.config.retry).to_vec();
+    prelude.extend_from_slice(&encode_unsequenced_event(
+        "session.welcome",
+        &envelope_bytes,
+    ));
+    tracing::info!(session = %session.id, cursor, "stream attached");
+
+    let body = open_stream(StreamPlan {
+        log: state.log.clone(),
+        session: session.clone(),
+        stream_id,
+        cursor,
+        prelude: prelude.into(),
+        heartbeat: state.config.heartbeat_interval,
+        shutdown: state.shutdown.clone(),
+    });
+    let mut response = Response::new(http_body_util::BodyExt::boxed(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(with_cookie(response, state, session_id, &token))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobSubmitPayload {
+    agent: String,
+    #[serde(default)]
+    input: Value,
+    #[serde(default)]
+    lease_request: Option<Map<String, Value>>,
+    #[serde(default)]
+    lease_constraints: Option<LeaseConstraints>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    max_runtime_sec: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseConstraints {
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+/// A lease namespace: dot-separated lowercase words (§9.2).
+fn is_valid_namespace(namespace: &str) -> bool {
+    !namespace.is_empty()
+        && namespace.len() <= 64
+        && namespace.split('.').all(|word| {
+            let mut bytes = word.bytes();
+            bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+                && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
+
+/// `amount ::= currency ":" decimal` (§9.6).
+fn is_valid_budget_amount(amount: &str) -> bool {
+    let Some((currency, decimal)) = amount.split_once(':') else {
+        return false;
+    };
+    let (whole, fraction) = match decimal.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (decimal, None),
+    };
+    let digits = |text: &str| {
+        !text.is_empty() && text.len() <= 18 && text.bytes().all(|b| b.is_ascii_digit())
+    };
+    !currency.is_empty()
+        && currency.len() <= 16
+        && currency
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && digits(whole)
+        && fraction.is_none_or(digits)
+}
+
+/// Validates `lease_request` (§9.2) and returns it as the effective lease.
+fn effective_lease(request: Option<Map<String, Value>>) -> Result<Value, ApiError> {
+    let Some(request) = request else {
+        return Ok(json!({}));
+    };
+    for (namespace, patterns) in &request {
+        if !is_valid_namespace(namespace) {
+            return Err(ApiError::InvalidRequest(format!(
+                "lease namespace {namespace:?} is not valid"
+            )));
+        }
+        let Some(patterns) = patterns.as_array() else {
+            return Err(ApiError::InvalidRequest(format!(
+                "lease_request.{namespace} must be an array of strings"
+            )));
+        };
+        for pattern in patterns {
+            let Some(pattern) = pattern
+                .as_str()
+                .filter(|p| !p.is_empty() && p.len() <= 1024)
+            else {
+                return Err(ApiError::InvalidRequest(format!(
+                    "lease_request.{namespace} must hold non-empty strings"
+                )));
+            };
+            if namespace == "cost.budget" && !is_valid_budget_amount(pattern) {
+                return Err(ApiError::InvalidRequest(format!(
+                    "cost.budget amount {pattern:?} must look like CURRENCY:DECIMAL"
+                )));
+            }
+        }
+    }
+    Ok(Value::Object(request))
+}
+
+/// The trace id from a W3C `traceparent` header (§11), if it is valid.
+fn trace_id_from_traceparent(parts: &Parts) -> Option<String> {
+    let header = parts.headers.get("traceparent")?.to_str().ok()?;
+    let fields: Vec<&str> = header.trim().split('-').collect();
+    let [version, trace_id, parent_id, flags] = fields.as_slice() else {
+        return None;
+    };
+    let is_hex = |text: &str, length: usize| {
+        text.len() == length
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = is_hex(version, 2)
+        && *version != "ff"
+        && is_hex(trace_id, 32)
+        && trace_id.bytes().any(|b| b != b'0')
+        && is_hex(parent_id, 16)
+        && parent_id.bytes().any(|b| b != b'0')
+        && is_hex(flags, 2);
+    valid.then(|| (*trace_id).to_owned())
+}
+
+fn agent_error(error: AgentResolveError) -> ApiError {
+    match error {
+        AgentResolveError::InvalidName(name) => ApiError::InvalidRequest(format!(
+            "agent {name:?} does not match name[@version] (§7.5)"
+        )),
+        AgentResolveError::NotAvailable(name) => ApiError::AgentNotAvailable(name),
+        AgentResolveError::VersionNotAvailable { name, version } => {
+            ApiError::AgentVersionNotAvailable(format!("{name}@{version}"))
+        }
+    }
+}
+
+/// `POST /v1/sessions/{id}/jobs`: `job.submit` -> `job.accepted` (§7.1).
+pub async fn submit_job(
+    state: &AppState,
+    parts: &Parts,
+    body: Incoming,
+    session_id: &SessionId,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let query = Query::parse(parts.uri.query());
+    let caller = authenticate_for_session(state, parts, &query, session_id)?;
+    let session = session_for(state, &caller, session_id)?;
+    let body = read_json(body, state.config.max_body_bytes).await?;
+    let (payload, envelope_trace_id) = unwrap_envelope(body, "job.submit")?;
+    let submit: JobSubmitPayload = parse_payload(payload, "job.submit payload")?;
+
+    let resolved = state.agents.resolve(&submit.agent).map_err(agent_error)?;
+    resolved
+        .agent
+        .validate_input(&submit.input)
+        .map_err(ApiError::InvalidRequest)?;
+    let lease = effective_lease(submit.lease_request.clone())?;
+    let (lease_constraints, lease_expires_at) = match &submit.lease_constraints {
+        None => (None, None),
+        Some(constraints) => match &constraints.expires_at {
+            None => (Some(json!({})), None),
+            Some(text) => {
+                let at = parse_utc_timestamp(text).ok_or_else(|| {
+                    ApiError::InvalidRequest(
+                        "lease_constraints.expires_at must be an RFC 3339 UTC time ending in Z"
+                            .into(),
+                    )
+                })?;
+                if at <= OffsetDateTime::now_utc() {
+                    return Err(ApiError::InvalidRequest(
+                        "lease_constraints.expires_at must be in the future".into(),
+                    ));
+                }
+                (Some(json!({ "expires_at": text })), Some(at))
+            }
+        },
+    };
+    let max_runtime = match submit.max_runtime_sec {
+        None => None,
+        Some(seconds) if (1..=MAX_RUNTIME_SEC).contains(&seconds) => {
+            Some(Duration::from_secs(seconds))
+        }
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "max_runtime_sec must be 1..={MAX_RUNTIME_SEC}"
+            )));
+        }
+    };
+    if let Some(key) = &submit.idempotency_key {
+        if key.is_empty() || key.len() > 256 {
+            return Err(ApiError::InvalidRequest(
+                "idempotency_key must be 1..=256 bytes".into(),
+            ));
+        }
+    }
+    let trace_id = trace_id_from_traceparent(parts)
+        .or(envelope_trace_id.filter(|t| !t.is_empty() && t.len() <= 128))
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let fingerprint = json!({
+        "agent": resolved.qualified_name,
+        "input": submit.input,
+        "lease_request": lease,
+        "lease_constraints": lease_constraints,
+        "max_runtime_sec": submit.max_runtime_sec,
+    });
+    let spec = JobSpec {
+        id: JobId::generate(),
+        session_id: session.id.clone(),
+        principal: session.principal.clone(),
+        agent: resolved.qualified_name.clone(),
+        input: submit.input,
+        lease,
+        lease_constraints,
+        lease_expires_at,
+        max_runtime,
+        trace_id,
+        created_at: now_rfc3339(),
+        fingerprint,
+    };
+    let job = match state.jobs.register(
+        Job::new(spec, state.log.clone()),
+        submit.idempotency_key.as_deref(),
+    ) {
+        Registration::Accepted(job) => {
+            runner::start(job.clone(), resolved.agent);
+            tracing::info!(session = %session.id, job = %job.spec.id, agent = %job.spec.agent, "job accepted");
+            job
+        }
+        Registration::Repeated(job) => job,
+        Registration::ConflictingKey => return Err(ApiError::DuplicateKey),
+    };
+    let mut envelope = Envelope::new("job.accepted", &session.id, &job.accepted_payload);
+    envelope.job_id = Some(&job.spec.id);
+    envelope.trace_id = Some(&job.spec.trace_id);
+    Ok(json_response(StatusCode::ACCEPTED, &envelope))
+}
+
+/// A job the caller's principal may observe; anything else is "not found",
+/// so other principals' jobs do not leak (§6.6).
+fn visible_job(state: &AppState, caller: &Caller, job_id: &JobId) -> Result<Arc<Job>, ApiError> {
+    match state.jobs.get(job_id) {
+        Some(job) if job.spec.principal == caller.principal => Ok(job),
+        _ => Err(ApiError::JobNotFound),
+    }
+}
+
+/// `GET /v1/sessions/{id}/jobs/{job_id}`.
+pub fn get_job(
+    state: &AppState,
+    parts: &Parts,
+    session_id: &SessionId,
+    job_id: &JobId,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let query = Query::parse(parts.uri.query());
+    let caller = authenticate_for_session(state, parts, &query, session_id)?;
+    let session = session_for(state, &caller, session_id)?;
+    let job = visible_job(state, &caller, job_id)?;
+    let snapshot = job.snapshot();
+    let payload = json!({
+        "job_id": job.spec.id,
+        "agent": job.spec.agent,
+        "status": snapshot.status,
+        "lease": job.spec.lease,
+        "lease_constraints": job.spec.lease_constraints,
+        "parent_job_id": null,
+        "created_at": job.spec.created_at,
+        "trace_id": job.spec.trace_id,
+        "last_event_seq": snapshot.last_event_seq,
+        "submitted_by_this_session": job.spec.session_id == session.id,
+        "terminal": snapshot.terminal_payload,
+    });
+    let mut envelope = Envelope::new("job.status", &session.id, &payload);
+    envelope.job_id = Some(&job.spec.id);
+    Ok(json_response(StatusCode::OK, &envelope))
+}
+
+/// `POST /v1/sessions/{id}/jobs/{job_id}/cancel`: `job.cancel` (§7.4).
+pub fn cancel_job(
+    state: &AppState,
+    parts: &Parts,
+    session_id: &SessionId,
+    job_id: &JobId,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let query = Query::parse(parts.uri.query());
+    let caller = authenticate_for_session(state, parts, &query, session_id)?;
+    let session = session_for(state, &caller, session_id)?;
+    let job = visible_job(state, &caller, job_id)?;
+    if job.spec.session_id != session.id {
+        return Err(ApiError::PermissionDenied(
+            "only the submitting session may cancel a job".into(),
+        ));
+    }
+    job.cancel()
+        .map_err(|finished| ApiError::JobAlreadyTerminal {
+            status: finished.0.as_str(),
+        })?;
+    tracing::info!(session = %session.id, job = %job.spec.id, "job cancelled");
+    let payload = json!({ "job_id": job.spec.id });
+    let mut envelope = Envelope::new("job.cancelled", &session.id, &payload);
+    envelope.job_id = Some(&job.spec.id);
+    Ok(json_response(StatusCode::OK, &envelope))
+}

@@ -1,0 +1,61 @@
+//! The HTTP binding of ARCP: routing, handlers, bodies and SSE encoding.
+//! Only this module and `server` know hyper.
+
+pub mod body;
+pub mod credentials;
+pub mod error;
+pub mod handlers;
+pub mod router;
+pub mod sse;
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use self::body::{error_response, ResponseBody};
+use self::error::ApiError;
+use self::router::{match_route, RouteId, RouteMatch};
+use crate::ids::{JobId, SessionId};
+use crate::state::AppState;
+
+/// Answers one request. Never fails: every error becomes an ARCP error body.
+pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<ResponseBody> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let result = match match_route(&parts.method, &path) {
+        RouteMatch::NotFound => Err(ApiError::RouteNotFound),
+        RouteMatch::MethodNotAllowed { allowed } => Err(ApiError::MethodNotAllowed { allowed }),
+        RouteMatch::Found { id, params } => dispatch(&state, id, &params, &parts, body).await,
+    };
+    match result {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::debug!(method = %parts.method, path = %path, code = error.code().as_str(), "request refused");
+            error_response(&error)
+        }
+    }
+}
+
+/// The one routing `match`: a route id and its captured path segments to a
+/// handler.
+async fn dispatch(
+    state: &Arc<AppState>,
+    route: RouteId,
+    params: &[&str],
+    parts: &hyper::http::request::Parts,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let session_id = || SessionId::from_client(params[0]);
+    let job_id = || JobId::from_client(params[1]);
+    match route {
+        RouteId::Healthz => Ok(handlers::healthz()),
+        RouteId::ListAgents => handlers::list_agents(state, parts),
+        RouteId::CreateSession => handlers::create_session(state, parts, body).await,
+        RouteId::ResumeSession => handlers::resume_session(state, parts, body).await,
+        RouteId::SessionEvents => handlers::session_events(state, parts, &session_id()),
+        RouteId::SubmitJob => handlers::submit_job(state, parts, body, &session_id()).await,
+        RouteId::GetJob => handlers::get_job(state, parts, &session_id(), &job_id()),
+        RouteId::CancelJob => handlers::cancel_job(state, parts, &session_id(), &job_id()),
+    }
+}

@@ -1,0 +1,341 @@
+//! Server-Sent Events: frame encoding and the per-stream pump.
+//!
+//! A job event is one SSE event, `id: <event_seq>`, `event: <type>`,
+//! `data: <envelope JSON on one line>`. The frame is encoded once, when the
+//! event is appended to the log, and replay writes those stored bytes. Control
+//! events (`session.welcome`) carry no `id:` so they never move a browser's
+//! `Last-Event-ID`. Keepalives are comments.
+//!
+//! Each stream is one task that reads the session's log from its cursor and
+//! pushes coalesced chunks into a small bounded channel that the response
+//! body drains; a slow client therefore holds at most a few chunks in memory.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::event_log::{EventDraft, EventLog, LogEntry, ReadLimit};
+use crate::ids::{EventSeq, SessionId};
+use crate::protocol::Envelope;
+use crate::session::{Session, StreamId};
+
+/// A keepalive comment (§6.4 heartbeats are not events and use no seq).
+pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
+
+/// Chunks buffered between a stream's pump and its response body.
+const STREAM_CHANNEL_CHUNKS: usize = 8;
+
+/// The largest chunk a stream writes at once.
+pub const STREAM_READ_LIMIT: ReadLimit = ReadLimit {
+    max_entries: 1024,
+    max_bytes: 256 * 1024,
+};
+
+/// The [`crate::event_log::FrameEncoder`] for job events.
+pub fn encode_job_event(session_id: &SessionId, seq: EventSeq, draft: &EventDraft) -> Bytes {
+    let mut envelope = Envelope::new(draft.message_type, session_id, &draft.payload);
+    envelope.job_id = Some(&draft.job_id);
+    envelope.trace_id = draft.trace_id.as_deref();
+    envelope.event_seq = Some(seq);
+    let data = envelope.to_json_bytes();
+    let mut frame = BytesMut::with_capacity(data.len() + draft.message_type.len() + 40);
+    frame.extend_from_slice(b"id: ");
+    frame.extend_from_slice(seq.to_string().as_bytes());
+    frame.extend_from_slice(b"\nevent: ");
+    frame.extend_from_slice(draft.message_type.as_bytes());
+    frame.extend_from_slice(b"\ndata: ");
+    frame.extend_from_slice(&data);
+    frame.extend_from_slice(b"\n\n");
+    frame.freeze()
+}
+
+/// An event with no `id:` line, for control messages. `data` must be one
+/// line (JSON from `serde_json` always is).
+pub fn encode_unsequenced_event(event_type: &str, data: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(data.len() + event_type.len() + 20);
+    frame.extend_from_slice(b"event: ");
+    frame.extend_from_slice(event_type.as_bytes());
+    frame.extend_from_slice(b"\ndata: ");
+    frame.extend_from_slice(data);
+    frame.extend_from_slice(b"\n\n");
+    frame.freeze()
+}
+
+/// The reconnection delay hint.
+pub fn encode_retry(retry: Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
+}
+
+/// The response body of a stream: drains the pump's channel.
+pub struct SseBody {
+    receiver: mpsc::Receiver<Bytes>,
+}
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.receiver
+            .poll_recv(context)
+            .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Everything a stream's pump needs.
+pub struct StreamPlan {
+    pub log: Arc<dyn EventLog>,
+    pub session: Arc<Session>,
+    pub stream_id: StreamId,
+    /// Replay starts after this sequence number.
+    pub cursor: EventSeq,
+    /// Written first: the `retry:` line and the welcome event.
+    pub prelude: Bytes,
+    pub heartbeat: Duration,
+    pub shutdown: CancellationToken,
+}
+
+/// Starts the pump task and returns the body it feeds.
+pub fn open_stream(plan: StreamPlan) -> SseBody {
+    let (sender, receiver) = mpsc::channel(STREAM_CHANNEL_CHUNKS);
+    tokio::spawn(pump(plan, sender));
+    SseBody { receiver }
+}
+
+/// Detaches the stream from its session however the pump ends.
+struct DetachOnDrop {
+    session: Arc<Session>,
+    stream_id: StreamId,
+}
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        self.session.detach_stream(self.stream_id);
+    }
+}
+
+/// Why a stream stopped before its client left. Not sent to the client.
+enum Stop {
+    ClientGone,
+    Replaced,
+    Shutdown,
+    LogGone,
+}
+
+async fn pump(plan: StreamPlan, sender: mpsc::Sender<Bytes>) {
+    let _detach = DetachOnDrop {
+        session: plan.session.clone(),
+        stream_id: plan.stream_id,
+    };
+    let stop = pump_until_stopped(&plan, &sender).await;
+    match stop {
+        Stop::ClientGone => {
+            tracing::debug!(session = %plan.session.id, "stream client disconnected")
+        }
+        Stop::Replaced => {
+            tracing::debug!(session = %plan.session.id, "stream replaced by a newer one")
+        }
+        Stop::Shutdown => tracing::debug!(session = %plan.session.id, "stream ended for shutdown"),
+        Stop::LogGone => {
+            tracing::debug!(session = %plan.session.id, "stream ended: log no longer covers it")
+        }
+    }
+}
+
+async fn pump_until_stopped(plan: &StreamPlan, sender: &mpsc::Sender<Bytes>) -> Stop {
+    let session_id = &plan.session.id;
+    let mut attached = plan.session.watch_attached_stream();
+    let Ok(mut newest) = plan.log.watch_newest(session_id) else {
+        return Stop::LogGone;
+    };
+    if sender.send(plan.prelude.clone()).await.is_err() {
+        return Stop::ClientGone;
+    }
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cursor = plan.cursor;
+    loop {
+        // Mark the current newest as seen before reading, so an append that
+        // lands after the read wakes the wait below.
+        newest.borrow_and_update();
+        loop {
+            let batch = match plan.log.read_after(session_id, cursor, STREAM_READ_LIMIT) {
+                Ok(batch) => batch,
+                // Evicted under a slow reader, or the session is gone: end the
+                // stream rather than skip; the reconnect gets an honest 410.
+                Err(_) => return Stop::LogGone,
+            };
+            let Some(last) = batch.last() else {
+                break;
+            };
+            cursor = last.seq;
+            let chunk = coalesce(batch);
+            tokio::select! {
+                biased;
+                () = plan.shutdown.cancelled() => return Stop::Shutdown,
+                () = replaced(&mut attached, plan.stream_id) => return Stop::Replaced,
+                sent = sender.send(chunk) => if sent.is_err() { return Stop::ClientGone },
+            }
+        }
+        tokio::select! {
+            biased;
+            () = plan.shutdown.cancelled() => return Stop::Shutdown,
+            () = replaced(&mut attached, plan.stream_id) => return Stop::Replaced,
+            () = sender.closed() => return Stop::ClientGone,
+            changed = newest.changed() => if changed.is_err() { return Stop::LogGone },
+            _ = heartbeat.tick() => {
+                if sender.send(Bytes::from_static(KEEPALIVE)).await.is_err() {
+                    return Stop::ClientGone;
+                }
+            }
+        }
+    }
+}
+
+/// Completes once `stream_id` is no longer the session's attached stream.
+async fn replaced(attached: &mut watch::Receiver<Option<StreamId>>, stream_id: StreamId) {
+    loop {
+        if *attached.borrow_and_update() != Some(stream_id) {
+            return;
+        }
+        if attached.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Joins a batch of frames into one chunk; a single frame is shared as is.
+fn coalesce(batch: Vec<LogEntry>) -> Bytes {
+    if batch.len() == 1 {
+        return batch
+            .into_iter()
+            .next()
+            .map(|entry| entry.frame)
+            .unwrap_or_default();
+    }
+    let total = batch.iter().map(|entry| entry.frame.len()).sum();
+    let mut chunk = BytesMut::with_capacity(total);
+    for entry in &batch {
+        chunk.extend_from_slice(&entry.frame);
+    }
+    chunk.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::ids::JobId;
+
+    /// A parser that follows the WHATWG event-stream interpretation rules,
+    /// for checking what a browser would see.
+    fn parse_events(stream: &str) -> Vec<(Option<String>, String, String)> {
+        let mut events = Vec::new();
+        let (mut id, mut event, mut data): (Option<String>, String, Vec<String>) =
+            (None, String::new(), Vec::new());
+        for line in stream.split('\n') {
+            if line.is_empty() {
+                if !data.is_empty() {
+                    events.push((id.take(), std::mem::take(&mut event), data.join("\n")));
+                }
+                data.clear();
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => id = Some(value.to_owned()),
+                "event" => event = value.to_owned(),
+                "data" => data.push(value.to_owned()),
+                _ => {}
+            }
+        }
+        events
+    }
+
+    fn arbitrary_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            "\\PC*|[\\r\\n\\u{2028}:\\x00-\\x1f]*".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::hash_map("[a-z\\n:]{0,6}", inner, 0..6)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn job_event_frames_parse_back_to_one_event(payload in arbitrary_json(), seq in 1u64..u64::MAX) {
+            let session_id = SessionId::from_client("sess_x");
+            let draft = EventDraft {
+                message_type: "job.event",
+                job_id: JobId::from_client("job_y"),
+                trace_id: Some("trace".into()),
+                payload: payload.clone(),
+            };
+            let frame = encode_job_event(&session_id, seq, &draft);
+            let text = std::str::from_utf8(&frame).unwrap();
+            let events = parse_events(text);
+            prop_assert_eq!(events.len(), 1);
+            let (id, event, data) = &events[0];
+            let expected_id = seq.to_string();
+            prop_assert_eq!(id.as_deref(), Some(expected_id.as_str()));
+            prop_assert_eq!(event, "job.event");
+            let envelope: Value = serde_json::from_str(data).unwrap();
+            prop_assert_eq!(&envelope["payload"], &payload);
+            prop_assert_eq!(&envelope["event_seq"], &json!(seq));
+            prop_assert_eq!(&envelope["session_id"], &json!("sess_x"));
+        }
+
+        #[test]
+        fn unsequenced_events_carry_no_id(payload in arbitrary_json()) {
+            let data = serde_json::to_vec(&payload).unwrap();
+            let frame = encode_unsequenced_event("session.welcome", &data);
+            let events = parse_events(std::str::from_utf8(&frame).unwrap());
+            prop_assert_eq!(events.len(), 1);
+            prop_assert_eq!(events[0].0.clone(), None);
+            let parsed: Value = serde_json::from_str(&events[0].2).unwrap();
+            prop_assert_eq!(parsed, payload);
+        }
+    }
+
+    #[test]
+    fn coalescing_preserves_frame_order() {
+        let entries: Vec<LogEntry> = (1..=3)
+            .map(|seq| LogEntry {
+                seq,
+                frame: Bytes::from(format!("id: {seq}\ndata: x\n\n")),
+            })
+            .collect();
+        assert_eq!(
+            coalesce(entries),
+            Bytes::from("id: 1\ndata: x\n\nid: 2\ndata: x\n\nid: 3\ndata: x\n\n")
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! Newtypes for the identifiers that cross module boundaries.
+//!
+//! Ids are opaque strings on the wire. Generated ids carry 128 random bits so
+//! they cannot be guessed; ids that arrive from clients are only compared,
+//! never trusted to have been generated here.
+
+use std::fmt;
+
+use serde::Serialize;
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// A fresh, unguessable id with this kind's prefix.
+            pub fn generate() -> Self {
+                Self(format!(concat!($prefix, "{:032x}"), rand::random::<u128>()))
+            }
+
+            /// Wraps an id that arrived from a client or from storage.
+            pub fn from_client(value: &str) -> Self {
+                Self(value.to_owned())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(formatter, "{}({})", stringify!($name), self.0)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A session, as in `session.welcome.session_id` (§6.2).
+    SessionId,
+    "sess_"
+);
+string_id!(
+    /// A job, as in `job.accepted.payload.job_id` (§7.1).
+    JobId,
+    "job_"
+);
+string_id!(
+    /// An envelope's own `id` (§5).
+    MessageId,
+    "msg_"
+);
+
+/// The authenticated identity behind an api token. Principals own sessions and
+/// jobs; nothing crosses from one principal to another.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Principal(String);
+
+impl Principal {
+    pub fn new(name: &str) -> Self {
+        Self(name.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "Principal({})", self.0)
+    }
+}
+
+/// A position in a session's event sequence (§8.3). `0` means "before the
+/// first event"; the first event of every session has sequence `1`.
+pub type EventSeq = u64;

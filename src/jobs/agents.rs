@@ -1,0 +1,483 @@
+//! The agent inventory (§7.5) and the built-in agents that make a fresh
+//! gateway useful: `echo`, `ticker`, `chunker` and `fail`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::{Job, JobFinished, Terminal};
+use crate::protocol::{ErrorCode, ErrorPayload, JobStatus};
+
+/// Largest single `result_chunk` (§14 suggests capping at about 1 MB).
+pub const MAX_RESULT_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Largest total streamed result the `chunker` agent will produce.
+pub const MAX_STREAMED_RESULT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Why a requested agent could not be resolved (§7.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentResolveError {
+    /// The `agent` string does not follow the `name[@version]` grammar.
+    InvalidName(String),
+    NotAvailable(String),
+    VersionNotAvailable {
+        name: String,
+        version: String,
+    },
+}
+
+/// The built-in agents. New kinds of agent (external commands, HTTP
+/// upstreams) become new variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuiltinAgent {
+    Echo,
+    Ticker,
+    Chunker,
+    Fail,
+}
+
+pub struct AgentEntry {
+    pub name: &'static str,
+    pub versions: Vec<&'static str>,
+    pub default_version: &'static str,
+    pub description: &'static str,
+    pub agent: BuiltinAgent,
+}
+
+/// A resolved agent: what runs, and the `name@version` it is known by.
+#[derive(Clone, Debug)]
+pub struct ResolvedAgent {
+    pub qualified_name: String,
+    pub agent: BuiltinAgent,
+}
+
+pub struct AgentRegistry {
+    entries: Vec<AgentEntry>,
+}
+
+impl AgentRegistry {
+    pub fn builtin() -> Self {
+        let entry = |name, description, agent| AgentEntry {
+            name,
+            versions: vec!["1.0.0"],
+            default_version: "1.0.0",
+            description,
+            agent,
+        };
+        AgentRegistry {
+            entries: vec![
+                entry("echo", "returns its input as the result", BuiltinAgent::Echo),
+                entry(
+                    "ticker",
+                    "input {count, interval_ms}: emits count progress events, then a result",
+                    BuiltinAgent::Ticker,
+                ),
+                entry(
+                    "chunker",
+                    "input {size, chunk_size, interval_ms}: streams a result as result_chunk events",
+                    BuiltinAgent::Chunker,
+                ),
+                entry(
+                    "fail",
+                    "input {code, message, retryable, delay_ms}: ends with job.error",
+                    BuiltinAgent::Fail,
+                ),
+            ],
+        }
+    }
+
+    /// `capabilities.agents` of `session.welcome` (§6.2).
+    pub fn inventory(&self) -> Value {
+        Value::Array(
+            self.entries
+                .iter()
+                .map(|entry| {
+                    json!({
+                        "name": entry.name,
+                        "versions": entry.versions,
+                        "default": entry.default_version,
+                        "description": entry.description,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Resolves `name` to its default version or `name@version` exactly (§7.5).
+    pub fn resolve(&self, requested: &str) -> Result<ResolvedAgent, AgentResolveError> {
+        let (name, version) = match requested.split_once('@') {
+            Some((name, version)) => (name, Some(version)),
+            None => (requested, None),
+        };
+        if !is_valid_agent_name(name) || !version.is_none_or(is_valid_agent_version) {
+            return Err(AgentResolveError::InvalidName(requested.to_owned()));
+        }
+        let Some(entry) = self.entries.iter().find(|entry| entry.name == name) else {
+            return Err(AgentResolveError::NotAvailable(name.to_owned()));
+        };
+        let version = version.unwrap_or(entry.default_version);
+        if !entry.versions.contains(&version) {
+            return Err(AgentResolveError::VersionNotAvailable {
+                name: name.to_owned(),
+                version: version.to_owned(),
+            });
+        }
+        Ok(ResolvedAgent {
+            qualified_name: format!("{name}@{version}"),
+            agent: entry.agent,
+        })
+    }
+}
+
+/// `name ::= [a-z0-9][a-z0-9._-]*` (§7.5).
+pub fn is_valid_agent_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    let Some(first) = bytes.next() else {
+        return false;
+    };
+    (first.is_ascii_lowercase() || first.is_ascii_digit())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && name.len() <= 128
+}
+
+/// `version ::= [a-zA-Z0-9.+_-]+` (§7.5).
+pub fn is_valid_agent_version(version: &str) -> bool {
+    !version.is_empty()
+        && version.len() <= 128
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".+_-".contains(&b))
+}
+
+/// What an agent sees of its job.
+pub struct JobContext {
+    job: Arc<Job>,
+}
+
+/// How an agent's run ended.
+pub enum AgentOutcome {
+    Finished(Terminal),
+}
+
+impl JobContext {
+    pub fn new(job: Arc<Job>) -> Self {
+        JobContext { job }
+    }
+
+    pub fn input(&self) -> &Value {
+        &self.job.spec.input
+    }
+
+    pub fn event(&self, kind: &str, body: Value) -> Result<(), JobFinished> {
+        self.job.emit(kind, body).map(|_| ())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TickerInput {
+    #[serde(default = "default_tick_count")]
+    count: u64,
+    #[serde(default = "default_tick_interval_ms")]
+    interval_ms: u64,
+}
+
+fn default_tick_count() -> u64 {
+    5
+}
+
+fn default_tick_interval_ms() -> u64 {
+    500
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChunkerInput {
+    #[serde(default = "default_chunker_size")]
+    size: u64,
+    #[serde(default = "default_chunk_size")]
+    chunk_size: u64,
+    #[serde(default)]
+    interval_ms: u64,
+}
+
+fn default_chunker_size() -> u64 {
+    64 * 1024
+}
+
+fn default_chunk_size() -> u64 {
+    16 * 1024
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailInput {
+    #[serde(default = "default_fail_code")]
+    code: String,
+    #[serde(default = "default_fail_message")]
+    message: String,
+    #[serde(default)]
+    retryable: Option<bool>,
+    #[serde(default)]
+    delay_ms: u64,
+}
+
+fn default_fail_code() -> String {
+    ErrorCode::InternalError.as_str().to_owned()
+}
+
+fn default_fail_message() -> String {
+    "the fail agent failed, as asked".to_owned()
+}
+
+const MAX_TICKS: u64 = 1_000_000;
+const MAX_INTERVAL_MS: u64 = 3_600_000;
+
+fn parse_input<T: for<'de> Deserialize<'de>>(input: &Value) -> Result<T, String> {
+    let input = if input.is_null() {
+        json!({})
+    } else {
+        input.clone()
+    };
+    serde_json::from_value(input).map_err(|error| format!("invalid input: {error}"))
+}
+
+impl BuiltinAgent {
+    /// Checked at submission so bad input is a `400`, not a failed job.
+    pub fn validate_input(self, input: &Value) -> Result<(), String> {
+        match self {
+            BuiltinAgent::Echo => Ok(()),
+            BuiltinAgent::Ticker => {
+                let input: TickerInput = parse_input(input)?;
+                if input.count > MAX_TICKS {
+                    return Err(format!("input.count must be at most {MAX_TICKS}"));
+                }
+                if input.interval_ms > MAX_INTERVAL_MS {
+                    return Err(format!(
+                        "input.interval_ms must be at most {MAX_INTERVAL_MS}"
+                    ));
+                }
+                Ok(())
+            }
+            BuiltinAgent::Chunker => {
+                let input: ChunkerInput = parse_input(input)?;
+                if input.chunk_size == 0 || input.chunk_size > MAX_RESULT_CHUNK_BYTES {
+                    return Err(format!(
+                        "input.chunk_size must be 1..={MAX_RESULT_CHUNK_BYTES}"
+                    ));
+                }
+                if input.size > MAX_STREAMED_RESULT_BYTES {
+                    return Err(format!(
+                        "input.size must be at most {MAX_STREAMED_RESULT_BYTES}"
+                    ));
+                }
+                if input.interval_ms > MAX_INTERVAL_MS {
+                    return Err(format!(
+                        "input.interval_ms must be at most {MAX_INTERVAL_MS}"
+                    ));
+                }
+                Ok(())
+            }
+            BuiltinAgent::Fail => {
+                let input: FailInput = parse_input(input)?;
+                if ErrorCode::parse(&input.code).is_none() {
+                    return Err(format!(
+                        "input.code {:?} is not an ARCP error code",
+                        input.code
+                    ));
+                }
+                if input.delay_ms > MAX_INTERVAL_MS {
+                    return Err(format!("input.delay_ms must be at most {MAX_INTERVAL_MS}"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn run(self, context: JobContext) -> AgentOutcome {
+        let terminal = match self {
+            BuiltinAgent::Echo => Terminal::Success {
+                result: context.input().clone(),
+            },
+            BuiltinAgent::Ticker => run_ticker(&context).await,
+            BuiltinAgent::Chunker => run_chunker(&context).await,
+            BuiltinAgent::Fail => run_fail(&context).await,
+        };
+        AgentOutcome::Finished(terminal)
+    }
+}
+
+fn invalid_input(message: String) -> Terminal {
+    Terminal::failure(JobStatus::Error, ErrorCode::InvalidRequest, message)
+}
+
+async fn run_ticker(context: &JobContext) -> Terminal {
+    let input: TickerInput = match parse_input(context.input()) {
+        Ok(input) => input,
+        Err(message) => return invalid_input(message),
+    };
+    let interval = Duration::from_millis(input.interval_ms);
+    for current in 1..=input.count {
+        if !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        } else if current % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+        let body = json!({ "current": current, "total": input.count, "units": "ticks" });
+        if context.event("progress", body).is_err() {
+            break;
+        }
+    }
+    Terminal::Success {
+        result: json!({ "ticks": input.count }),
+    }
+}
+
+async fn run_chunker(context: &JobContext) -> Terminal {
+    let input: ChunkerInput = match parse_input(context.input()) {
+        Ok(input) => input,
+        Err(message) => return invalid_input(message),
+    };
+    let result_id = format!("res_{:032x}", rand::random::<u128>());
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789\n";
+    let mut hasher = Sha256::new();
+    let mut produced: u64 = 0;
+    let mut chunk_seq: u64 = 0;
+    loop {
+        let length = input.chunk_size.min(input.size - produced);
+        let data: String = (produced..produced + length)
+            .map(|i| alphabet[(i % alphabet.len() as u64) as usize] as char)
+            .collect();
+        hasher.update(data.as_bytes());
+        produced += length;
+        let more = produced < input.size;
+        let body = json!({
+            "result_id": result_id,
+            "chunk_seq": chunk_seq,
+            "data": data,
+            "encoding": "utf8",
+            "more": more,
+        });
+        if context.event("result_chunk", body).is_err() {
+            break;
+        }
+        chunk_seq += 1;
+        if !more {
+            break;
+        }
+        if input.interval_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(input.interval_ms)).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Terminal::StreamedSuccess {
+        result_id,
+        result_size: produced,
+        summary: format!("{produced} bytes in {chunk_seq} chunks, sha256 {digest}"),
+    }
+}
+
+async fn run_fail(context: &JobContext) -> Terminal {
+    let input: FailInput = match parse_input(context.input()) {
+        Ok(input) => input,
+        Err(message) => return invalid_input(message),
+    };
+    if input.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(input.delay_ms)).await;
+    }
+    let code = ErrorCode::parse(&input.code).unwrap_or(ErrorCode::InternalError);
+    let retryable = code.forced_retryable().or(input.retryable).unwrap_or(false);
+    let final_status = match code {
+        ErrorCode::Cancelled => JobStatus::Cancelled,
+        ErrorCode::Timeout => JobStatus::TimedOut,
+        _ => JobStatus::Error,
+    };
+    Terminal::Failure {
+        final_status,
+        error: ErrorPayload {
+            code,
+            message: input.message,
+            retryable,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_names_resolve_by_the_section_7_5_rules() {
+        let registry = AgentRegistry::builtin();
+        assert_eq!(
+            registry.resolve("ticker").unwrap().qualified_name,
+            "ticker@1.0.0"
+        );
+        assert_eq!(
+            registry.resolve("ticker@1.0.0").unwrap().qualified_name,
+            "ticker@1.0.0"
+        );
+        assert_eq!(
+            registry.resolve("ticker@9.9.9").unwrap_err(),
+            AgentResolveError::VersionNotAvailable {
+                name: "ticker".into(),
+                version: "9.9.9".into()
+            }
+        );
+        assert_eq!(
+            registry.resolve("nope").unwrap_err(),
+            AgentResolveError::NotAvailable("nope".into())
+        );
+        for bad in [
+            "",
+            "Ticker",
+            "-x",
+            "ticker@",
+            "ticker@1 0",
+            "tick er",
+            "a@b@c",
+        ] {
+            assert!(
+                matches!(
+                    registry.resolve(bad),
+                    Err(AgentResolveError::InvalidName(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn input_limits_are_enforced_at_submission() {
+        assert!(BuiltinAgent::Ticker
+            .validate_input(&json!({"count": 3}))
+            .is_ok());
+        assert!(BuiltinAgent::Ticker.validate_input(&Value::Null).is_ok());
+        assert!(BuiltinAgent::Ticker
+            .validate_input(&json!({"count": -1}))
+            .is_err());
+        assert!(BuiltinAgent::Ticker
+            .validate_input(&json!({"count": 10_000_000}))
+            .is_err());
+        assert!(BuiltinAgent::Ticker
+            .validate_input(&json!({"cuont": 3}))
+            .is_err());
+        assert!(BuiltinAgent::Chunker
+            .validate_input(&json!({"chunk_size": 0}))
+            .is_err());
+        assert!(BuiltinAgent::Fail
+            .validate_input(&json!({"code": "NOPE"}))
+            .is_err());
+        assert!(BuiltinAgent::Fail
+            .validate_input(&json!({"code": "TIMEOUT"}))
+            .is_ok());
+    }
+}

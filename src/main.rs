@@ -1,0 +1,82 @@
+//! The `arcp-gateway` binary: parse configuration, start tracing, serve until
+//! SIGINT or SIGTERM. Exit codes: 0 clean shutdown, 1 runtime failure,
+//! 2 invalid configuration.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use arcp_gateway::config::{Config, RawArgs};
+use clap::Parser;
+use tokio::net::TcpListener;
+
+fn main() -> ExitCode {
+    let raw = RawArgs::parse();
+    let config = match Config::from_raw(raw) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("arcp-gateway: invalid configuration: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ARCP_GATEWAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("arcp-gateway: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let address = listener.local_addr().context("reading the bound address")?;
+        println!("arcp-gateway listening on http://{address}");
+        if let Some(token) = &config.generated_dev_token {
+            println!("dev api token (principal `dev`): {token}");
+            println!("  try: curl -s -X POST -H 'Authorization: Bearer {token}' http://{address}/v1/sessions");
+        }
+        if config.secret_was_generated {
+            tracing::warn!("no --secret configured: generated one; resume tokens will not survive a restart");
+        }
+        arcp_gateway::serve(config, listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,215 @@
+//! ARCP v1.1 wire vocabulary shared by every module: envelopes (§5), error
+//! codes (§12), job statuses (§7.3) and timestamps.
+//!
+//! Nothing here knows about HTTP; the `http` module decides how these values
+//! travel.
+
+use serde::Serialize;
+use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::ids::{EventSeq, JobId, MessageId, SessionId};
+
+/// The protocol version stamped into every envelope's `arcp` field.
+pub const ARCP_VERSION: &str = "1.1";
+
+/// Every error code of the taxonomy (§12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    PermissionDenied,
+    LeaseSubsetViolation,
+    JobNotFound,
+    DuplicateKey,
+    AgentNotAvailable,
+    AgentVersionNotAvailable,
+    Cancelled,
+    Timeout,
+    ResumeWindowExpired,
+    HeartbeatLost,
+    LeaseExpired,
+    BudgetExhausted,
+    InvalidRequest,
+    Unauthenticated,
+    InternalError,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::PermissionDenied,
+        ErrorCode::LeaseSubsetViolation,
+        ErrorCode::JobNotFound,
+        ErrorCode::DuplicateKey,
+        ErrorCode::AgentNotAvailable,
+        ErrorCode::AgentVersionNotAvailable,
+        ErrorCode::Cancelled,
+        ErrorCode::Timeout,
+        ErrorCode::ResumeWindowExpired,
+        ErrorCode::HeartbeatLost,
+        ErrorCode::LeaseExpired,
+        ErrorCode::BudgetExhausted,
+        ErrorCode::InvalidRequest,
+        ErrorCode::Unauthenticated,
+        ErrorCode::InternalError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::LeaseSubsetViolation => "LEASE_SUBSET_VIOLATION",
+            ErrorCode::JobNotFound => "JOB_NOT_FOUND",
+            ErrorCode::DuplicateKey => "DUPLICATE_KEY",
+            ErrorCode::AgentNotAvailable => "AGENT_NOT_AVAILABLE",
+            ErrorCode::AgentVersionNotAvailable => "AGENT_VERSION_NOT_AVAILABLE",
+            ErrorCode::Cancelled => "CANCELLED",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::ResumeWindowExpired => "RESUME_WINDOW_EXPIRED",
+            ErrorCode::HeartbeatLost => "HEARTBEAT_LOST",
+            ErrorCode::LeaseExpired => "LEASE_EXPIRED",
+            ErrorCode::BudgetExhausted => "BUDGET_EXHAUSTED",
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::InternalError => "INTERNAL_ERROR",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == text)
+    }
+
+    /// §12: `INTERNAL_ERROR` is always retryable; `LEASE_EXPIRED` and
+    /// `BUDGET_EXHAUSTED` never are.
+    pub fn forced_retryable(self) -> Option<bool> {
+        match self {
+            ErrorCode::InternalError => Some(true),
+            ErrorCode::LeaseExpired | ErrorCode::BudgetExhausted => Some(false),
+            _ => None,
+        }
+    }
+}
+
+/// An ARCP error payload `{code, message, retryable}` (§12).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ErrorPayload {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// Job lifecycle states (§7.3). The last four are terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Success,
+    Error,
+    Cancelled,
+    TimedOut,
+}
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, JobStatus::Pending | JobStatus::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Success => "success",
+            JobStatus::Error => "error",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// The fields of an envelope (§5) that this gateway fills in. Unknown fields on
+/// incoming envelopes are ignored, as §5 requires.
+#[derive(Serialize)]
+pub struct Envelope<'a> {
+    pub arcp: &'static str,
+    pub id: MessageId,
+    #[serde(rename = "type")]
+    pub message_type: &'a str,
+    pub session_id: &'a SessionId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<&'a JobId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_seq: Option<EventSeq>,
+    pub payload: &'a Value,
+}
+
+impl<'a> Envelope<'a> {
+    pub fn new(message_type: &'a str, session_id: &'a SessionId, payload: &'a Value) -> Self {
+        Envelope {
+            arcp: ARCP_VERSION,
+            id: MessageId::generate(),
+            message_type,
+            session_id,
+            trace_id: None,
+            job_id: None,
+            event_seq: None,
+            payload,
+        }
+    }
+
+    /// The envelope as one line of JSON. Serializing a `Value` cannot fail.
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// Now, as an RFC 3339 UTC timestamp with millisecond precision.
+pub fn now_rfc3339() -> String {
+    format_rfc3339(OffsetDateTime::now_utc())
+}
+
+pub fn format_rfc3339(at: OffsetDateTime) -> String {
+    let truncated = at
+        .replace_nanosecond(at.millisecond() as u32 * 1_000_000)
+        .unwrap_or(at);
+    truncated
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z"))
+}
+
+/// Parses an RFC 3339 timestamp that must be UTC with a `Z` suffix (§9.5).
+pub fn parse_utc_timestamp(text: &str) -> Option<OffsetDateTime> {
+    if !text.ends_with('Z') {
+        return None;
+    }
+    OffsetDateTime::parse(text, &Rfc3339).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_round_trip_through_their_wire_names() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json, Value::String(code.as_str().to_owned()));
+        }
+        assert_eq!(ErrorCode::parse("NOT_A_CODE"), None);
+    }
+
+    #[test]
+    fn utc_timestamps_require_the_z_suffix() {
+        assert!(parse_utc_timestamp("2030-01-01T00:00:00Z").is_some());
+        assert!(parse_utc_timestamp("2030-01-01T00:00:00+00:00").is_none());
+        assert!(parse_utc_timestamp("yesterday").is_none());
+    }
+}

@@ -1,0 +1,312 @@
+//! Sessions (§6): who owns them, which resume-token generations still work,
+//! which stream is attached, and when the resume window runs out.
+//!
+//! A session outlives its connections. The resume window (§6.3) counts from
+//! the moment its last stream detached (or from creation, if none ever
+//! attached); a session with an attached stream never expires.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::ids::{Principal, SessionId};
+
+/// Why a session refused an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionError {
+    /// The presented token generation is older than one already used.
+    GenerationSuperseded,
+    /// The resume window passed while no stream was attached.
+    WindowExpired,
+    /// The session was closed by its client.
+    Closed,
+}
+
+/// An attached stream's identity within its session.
+pub type StreamId = u64;
+
+pub struct Session {
+    pub id: SessionId,
+    pub principal: Principal,
+    /// The negotiated feature set: hello ∩ runtime (§6.2).
+    pub features: Vec<String>,
+    pub created_at: String,
+    state: Mutex<SessionState>,
+    /// The currently attached stream, if any. A stream whose id is no longer
+    /// here has been replaced and must end.
+    attached_stream: watch::Sender<Option<StreamId>>,
+}
+
+struct SessionState {
+    /// The newest generation handed out in a welcome.
+    issued_generation: u64,
+    /// The newest generation a client has presented. Tokens below it were
+    /// superseded by rotation.
+    used_generation: u64,
+    next_stream_id: StreamId,
+    /// When the last stream detached; `None` while a stream is attached.
+    detached_since: Option<Instant>,
+    closed: bool,
+}
+
+/// What a caller gets when a welcome is issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    pub generation: u64,
+}
+
+impl Session {
+    pub fn new(
+        id: SessionId,
+        principal: Principal,
+        features: Vec<String>,
+        created_at: String,
+    ) -> Self {
+        let (attached_stream, _) = watch::channel(None);
+        Session {
+            id,
+            principal,
+            features,
+            created_at,
+            state: Mutex::new(SessionState {
+                issued_generation: 0,
+                used_generation: 0,
+                next_stream_id: 1,
+                detached_since: Some(Instant::now()),
+                closed: false,
+            }),
+            attached_stream,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, SessionState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
+
+    /// Issues the first welcome of a new session.
+    pub fn welcome_new(&self) -> Welcome {
+        let mut state = self.state();
+        state.issued_generation += 1;
+        Welcome {
+            generation: state.issued_generation,
+        }
+    }
+
+    /// Checks that a token generation is still usable, without consuming it
+    /// (used by plain requests that carry a resume token as credential).
+    pub fn check_generation(&self, generation: u64, window: Duration) -> Result<(), SessionError> {
+        let state = self.state();
+        check_usable(&state, window)?;
+        if generation < state.used_generation {
+            return Err(SessionError::GenerationSuperseded);
+        }
+        Ok(())
+    }
+
+    /// `session.resume` without a stream (§6.3): consumes `presented` (older
+    /// generations stop working), issues a new generation and restarts the
+    /// resume window so the client has time to attach.
+    pub fn resume(
+        &self,
+        presented: Option<u64>,
+        window: Duration,
+    ) -> Result<Welcome, SessionError> {
+        let mut state = self.state();
+        check_usable(&state, window)?;
+        consume_generation(&mut state, presented)?;
+        if state.detached_since.is_some() {
+            state.detached_since = Some(Instant::now());
+        }
+        state.issued_generation += 1;
+        Ok(Welcome {
+            generation: state.issued_generation,
+        })
+    }
+
+    /// Attaches a new stream, replacing (and ending) any attached one.
+    pub fn attach_stream(
+        &self,
+        presented: Option<u64>,
+        window: Duration,
+    ) -> Result<(StreamId, Welcome), SessionError> {
+        let mut state = self.state();
+        check_usable(&state, window)?;
+        consume_generation(&mut state, presented)?;
+        state.issued_generation += 1;
+        let stream_id = state.next_stream_id;
+        state.next_stream_id += 1;
+        state.detached_since = None;
+        let welcome = Welcome {
+            generation: state.issued_generation,
+        };
+        drop(state);
+        self.attached_stream.send_replace(Some(stream_id));
+        Ok((stream_id, welcome))
+    }
+
+    /// Detaches a stream that ended. A stream that was already replaced
+    /// changes nothing.
+    pub fn detach_stream(&self, stream_id: StreamId) {
+        let mut state = self.state();
+        if *self.attached_stream.borrow() != Some(stream_id) {
+            return;
+        }
+        state.detached_since = Some(Instant::now());
+        drop(state);
+        self.attached_stream.send_replace(None);
+    }
+
+    /// A receiver that changes whenever the attached stream changes.
+    pub fn watch_attached_stream(&self) -> watch::Receiver<Option<StreamId>> {
+        self.attached_stream.subscribe()
+    }
+
+    /// Marks the session closed (§6.7) and ends its stream.
+    pub fn close(&self) {
+        self.state().closed = true;
+        self.attached_stream.send_replace(None);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state().closed
+    }
+
+    /// True once the resume window has passed with no stream attached.
+    pub fn window_expired(&self, window: Duration, now: Instant) -> bool {
+        let state = self.state();
+        match state.detached_since {
+            Some(since) => now.saturating_duration_since(since) > window,
+            None => false,
+        }
+    }
+}
+
+fn check_usable(state: &SessionState, window: Duration) -> Result<(), SessionError> {
+    if state.closed {
+        return Err(SessionError::Closed);
+    }
+    if let Some(since) = state.detached_since {
+        if since.elapsed() > window {
+            return Err(SessionError::WindowExpired);
+        }
+    }
+    Ok(())
+}
+
+/// Rotation (§6.3): a presented generation may be reused until a newer one has
+/// been presented (a client whose welcome was lost in transit can retry), but
+/// never after.
+fn consume_generation(
+    state: &mut SessionState,
+    presented: Option<u64>,
+) -> Result<(), SessionError> {
+    let Some(generation) = presented else {
+        return Ok(());
+    };
+    if generation < state.used_generation {
+        return Err(SessionError::GenerationSuperseded);
+    }
+    state.used_generation = generation;
+    Ok(())
+}
+
+/// Every live session, by id.
+#[derive(Default)]
+pub struct SessionRegistry {
+    sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
+}
+
+impl SessionRegistry {
+    fn map(&self) -> MutexGuard<'_, HashMap<SessionId, Arc<Session>>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn insert(&self, session: Arc<Session>) {
+        self.map().insert(session.id.clone(), session);
+    }
+
+    pub fn get(&self, session_id: &SessionId) -> Option<Arc<Session>> {
+        self.map().get(session_id).cloned()
+    }
+
+    pub fn remove(&self, session_id: &SessionId) -> Option<Arc<Session>> {
+        self.map().remove(session_id)
+    }
+
+    pub fn count_for(&self, principal: &Principal) -> usize {
+        self.map()
+            .values()
+            .filter(|s| &s.principal == principal)
+            .count()
+    }
+
+    /// Removes and returns every session whose window has passed.
+    pub fn remove_expired(&self, window: Duration, now: Instant) -> Vec<Arc<Session>> {
+        let mut map = self.map();
+        let expired: Vec<SessionId> = map
+            .values()
+            .filter(|session| session.window_expired(window, now))
+            .map(|session| session.id.clone())
+            .collect();
+        expired.iter().filter_map(|id| map.remove(id)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Session {
+        Session::new(
+            SessionId::from_client("sess_1"),
+            Principal::new("alice"),
+            vec![],
+            String::new(),
+        )
+    }
+
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn rotation_supersedes_older_generations_once_a_newer_one_is_used() {
+        let session = session();
+        let first = session.welcome_new();
+        let (_, second) = session
+            .attach_stream(Some(first.generation), WINDOW)
+            .unwrap();
+        // The first generation may be retried until the second is used.
+        assert!(session.check_generation(first.generation, WINDOW).is_ok());
+        let (_, _third) = session
+            .attach_stream(Some(second.generation), WINDOW)
+            .unwrap();
+        assert_eq!(
+            session.attach_stream(Some(first.generation), WINDOW),
+            Err(SessionError::GenerationSuperseded)
+        );
+    }
+
+    #[test]
+    fn a_new_stream_replaces_the_attached_one() {
+        let session = session();
+        let watcher = session.watch_attached_stream();
+        let (first, _) = session.attach_stream(None, WINDOW).unwrap();
+        let (second, _) = session.attach_stream(None, WINDOW).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(*watcher.borrow(), Some(second));
+        // The replaced stream ending does not detach the new one.
+        session.detach_stream(first);
+        assert!(!session.window_expired(Duration::ZERO, Instant::now() + WINDOW));
+        session.detach_stream(second);
+        assert!(session.window_expired(Duration::ZERO, Instant::now() + WINDOW));
+    }
+}

@@ -1,0 +1,33 @@
+//! The shared application state: one `Arc<AppState>` of handles, cloned into
+//! every connection. Nothing here is held across an `.await`.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{ApiTokens, ResumeTokenKeys};
+use crate::config::Config;
+use crate::event_log::EventLog;
+use crate::jobs::agents::AgentRegistry;
+use crate::jobs::JobRegistry;
+use crate::session::SessionRegistry;
+
+/// Features this runtime implements and may negotiate (§6.2).
+pub const RUNTIME_FEATURES: &[&str] = &[
+    "lease_expires_at",
+    "progress",
+    "result_chunk",
+    "agent_versions",
+];
+
+pub struct AppState {
+    pub config: Config,
+    pub api_tokens: ApiTokens,
+    pub token_keys: ResumeTokenKeys,
+    pub sessions: SessionRegistry,
+    pub jobs: JobRegistry,
+    pub agents: AgentRegistry,
+    pub log: Arc<dyn EventLog>,
+    /// Cancelled when the gateway shuts down; every stream watches it.
+    pub shutdown: CancellationToken,
+}
