@@ -2,3 +2,10 @@
 //! real sockets.
 
 mod support;
+
+mod auth;
+mod binary;
+mod errors;
+mod event_log;
+mod jobs;
+mod resume;
