@@ -77,6 +77,39 @@ pub struct RawArgs {
     /// Largest accepted request body.
     #[arg(long, env = "ARCP_GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Consumer lag (events past the last ack) that opens a back-pressure episode.
+    #[arg(
+        long,
+        env = "ARCP_GATEWAY_BACK_PRESSURE_LAG_EVENTS",
+        default_value_t = 1_000
+    )]
+    pub back_pressure_lag_events: u64,
+
+    /// Who may subscribe to a job: `same-principal` (default, §14) or `any` authenticated principal.
+    #[arg(
+        long,
+        env = "ARCP_GATEWAY_SUBSCRIBE_POLICY",
+        default_value = "same-principal"
+    )]
+    pub subscribe_policy: String,
+
+    /// Largest single result_chunk an agent may emit (§8.4, §14).
+    #[arg(long, env = "ARCP_GATEWAY_MAX_RESULT_CHUNK_BYTES", default_value_t = 1024 * 1024)]
+    pub max_result_chunk_bytes: u64,
+
+    /// Largest total streamed result per job (§8.4, §14).
+    #[arg(long, env = "ARCP_GATEWAY_MAX_RESULT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_result_bytes: u64,
+}
+
+/// Who may observe (list, subscribe to) a job besides its submitter (§14).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscribePolicy {
+    /// The default §14 requires: only the submitting principal.
+    SamePrincipal,
+    /// Any authenticated principal. Never grants cancel.
+    AnyPrincipal,
 }
 
 /// Validated configuration.
@@ -100,6 +133,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How often expired sessions are swept.
     pub sweep_interval: Duration,
+    pub back_pressure_lag_events: u64,
+    pub subscribe_policy: SubscribePolicy,
+    pub max_result_chunk_bytes: u64,
+    pub max_result_bytes: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -147,6 +184,10 @@ impl Config {
             max_body_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(1),
+            back_pressure_lag_events: 1_000,
+            subscribe_policy: SubscribePolicy::SamePrincipal,
+            max_result_chunk_bytes: 1024 * 1024,
+            max_result_bytes: 64 * 1024 * 1024,
         }
     }
 
@@ -214,6 +255,33 @@ impl Config {
             1024,
             256 * 1024 * 1024,
         )? as usize;
+        config.back_pressure_lag_events = within(
+            "back-pressure-lag-events",
+            raw.back_pressure_lag_events,
+            1,
+            100_000_000,
+        )?;
+        config.subscribe_policy = match raw.subscribe_policy.as_str() {
+            "same-principal" => SubscribePolicy::SamePrincipal,
+            "any" => SubscribePolicy::AnyPrincipal,
+            other => {
+                return Err(ConfigError(format!(
+                    "--subscribe-policy must be `same-principal` or `any` (got {other:?})"
+                )))
+            }
+        };
+        config.max_result_chunk_bytes = within(
+            "max-result-chunk-bytes",
+            raw.max_result_chunk_bytes,
+            1,
+            1 << 30,
+        )?;
+        config.max_result_bytes = within(
+            "max-result-bytes",
+            raw.max_result_bytes,
+            config.max_result_chunk_bytes,
+            1 << 40,
+        )?;
         Ok(config)
     }
 }
@@ -294,5 +362,8 @@ mod tests {
         assert!(Config::from_raw(raw(&["--secret", "tooshort"])).is_err());
         assert!(Config::from_raw(raw(&["--resume-window-sec", "0"])).is_err());
         assert!(Config::from_raw(raw(&["--listen", "nowhere"])).is_err());
+        assert!(Config::from_raw(raw(&["--subscribe-policy", "everyone"])).is_err());
+        let any = Config::from_raw(raw(&["--subscribe-policy", "any"])).unwrap();
+        assert_eq!(any.subscribe_policy, SubscribePolicy::AnyPrincipal);
     }
 }

@@ -5,29 +5,38 @@
 //! never trusted to have been generated here.
 
 use std::fmt;
+use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Cloning is cheap (a shared string), so log entries and job
+        /// records can carry ids freely.
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// A fresh, unguessable id with this kind's prefix.
             pub fn generate() -> Self {
-                Self(format!(concat!($prefix, "{:032x}"), rand::random::<u128>()))
+                Self(Arc::from(format!(concat!($prefix, "{:032x}"), rand::random::<u128>())))
             }
 
             /// Wraps an id that arrived from a client or from storage.
             pub fn from_client(value: &str) -> Self {
-                Self(value.to_owned())
+                Self(Arc::from(value))
             }
 
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
             }
         }
 

@@ -116,6 +116,19 @@ impl JobStatus {
         !matches!(self, JobStatus::Pending | JobStatus::Running)
     }
 
+    pub fn parse(text: &str) -> Option<JobStatus> {
+        [
+            JobStatus::Pending,
+            JobStatus::Running,
+            JobStatus::Success,
+            JobStatus::Error,
+            JobStatus::Cancelled,
+            JobStatus::TimedOut,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Pending => "pending",

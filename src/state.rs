@@ -14,7 +14,12 @@ use crate::session::SessionRegistry;
 
 /// Features this runtime implements and may negotiate (§6.2).
 pub const RUNTIME_FEATURES: &[&str] = &[
+    "heartbeat",
+    "ack",
+    "list_jobs",
+    "subscribe",
     "lease_expires_at",
+    "cost.budget",
     "progress",
     "result_chunk",
     "agent_versions",

@@ -7,7 +7,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::{
@@ -106,9 +105,14 @@ impl EventLog for MemoryEventLog {
         let log = self.session(session_id)?;
         let mut log = lock(&log);
         let seq = log.newest + 1;
-        let frame: Bytes = (self.encode)(session_id, seq, draft);
-        log.retained_bytes += frame.len();
-        log.entries.push_back(LogEntry { seq, frame });
+        let encoded = (self.encode)(session_id, seq, draft);
+        log.retained_bytes += encoded.frame.len();
+        log.entries.push_back(LogEntry {
+            seq,
+            job_id: draft.job_id.clone(),
+            frame: encoded.frame,
+            envelope: encoded.envelope,
+        });
         log.newest = seq;
         while log.entries.len() > self.limits.max_events
             || (log.retained_bytes > self.limits.max_bytes && log.entries.len() > 1)

@@ -31,15 +31,55 @@ pub struct EventDraft {
     pub payload: Value,
 }
 
+/// The bytes a reader writes for one event, and where inside them the
+/// envelope JSON lies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncodedFrame {
+    pub frame: Bytes,
+    pub envelope: std::ops::Range<usize>,
+}
+
 /// Turns a sequenced draft into the bytes readers will write. The log calls it
 /// once per append, under the session's lock, so sequence and frame agree.
-pub type FrameEncoder = fn(session_id: &SessionId, seq: EventSeq, draft: &EventDraft) -> Bytes;
+pub type FrameEncoder =
+    fn(session_id: &SessionId, seq: EventSeq, draft: &EventDraft) -> EncodedFrame;
 
 /// One stored event.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogEntry {
     pub seq: EventSeq,
+    pub job_id: JobId,
     pub frame: Bytes,
+    /// The span of `frame` holding the envelope JSON (§5), so an event can
+    /// be re-stamped into another session's sequence (§7.6) without knowing
+    /// the wire framing.
+    pub envelope: std::ops::Range<usize>,
+}
+
+impl LogEntry {
+    pub fn envelope_json(&self) -> &[u8] {
+        self.frame.get(self.envelope.clone()).unwrap_or_default()
+    }
+
+    /// Rebuilds the draft this entry was appended from.
+    pub fn to_draft(&self) -> Option<EventDraft> {
+        let envelope: Value = serde_json::from_slice(self.envelope_json()).ok()?;
+        let message_type = match envelope.get("type")?.as_str()? {
+            "job.event" => "job.event",
+            "job.result" => "job.result",
+            "job.error" => "job.error",
+            _ => return None,
+        };
+        Some(EventDraft {
+            message_type,
+            job_id: self.job_id.clone(),
+            trace_id: envelope
+                .get("trace_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            payload: envelope.get("payload")?.clone(),
+        })
+    }
 }
 
 /// The range a cursor may take: `floor <= cursor <= newest`. Events

@@ -55,6 +55,12 @@ pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response<Res
     response
 }
 
+pub fn empty_response(status: StatusCode) -> Response<ResponseBody> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
 /// The single place errors become responses: `{code, message, retryable}`.
 pub fn error_response(error: &ApiError) -> Response<ResponseBody> {
     let mut response = json_response(error.status(), &error.payload());

@@ -141,7 +141,13 @@ pub fn authenticate_for_session(
     resume_candidates.extend(query.resume_token.iter().cloned());
     resume_candidates.extend(resume_cookie_values(parts));
 
-    let resume = best_resume_claims(state, &resume_candidates, session_id)?;
+    // With a valid api token, a stale cookie or query token is ignored
+    // rather than failing the request; alone, it must be valid.
+    let resume = match best_resume_claims(state, &resume_candidates, session_id) {
+        Ok(resume) => resume,
+        Err(_) if api_principal.is_some() => None,
+        Err(error) => return Err(error),
+    };
     match (api_principal, resume) {
         (Some(principal), Some(claims)) => {
             if claims.principal != principal {

@@ -21,12 +21,13 @@ use super::credentials::{
 use super::error::{cursor_error, ApiError};
 use super::sse::{encode_retry, encode_unsequenced_event, open_stream, StreamPlan};
 use crate::auth::ResumeClaims;
+use crate::config::SubscribePolicy;
 use crate::event_log::EventLogError;
 use crate::ids::{EventSeq, JobId, Principal, SessionId};
 use crate::jobs::agents::AgentResolveError;
-use crate::jobs::{runner, Job, JobSpec, Registration};
-use crate::protocol::{now_rfc3339, parse_utc_timestamp, Envelope};
-use crate::session::Session;
+use crate::jobs::{runner, Job, JobLimits, JobSpec, Registration};
+use crate::protocol::{format_rfc3339, now_rfc3339, parse_utc_timestamp, Envelope};
+use crate::session::{Session, SessionError};
 use crate::state::{AppState, RUNTIME_FEATURES};
 
 /// The longest accepted `max_runtime_sec`: one week.
@@ -47,7 +48,10 @@ pub fn list_agents(state: &AppState, parts: &Parts) -> Result<Response<ResponseB
 
 /// Accepts a bare payload or a whole envelope of the expected `type` (§5);
 /// returns the payload and the envelope's `trace_id`, if any.
-fn unwrap_envelope(body: Value, expected_type: &str) -> Result<(Value, Option<String>), ApiError> {
+pub(super) fn unwrap_envelope(
+    body: Value,
+    expected_type: &str,
+) -> Result<(Value, Option<String>), ApiError> {
     let Value::Object(mut object) = body else {
         if body.is_null() {
             return Ok((Value::Null, None));
@@ -72,7 +76,10 @@ fn unwrap_envelope(body: Value, expected_type: &str) -> Result<(Value, Option<St
     Ok((object.remove("payload").unwrap_or(Value::Null), trace_id))
 }
 
-fn parse_payload<T: for<'de> Deserialize<'de>>(payload: Value, what: &str) -> Result<T, ApiError> {
+pub(super) fn parse_payload<T: for<'de> Deserialize<'de>>(
+    payload: Value,
+    what: &str,
+) -> Result<T, ApiError> {
     let payload = if payload.is_null() {
         Value::Object(Map::new())
     } else {
@@ -228,7 +235,8 @@ pub async fn create_session(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResumePayload {
-    resume_token: String,
+    #[serde(default)]
+    resume_token: Option<String>,
     #[serde(default)]
     last_event_seq: Option<EventSeq>,
 }
@@ -236,10 +244,11 @@ struct ResumePayload {
 /// Looks a session up for a caller; a session of another principal is
 /// refused, and a signed token for a session that is gone means its window
 /// passed.
-fn session_for(
+pub(super) fn session_for(
     state: &AppState,
     caller: &Caller,
     session_id: &SessionId,
+    reattach: bool,
 ) -> Result<Arc<Session>, ApiError> {
     let Some(session) = state.sessions.get(session_id) else {
         if caller.resume.is_some() {
@@ -255,7 +264,9 @@ fn session_for(
         ));
     }
     if let Some(claims) = &caller.resume {
-        session.check_generation(claims.generation, state.config.resume_window)?;
+        session.check_generation(claims.generation, state.config.resume_window, reattach)?;
+    } else if session.is_closed() {
+        return Err(SessionError::Closed.into());
     } else if session.window_expired(state.config.resume_window, std::time::Instant::now()) {
         return Err(ApiError::ResumeWindowExpired(
             "the session's resume window has passed".into(),
@@ -265,7 +276,7 @@ fn session_for(
 }
 
 /// Checks a client's cursor against the session's log.
-fn check_cursor(
+pub(super) fn check_cursor(
     state: &AppState,
     session_id: &SessionId,
     cursor: EventSeq,
@@ -293,11 +304,21 @@ pub async fn resume_session(
     let body = read_json(body, state.config.max_body_bytes).await?;
     let (payload, _) = unwrap_envelope(body, "session.resume")?;
     let resume: ResumePayload = parse_payload(payload, "session.resume payload")?;
+    let bearer = bearer_token(parts)?;
+    let presented_token = match (&resume.resume_token, bearer) {
+        (Some(token), _) => token.as_str(),
+        (None, Some(token)) if is_resume_token(token) => token,
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "session.resume needs a resume_token (in the body or as the bearer token)".into(),
+            ))
+        }
+    };
     let claims = state
         .token_keys
-        .verify(&resume.resume_token, now_unix())
+        .verify(presented_token, now_unix())
         .map_err(token_error)?;
-    if let Some(token) = bearer_token(parts)? {
+    if let Some(token) = bearer {
         if !is_resume_token(token) {
             let principal = state
                 .api_tokens
@@ -315,7 +336,7 @@ pub async fn resume_session(
         principal: claims.principal.clone(),
         resume: Some(claims),
     };
-    let session = session_for(state, &caller, &session_id)?;
+    let session = session_for(state, &caller, &session_id, true)?;
     let newest = match resume.last_event_seq {
         Some(cursor) => check_cursor(state, &session_id, cursor)?,
         None => state.log.bounds(&session_id).map_err(cursor_error)?.newest,
@@ -367,7 +388,7 @@ pub fn session_events(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
-    let session = session_for(state, &caller, session_id)?;
+    let session = session_for(state, &caller, session_id, true)?;
     let cursor = match requested_cursor(parts, &query)? {
         Some(cursor) => {
             check_cursor(state, session_id, cursor)?;
@@ -502,6 +523,26 @@ fn effective_lease(request: Option<Map<String, Value>>) -> Result<Value, ApiErro
     Ok(Value::Object(request))
 }
 
+/// `cost.budget` caps by currency (§9.6); one amount per currency.
+fn budget_caps(lease: &Value) -> Result<std::collections::BTreeMap<String, f64>, ApiError> {
+    let mut caps = std::collections::BTreeMap::new();
+    let Some(amounts) = lease.get("cost.budget").and_then(Value::as_array) else {
+        return Ok(caps);
+    };
+    for amount in amounts.iter().filter_map(Value::as_str) {
+        let (currency, decimal) = amount.split_once(':').unwrap_or_default();
+        let value: f64 = decimal.parse().map_err(|_| {
+            ApiError::InvalidRequest(format!("cost.budget amount {amount:?} is not a decimal"))
+        })?;
+        if caps.insert(currency.to_owned(), value).is_some() {
+            return Err(ApiError::InvalidRequest(format!(
+                "cost.budget names {currency} more than once"
+            )));
+        }
+    }
+    Ok(caps)
+}
+
 /// The trace id from a W3C `traceparent` header (§11), if it is valid.
 fn trace_id_from_traceparent(parts: &Parts) -> Option<String> {
     let header = parts.headers.get("traceparent")?.to_str().ok()?;
@@ -546,7 +587,7 @@ pub async fn submit_job(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
-    let session = session_for(state, &caller, session_id)?;
+    let session = session_for(state, &caller, session_id, false)?;
     let body = read_json(body, state.config.max_body_bytes).await?;
     let (payload, envelope_trace_id) = unwrap_envelope(body, "job.submit")?;
     let submit: JobSubmitPayload = parse_payload(payload, "job.submit payload")?;
@@ -557,6 +598,17 @@ pub async fn submit_job(
         .validate_input(&submit.input)
         .map_err(ApiError::InvalidRequest)?;
     let lease = effective_lease(submit.lease_request.clone())?;
+    let budget = budget_caps(&lease)?;
+    if !budget.is_empty() && !session.has_feature("cost.budget") {
+        return Err(ApiError::InvalidRequest(
+            "cost.budget was not negotiated for this session (§6.2)".into(),
+        ));
+    }
+    if submit.lease_constraints.is_some() && !session.has_feature("lease_expires_at") {
+        return Err(ApiError::InvalidRequest(
+            "lease_expires_at was not negotiated for this session (§6.2)".into(),
+        ));
+    }
     let (lease_constraints, lease_expires_at) = match &submit.lease_constraints {
         None => (None, None),
         Some(constraints) => match &constraints.expires_at {
@@ -605,6 +657,7 @@ pub async fn submit_job(
         "lease_constraints": lease_constraints,
         "max_runtime_sec": submit.max_runtime_sec,
     });
+    let created_at = OffsetDateTime::now_utc();
     let spec = JobSpec {
         id: JobId::generate(),
         session_id: session.id.clone(),
@@ -614,13 +667,20 @@ pub async fn submit_job(
         lease,
         lease_constraints,
         lease_expires_at,
+        budget,
         max_runtime,
         trace_id,
-        created_at: now_rfc3339(),
+        created_at: format_rfc3339(created_at),
+        created_at_time: created_at,
         fingerprint,
+        limits: JobLimits {
+            max_result_chunk_bytes: state.config.max_result_chunk_bytes,
+            max_result_bytes: state.config.max_result_bytes,
+            back_pressure_lag_events: state.config.back_pressure_lag_events,
+        },
     };
     let job = match state.jobs.register(
-        Job::new(spec, state.log.clone()),
+        Job::new(spec, session.clone(), state.log.clone()),
         submit.idempotency_key.as_deref(),
     ) {
         Registration::Accepted(job) => {
@@ -631,17 +691,25 @@ pub async fn submit_job(
         Registration::Repeated(job) => job,
         Registration::ConflictingKey => return Err(ApiError::DuplicateKey),
     };
-    let mut envelope = Envelope::new("job.accepted", &session.id, &job.accepted_payload);
+    // An idempotent repeat answers for the session that submitted the job.
+    let mut envelope = Envelope::new("job.accepted", &job.spec.session_id, &job.accepted_payload);
     envelope.job_id = Some(&job.spec.id);
     envelope.trace_id = Some(&job.spec.trace_id);
     Ok(json_response(StatusCode::ACCEPTED, &envelope))
+}
+
+/// Whether `principal` may observe `job` (§6.6, §14): its submitter always;
+/// others only when the deployment broadened the policy.
+pub(super) fn may_observe(state: &AppState, principal: &Principal, job: &Job) -> bool {
+    &job.spec.principal == principal
+        || state.config.subscribe_policy == SubscribePolicy::AnyPrincipal
 }
 
 /// A job the caller's principal may observe; anything else is "not found",
 /// so other principals' jobs do not leak (§6.6).
 fn visible_job(state: &AppState, caller: &Caller, job_id: &JobId) -> Result<Arc<Job>, ApiError> {
     match state.jobs.get(job_id) {
-        Some(job) if job.spec.principal == caller.principal => Ok(job),
+        Some(job) if may_observe(state, &caller.principal, &job) => Ok(job),
         _ => Err(ApiError::JobNotFound),
     }
 }
@@ -655,24 +723,14 @@ pub fn get_job(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
-    let session = session_for(state, &caller, session_id)?;
+    let session = session_for(state, &caller, session_id, false)?;
     let job = visible_job(state, &caller, job_id)?;
-    let snapshot = job.snapshot();
-    let payload = json!({
-        "job_id": job.spec.id,
-        "agent": job.spec.agent,
-        "status": snapshot.status,
-        "lease": job.spec.lease,
-        "lease_constraints": job.spec.lease_constraints,
-        "parent_job_id": null,
-        "created_at": job.spec.created_at,
-        "trace_id": job.spec.trace_id,
-        "last_event_seq": snapshot.last_event_seq,
-        "submitted_by_this_session": job.spec.session_id == session.id,
-        "terminal": snapshot.terminal_payload,
-    });
+    let mut payload = job.descriptor();
+    payload["submitted_by_this_session"] = json!(job.spec.session_id == session.id);
+    payload["terminal"] = job.snapshot().terminal_payload.unwrap_or(Value::Null);
     let mut envelope = Envelope::new("job.status", &session.id, &payload);
     envelope.job_id = Some(&job.spec.id);
+    envelope.trace_id = Some(&job.spec.trace_id);
     Ok(json_response(StatusCode::OK, &envelope))
 }
 
@@ -685,7 +743,7 @@ pub fn cancel_job(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
-    let session = session_for(state, &caller, session_id)?;
+    let session = session_for(state, &caller, session_id, false)?;
     let job = visible_job(state, &caller, job_id)?;
     if job.spec.session_id != session.id {
         return Err(ApiError::PermissionDenied(

@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod error;
 pub mod handlers;
 pub mod router;
+pub mod session_ops;
 pub mod sse;
 
 use std::sync::Arc;
@@ -53,9 +54,16 @@ async fn dispatch(
         RouteId::ListAgents => handlers::list_agents(state, parts),
         RouteId::CreateSession => handlers::create_session(state, parts, body).await,
         RouteId::ResumeSession => handlers::resume_session(state, parts, body).await,
+        RouteId::CloseSession => session_ops::close_session(state, parts, &session_id()),
         RouteId::SessionEvents => handlers::session_events(state, parts, &session_id()),
+        RouteId::Ack => session_ops::ack(state, parts, body, &session_id()).await,
+        RouteId::Ping => session_ops::ping(state, parts, body, &session_id()).await,
+        RouteId::Pong => session_ops::pong(state, parts, body, &session_id()).await,
+        RouteId::ListJobs => session_ops::list_jobs(state, parts, &session_id()),
         RouteId::SubmitJob => handlers::submit_job(state, parts, body, &session_id()).await,
         RouteId::GetJob => handlers::get_job(state, parts, &session_id(), &job_id()),
         RouteId::CancelJob => handlers::cancel_job(state, parts, &session_id(), &job_id()),
+        RouteId::Subscribe => session_ops::subscribe(state, parts, body, &session_id()).await,
+        RouteId::Unsubscribe => session_ops::unsubscribe(state, parts, &session_id(), &job_id()),
     }
 }

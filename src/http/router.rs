@@ -10,10 +10,17 @@ pub enum RouteId {
     ListAgents,
     CreateSession,
     ResumeSession,
+    CloseSession,
     SessionEvents,
+    Ack,
+    Ping,
+    Pong,
+    ListJobs,
     SubmitJob,
     GetJob,
     CancelJob,
+    Subscribe,
+    Unsubscribe,
 }
 
 pub struct Route {
@@ -63,6 +70,16 @@ pub const ROUTES: &[Route] = &[
         id: RouteId::CancelJob,
         method: Method::POST,
         template: "/v1/sessions/{session_id}/jobs/{job_id}/cancel",
+    },
+    Route {
+        id: RouteId::Subscribe,
+        method: Method::POST,
+        template: "/v1/sessions/{session_id}/subscriptions",
+    },
+    Route {
+        id: RouteId::Unsubscribe,
+        method: Method::DELETE,
+        template: "/v1/sessions/{session_id}/subscriptions/{job_id}",
     },
 ];
 

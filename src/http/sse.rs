@@ -21,7 +21,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::event_log::{EventDraft, EventLog, LogEntry, ReadLimit};
+use crate::event_log::{EncodedFrame, EventDraft, EventLog, LogEntry, ReadLimit};
 use crate::ids::{EventSeq, SessionId};
 use crate::protocol::Envelope;
 use crate::session::{Session, StreamId};
@@ -39,7 +39,7 @@ pub const STREAM_READ_LIMIT: ReadLimit = ReadLimit {
 };
 
 /// The [`crate::event_log::FrameEncoder`] for job events.
-pub fn encode_job_event(session_id: &SessionId, seq: EventSeq, draft: &EventDraft) -> Bytes {
+pub fn encode_job_event(session_id: &SessionId, seq: EventSeq, draft: &EventDraft) -> EncodedFrame {
     let mut envelope = Envelope::new(draft.message_type, session_id, &draft.payload);
     envelope.job_id = Some(&draft.job_id);
     envelope.trace_id = draft.trace_id.as_deref();
@@ -51,9 +51,14 @@ pub fn encode_job_event(session_id: &SessionId, seq: EventSeq, draft: &EventDraf
     frame.extend_from_slice(b"\nevent: ");
     frame.extend_from_slice(draft.message_type.as_bytes());
     frame.extend_from_slice(b"\ndata: ");
+    let start = frame.len();
     frame.extend_from_slice(&data);
+    let envelope = start..frame.len();
     frame.extend_from_slice(b"\n\n");
-    frame.freeze()
+    EncodedFrame {
+        frame: frame.freeze(),
+        envelope,
+    }
 }
 
 /// An event with no `id:` line, for control messages. `data` must be one
@@ -142,6 +147,12 @@ async fn pump(plan: StreamPlan, sender: mpsc::Sender<Bytes>) {
         stream_id: plan.stream_id,
     };
     let stop = pump_until_stopped(&plan, &sender).await;
+    if matches!(stop, Stop::Replaced) && plan.session.is_closed() {
+        // §6.7: tell the client why its stream ends. Best effort.
+        let payload = serde_json::json!({ "reason": "closed by client" });
+        let envelope = Envelope::new("session.closed", &plan.session.id, &payload).to_json_bytes();
+        let _ = sender.try_send(encode_unsequenced_event("session.closed", &envelope));
+    }
     match stop {
         Stop::ClientGone => {
             tracing::debug!(session = %plan.session.id, "stream client disconnected")
@@ -199,12 +210,28 @@ async fn pump_until_stopped(plan: &StreamPlan, sender: &mpsc::Sender<Bytes>) -> 
             () = sender.closed() => return Stop::ClientGone,
             changed = newest.changed() => if changed.is_err() { return Stop::LogGone },
             _ = heartbeat.tick() => {
-                if sender.send(Bytes::from_static(KEEPALIVE)).await.is_err() {
+                if sender.send(heartbeat_chunk(&plan.session)).await.is_err() {
                     return Stop::ClientGone;
                 }
             }
         }
     }
+}
+
+/// A keepalive comment, plus a `session.ping` (§6.4, no `id:`, no seq) when
+/// the session negotiated `heartbeat`.
+fn heartbeat_chunk(session: &Session) -> Bytes {
+    if !session.has_feature("heartbeat") {
+        return Bytes::from_static(KEEPALIVE);
+    }
+    let payload = serde_json::json!({
+        "nonce": format!("p_{:032x}", rand::random::<u128>()),
+        "sent_at": crate::protocol::now_rfc3339(),
+    });
+    let envelope = Envelope::new("session.ping", &session.id, &payload).to_json_bytes();
+    let mut chunk = BytesMut::from(KEEPALIVE);
+    chunk.extend_from_slice(&encode_unsequenced_event("session.ping", &envelope));
+    chunk.freeze()
 }
 
 /// Completes once `stream_id` is no longer the session's attached stream.
@@ -299,8 +326,12 @@ mod tests {
                 trace_id: Some("trace".into()),
                 payload: payload.clone(),
             };
-            let frame = encode_job_event(&session_id, seq, &draft);
-            let text = std::str::from_utf8(&frame).unwrap();
+            let encoded = encode_job_event(&session_id, seq, &draft);
+            let text = std::str::from_utf8(&encoded.frame).unwrap();
+            let entry = LogEntry { seq, job_id: draft.job_id.clone(), frame: encoded.frame.clone(), envelope: encoded.envelope };
+            let rebuilt = entry.to_draft().unwrap();
+            prop_assert_eq!(&rebuilt.payload, &payload);
+            prop_assert_eq!(rebuilt.message_type, "job.event");
             let events = parse_events(text);
             prop_assert_eq!(events.len(), 1);
             let (id, event, data) = &events[0];
@@ -330,7 +361,9 @@ mod tests {
         let entries: Vec<LogEntry> = (1..=3)
             .map(|seq| LogEntry {
                 seq,
+                job_id: JobId::from_client("job_1"),
                 frame: Bytes::from(format!("id: {seq}\ndata: x\n\n")),
+                envelope: 0..0,
             })
             .collect();
         assert_eq!(

@@ -33,17 +33,21 @@ pub enum AgentResolveError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BuiltinAgent {
     Echo,
+    /// `echo@0.9.0`: the result wraps the input as `{"echoed": input}`.
+    EchoLegacy,
     Ticker,
     Chunker,
     Fail,
+    /// Reports `cost.*` metrics, for budgets (§9.6).
+    Spender,
 }
 
 pub struct AgentEntry {
     pub name: &'static str,
-    pub versions: Vec<&'static str>,
+    /// Each version and what runs for it.
+    pub versions: Vec<(&'static str, BuiltinAgent)>,
     pub default_version: &'static str,
     pub description: &'static str,
-    pub agent: BuiltinAgent,
 }
 
 /// A resolved agent: what runs, and the `name@version` it is known by.
@@ -61,14 +65,18 @@ impl AgentRegistry {
     pub fn builtin() -> Self {
         let entry = |name, description, agent| AgentEntry {
             name,
-            versions: vec!["1.0.0"],
+            versions: vec![("1.0.0", agent)],
             default_version: "1.0.0",
             description,
-            agent,
         };
         AgentRegistry {
             entries: vec![
-                entry("echo", "returns its input as the result", BuiltinAgent::Echo),
+                AgentEntry {
+                    name: "echo",
+                    versions: vec![("0.9.0", BuiltinAgent::EchoLegacy), ("1.0.0", BuiltinAgent::Echo)],
+                    default_version: "1.0.0",
+                    description: "returns its input as the result (0.9.0 wraps it as {echoed})",
+                },
                 entry(
                     "ticker",
                     "input {count, interval_ms}: emits count progress events, then a result",
@@ -84,6 +92,11 @@ impl AgentRegistry {
                     "input {code, message, retryable, delay_ms}: ends with job.error",
                     BuiltinAgent::Fail,
                 ),
+                entry(
+                    "spender",
+                    "input {steps, cost, currency, interval_ms}: reports cost.* metrics against cost.budget",
+                    BuiltinAgent::Spender,
+                ),
             ],
         }
     }
@@ -94,9 +107,11 @@ impl AgentRegistry {
             self.entries
                 .iter()
                 .map(|entry| {
+                    let versions: Vec<&str> =
+                        entry.versions.iter().map(|(version, _)| *version).collect();
                     json!({
                         "name": entry.name,
-                        "versions": entry.versions,
+                        "versions": versions,
                         "default": entry.default_version,
                         "description": entry.description,
                     })
@@ -118,15 +133,15 @@ impl AgentRegistry {
             return Err(AgentResolveError::NotAvailable(name.to_owned()));
         };
         let version = version.unwrap_or(entry.default_version);
-        if !entry.versions.contains(&version) {
+        let Some((_, agent)) = entry.versions.iter().find(|(known, _)| *known == version) else {
             return Err(AgentResolveError::VersionNotAvailable {
                 name: name.to_owned(),
                 version: version.to_owned(),
             });
-        }
+        };
         Ok(ResolvedAgent {
             qualified_name: format!("{name}@{version}"),
-            agent: entry.agent,
+            agent: *agent,
         })
     }
 }
@@ -201,6 +216,47 @@ struct ChunkerInput {
     chunk_size: u64,
     #[serde(default)]
     interval_ms: u64,
+    /// Breaks a §8.4 rule on purpose, to show the gateway enforcing it:
+    /// `out_of_order` skips a chunk_seq, `inline_result` ends with an inline
+    /// result after streaming chunks.
+    #[serde(default)]
+    violate: Option<ChunkerViolation>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum ChunkerViolation {
+    OutOfOrder,
+    InlineResult,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpenderInput {
+    #[serde(default = "default_spender_steps")]
+    steps: u64,
+    #[serde(default = "default_spender_cost")]
+    cost: f64,
+    #[serde(default = "default_spender_currency")]
+    currency: String,
+    #[serde(default = "default_spender_interval_ms")]
+    interval_ms: u64,
+}
+
+fn default_spender_steps() -> u64 {
+    10
+}
+
+fn default_spender_cost() -> f64 {
+    0.25
+}
+
+fn default_spender_currency() -> String {
+    "USD".to_owned()
+}
+
+fn default_spender_interval_ms() -> u64 {
+    50
 }
 
 fn default_chunker_size() -> u64 {
@@ -248,7 +304,17 @@ impl BuiltinAgent {
     /// Checked at submission so bad input is a `400`, not a failed job.
     pub fn validate_input(self, input: &Value) -> Result<(), String> {
         match self {
-            BuiltinAgent::Echo => Ok(()),
+            BuiltinAgent::Echo | BuiltinAgent::EchoLegacy => Ok(()),
+            BuiltinAgent::Spender => {
+                let input: SpenderInput = parse_input(input)?;
+                if input.steps > MAX_TICKS || input.interval_ms > MAX_INTERVAL_MS {
+                    return Err(format!("input.steps must be at most {MAX_TICKS}, interval_ms at most {MAX_INTERVAL_MS}"));
+                }
+                if input.currency.is_empty() || input.currency.len() > 16 {
+                    return Err("input.currency must be 1..=16 bytes".into());
+                }
+                Ok(())
+            }
             BuiltinAgent::Ticker => {
                 let input: TickerInput = parse_input(input)?;
                 if input.count > MAX_TICKS {
@@ -301,6 +367,10 @@ impl BuiltinAgent {
             BuiltinAgent::Echo => Terminal::Success {
                 result: context.input().clone(),
             },
+            BuiltinAgent::EchoLegacy => Terminal::Success {
+                result: json!({ "echoed": context.input() }),
+            },
+            BuiltinAgent::Spender => run_spender(&context).await,
             BuiltinAgent::Ticker => run_ticker(&context).await,
             BuiltinAgent::Chunker => run_chunker(&context).await,
             BuiltinAgent::Fail => run_fail(&context).await,
@@ -353,9 +423,10 @@ async fn run_chunker(context: &JobContext) -> Terminal {
         hasher.update(data.as_bytes());
         produced += length;
         let more = produced < input.size;
+        let skip = input.violate == Some(ChunkerViolation::OutOfOrder) && chunk_seq == 1;
         let body = json!({
             "result_id": result_id,
-            "chunk_seq": chunk_seq,
+            "chunk_seq": if skip { chunk_seq + 1 } else { chunk_seq },
             "data": data,
             "encoding": "utf8",
             "more": more,
@@ -373,6 +444,11 @@ async fn run_chunker(context: &JobContext) -> Terminal {
             tokio::task::yield_now().await;
         }
     }
+    if input.violate == Some(ChunkerViolation::InlineResult) {
+        return Terminal::Success {
+            result: json!("inline, after chunks"),
+        };
+    }
     let digest: String = hasher
         .finalize()
         .iter()
@@ -382,6 +458,32 @@ async fn run_chunker(context: &JobContext) -> Terminal {
         result_id,
         result_size: produced,
         summary: format!("{produced} bytes in {chunk_seq} chunks, sha256 {digest}"),
+    }
+}
+
+async fn run_spender(context: &JobContext) -> Terminal {
+    let input: SpenderInput = match parse_input(context.input()) {
+        Ok(input) => input,
+        Err(message) => return invalid_input(message),
+    };
+    let mut spent = 0.0;
+    for step in 1..=input.steps {
+        if input.interval_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(input.interval_ms)).await;
+        }
+        let metric =
+            json!({ "name": "cost.inference", "value": input.cost, "unit": input.currency });
+        if context.event("metric", metric).is_err() {
+            break;
+        }
+        spent += input.cost;
+        let progress = json!({ "current": step, "total": input.steps, "units": "steps" });
+        if context.event("progress", progress).is_err() {
+            break;
+        }
+    }
+    Terminal::Success {
+        result: json!({ "spent": spent, "currency": input.currency }),
     }
 }
 

@@ -1,17 +1,19 @@
 //! Jobs (§7): their records, the one task per job that runs the agent, and
 //! the agents themselves.
 //!
-//! A job appends to its submitting session's event log and nothing else reads
-//! its state for streaming; streams only read the log. All appends for a job
-//! go through [`Job::emit`] or [`Job::finish`], which hold the job's lock
-//! while appending, so no event can follow the terminal one and the terminal
-//! event is written exactly once, whichever of result, error, cancel, timeout
-//! or lease expiry comes first.
+//! A job appends to its submitting session's event log, and to the logs of
+//! the sessions subscribed to it (§7.6), each re-stamped with that session's
+//! own `event_seq`. Streams only read logs. All appends for a job go through
+//! [`Job::emit`] or [`Job::finish`], which hold the job's lock while
+//! appending, so no event can follow the terminal one, the terminal event is
+//! written exactly once whichever of result, error, cancel, timeout, lease
+//! expiry or budget exhaustion comes first, and a subscription taken while
+//! the job runs sees neither a gap nor a duplicate between history and live.
 
 pub mod agents;
 pub mod runner;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,9 +21,19 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::event_log::{EventDraft, EventLog};
+use crate::event_log::{EventDraft, EventLog, EventLogError, ReadLimit};
 use crate::ids::{EventSeq, JobId, Principal, SessionId};
 use crate::protocol::{now_rfc3339, ErrorCode, ErrorPayload, JobStatus};
+use crate::session::Session;
+
+/// Caps the gateway enforces on what an agent emits (§8.4, §14).
+#[derive(Clone, Copy, Debug)]
+pub struct JobLimits {
+    pub max_result_chunk_bytes: u64,
+    pub max_result_bytes: u64,
+    /// Consumer lag, in events, that opens a back-pressure episode (§6.5).
+    pub back_pressure_lag_events: u64,
+}
 
 /// Everything fixed at acceptance.
 pub struct JobSpec {
@@ -34,17 +46,24 @@ pub struct JobSpec {
     pub lease: Value,
     pub lease_constraints: Option<Value>,
     pub lease_expires_at: Option<OffsetDateTime>,
+    /// `cost.budget` caps by currency (§9.6).
+    pub budget: BTreeMap<String, f64>,
     pub max_runtime: Option<Duration>,
     pub trace_id: String,
     pub created_at: String,
+    pub created_at_time: OffsetDateTime,
     /// The parameters an idempotent resubmission must match (§7.2).
     pub fingerprint: Value,
+    pub limits: JobLimits,
 }
 
 pub struct Job {
     pub spec: JobSpec,
     /// The `job.accepted` payload, returned again for idempotent resubmits.
     pub accepted_payload: Value,
+    /// Position in submission order, for stable listing cursors (§6.6).
+    index: u64,
+    origin: Arc<Session>,
     state: Mutex<JobState>,
     cancel: CancellationToken,
     log: Arc<dyn EventLog>,
@@ -52,8 +71,22 @@ pub struct Job {
 
 struct JobState {
     status: JobStatus,
+    /// The newest `event_seq` of this job in the submitting session.
     last_event_seq: EventSeq,
     terminal_payload: Option<Value>,
+    /// Sessions that receive this job's events besides the submitter.
+    subscribers: Vec<Arc<Session>>,
+    /// Remaining budget per currency (§9.6).
+    budget_remaining: BTreeMap<String, f64>,
+    streamed_result: Option<StreamedResult>,
+}
+
+/// Progress of a result streamed as `result_chunk` events (§8.4).
+struct StreamedResult {
+    result_id: String,
+    next_chunk_seq: u64,
+    total_bytes: u64,
+    complete: bool,
 }
 
 /// A point-in-time view of a job's progress.
@@ -62,6 +95,7 @@ pub struct JobSnapshot {
     pub status: JobStatus,
     pub last_event_seq: EventSeq,
     pub terminal_payload: Option<Value>,
+    pub budget_remaining: BTreeMap<String, f64>,
 }
 
 /// How a job ended.
@@ -101,6 +135,10 @@ impl Terminal {
             ErrorCode::Cancelled,
             "job cancelled by its submitting session",
         )
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        Terminal::failure(JobStatus::Error, ErrorCode::InternalError, message)
     }
 
     fn status(&self) -> JobStatus {
@@ -149,8 +187,27 @@ impl Terminal {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JobFinished(pub JobStatus);
 
+/// Why a subscription could not be set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// History was asked from a point the submitter's log no longer holds.
+    HistoryEvicted { floor: EventSeq },
+}
+
+/// What a subscription delivered (§7.6 `subscribed_from`, `replayed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subscribed {
+    pub subscribed_from: EventSeq,
+    pub replayed: bool,
+}
+
+/// Reads one numeric field of an event body.
+fn number(body: &Value, field: &str) -> Option<f64> {
+    body.get(field).and_then(Value::as_f64)
+}
+
 impl Job {
-    pub fn new(spec: JobSpec, log: Arc<dyn EventLog>) -> Self {
+    pub fn new(spec: JobSpec, origin: Arc<Session>, log: Arc<dyn EventLog>) -> Self {
         let mut accepted_payload = json!({
             "job_id": spec.id,
             "agent": spec.agent,
@@ -161,13 +218,22 @@ impl Job {
         if let Some(constraints) = &spec.lease_constraints {
             accepted_payload["lease_constraints"] = constraints.clone();
         }
+        if !spec.budget.is_empty() {
+            accepted_payload["budget"] = json!(spec.budget);
+        }
+        let budget_remaining = spec.budget.clone();
         Job {
             spec,
             accepted_payload,
+            index: 0,
+            origin,
             state: Mutex::new(JobState {
                 status: JobStatus::Pending,
                 last_event_seq: 0,
                 terminal_payload: None,
+                subscribers: Vec::new(),
+                budget_remaining,
+                streamed_result: None,
             }),
             cancel: CancellationToken::new(),
             log,
@@ -186,6 +252,7 @@ impl Job {
             status: state.status,
             last_event_seq: state.last_event_seq,
             terminal_payload: state.terminal_payload.clone(),
+            budget_remaining: state.budget_remaining.clone(),
         }
     }
 
@@ -196,37 +263,170 @@ impl Job {
         }
     }
 
-    /// Completes when the job has been cancelled (or ended by another cause
-    /// that must stop the agent).
+    /// Completes when the job has ended for any reason, so its agent stops.
     pub fn stopped(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.cancel.cancelled()
     }
 
-    /// Appends a `job.event` (§8.1) with the given kind and body.
+    /// Appends a `job.event` (§8.1) with the given kind and body, applying
+    /// the gateway's rules for budgets (§9.6) and streamed results (§8.4).
     pub fn emit(&self, kind: &str, body: Value) -> Result<EventSeq, JobFinished> {
-        let payload = json!({ "kind": kind, "ts": now_rfc3339(), "body": body });
         let mut state = self.state();
         if state.status.is_terminal() {
             return Err(JobFinished(state.status));
         }
-        let seq = self.append(&mut state, "job.event", payload);
-        Ok(seq)
+        match kind {
+            "result_chunk" => {
+                if let Err(message) = self.check_result_chunk(&mut state, &body) {
+                    self.finish_locked(&mut state, Terminal::internal(message));
+                    return Err(JobFinished(state.status));
+                }
+            }
+            "metric" => return Ok(self.emit_metric(&mut state, body)),
+            _ => {}
+        }
+        Ok(self.append_event(&mut state, kind, body))
+    }
+
+    fn append_event(&self, state: &mut JobState, kind: &str, body: Value) -> EventSeq {
+        let payload = json!({ "kind": kind, "ts": now_rfc3339(), "body": body });
+        self.append(state, "job.event", payload)
+    }
+
+    /// §9.6: `cost.*` metrics in a budgeted currency decrement its counter,
+    /// followed by a `cost.budget.remaining` metric; at or below zero the job
+    /// ends with `BUDGET_EXHAUSTED`. Negative costs are rejected.
+    fn emit_metric(&self, state: &mut JobState, body: Value) -> EventSeq {
+        let name = body.get("name").and_then(Value::as_str).unwrap_or_default();
+        let unit = body
+            .get("unit")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let value = number(&body, "value");
+        let budgeted = name.starts_with("cost.")
+            && name != "cost.budget.remaining"
+            && state.budget_remaining.contains_key(&unit);
+        if !budgeted {
+            return self.append_event(state, "metric", body);
+        }
+        let Some(cost) = value.filter(|cost| cost.is_finite() && *cost >= 0.0) else {
+            let message =
+                format!("rejected cost metric {name:?}: value must be a non-negative number");
+            return self.append_event(state, "log", json!({ "level": "warn", "message": message }));
+        };
+        let seq = self.append_event(state, "metric", body);
+        let remaining = {
+            let counter = state.budget_remaining.entry(unit.clone()).or_insert(0.0);
+            *counter -= cost;
+            *counter
+        };
+        let seq = seq.max(self.append_event(
+            state,
+            "metric",
+            json!({ "name": "cost.budget.remaining", "value": remaining, "unit": unit }),
+        ));
+        if remaining <= 0.0 {
+            let message = format!("cost.budget for {unit} is exhausted");
+            self.finish_locked(
+                state,
+                Terminal::failure(JobStatus::Error, ErrorCode::BudgetExhausted, message),
+            );
+        }
+        seq
+    }
+
+    /// §8.4: one streamed result per job, chunks in `chunk_seq` order from 0,
+    /// nothing after `more: false`, and per-chunk and total size caps.
+    fn check_result_chunk(&self, state: &mut JobState, body: &Value) -> Result<(), String> {
+        let result_id = body
+            .get("result_id")
+            .and_then(Value::as_str)
+            .ok_or("result_chunk without result_id")?;
+        let chunk_seq = body
+            .get("chunk_seq")
+            .and_then(Value::as_u64)
+            .ok_or("result_chunk without chunk_seq")?;
+        let data = body
+            .get("data")
+            .and_then(Value::as_str)
+            .ok_or("result_chunk without string data")?;
+        let more = body
+            .get("more")
+            .and_then(Value::as_bool)
+            .ok_or("result_chunk without more")?;
+        match body.get("encoding").and_then(Value::as_str) {
+            Some("utf8" | "base64") => {}
+            _ => return Err("result_chunk encoding must be utf8 or base64".into()),
+        }
+        let limits = self.spec.limits;
+        let size = data.len() as u64;
+        if size > limits.max_result_chunk_bytes {
+            return Err(format!(
+                "result_chunk of {size} bytes exceeds the {} byte cap",
+                limits.max_result_chunk_bytes
+            ));
+        }
+        let streamed = state.streamed_result.get_or_insert_with(|| StreamedResult {
+            result_id: result_id.to_owned(),
+            next_chunk_seq: 0,
+            total_bytes: 0,
+            complete: false,
+        });
+        if streamed.result_id != result_id {
+            return Err("a job streams at most one result".into());
+        }
+        if streamed.complete {
+            return Err("result_chunk after the final chunk".into());
+        }
+        if chunk_seq != streamed.next_chunk_seq {
+            return Err(format!(
+                "result_chunk out of order: got {chunk_seq}, expected {}",
+                streamed.next_chunk_seq
+            ));
+        }
+        streamed.total_bytes += size;
+        if streamed.total_bytes > limits.max_result_bytes {
+            return Err(format!(
+                "streamed result exceeds the {} byte cap",
+                limits.max_result_bytes
+            ));
+        }
+        streamed.next_chunk_seq += 1;
+        streamed.complete = !more;
+        Ok(())
     }
 
     /// Writes the terminal event if none was written yet. Returns whether this
     /// call wrote it.
     pub fn finish(&self, terminal: Terminal) -> bool {
-        let (message_type, payload) = terminal.message_type_and_payload();
         let mut state = self.state();
         if state.status.is_terminal() {
             return false;
         }
+        self.finish_locked(&mut state, terminal);
+        true
+    }
+
+    fn finish_locked(&self, state: &mut JobState, terminal: Terminal) {
+        let terminal = match (&terminal, &state.streamed_result) {
+            // §8.4: never an inline result after chunks.
+            (Terminal::Success { .. }, Some(_)) => Terminal::internal(
+                "the agent returned an inline result after streaming result_chunk events",
+            ),
+            (Terminal::StreamedSuccess { result_id, .. }, streamed) => match streamed {
+                Some(streamed) if &streamed.result_id == result_id && streamed.complete => terminal,
+                _ => Terminal::internal(
+                    "job.result names a streamed result that was not completely streamed",
+                ),
+            },
+            _ => terminal,
+        };
+        let (message_type, payload) = terminal.message_type_and_payload();
         state.status = terminal.status();
         state.terminal_payload = Some(payload.clone());
-        self.append(&mut state, message_type, payload);
-        drop(state);
+        self.append(state, message_type, payload);
         self.cancel.cancel();
-        true
     }
 
     /// §7.4: ends the job with `CANCELLED` and stops its agent.
@@ -248,8 +448,150 @@ impl Job {
         // runs to its end, but nobody can resume to see it.
         if let Ok(seq) = self.log.append(&self.spec.session_id, &draft) {
             state.last_event_seq = seq;
+            self.signal_back_pressure(&self.origin, seq);
         }
+        state
+            .subscribers
+            .retain(|subscriber| match self.log.append(&subscriber.id, &draft) {
+                Ok(seq) => {
+                    self.signal_back_pressure(subscriber, seq);
+                    true
+                }
+                Err(_) => false,
+            });
         state.last_event_seq
+    }
+
+    /// §6.5: tells a lagging consumer, once per episode, with a `status`
+    /// event in its own session only.
+    fn signal_back_pressure(&self, session: &Session, seq: EventSeq) {
+        let Some(lag) = session.note_append(seq, self.spec.limits.back_pressure_lag_events) else {
+            return;
+        };
+        let payload = json!({
+            "kind": "status",
+            "ts": now_rfc3339(),
+            "body": {
+                "phase": "back_pressure",
+                "message": format!("consumer is {lag} events behind its last acknowledgement"),
+            },
+        });
+        let draft = EventDraft {
+            message_type: "job.event",
+            job_id: self.spec.id.clone(),
+            trace_id: Some(self.spec.trace_id.clone()),
+            payload,
+        };
+        let _ = self.log.append(&session.id, &draft);
+    }
+
+    /// §7.6: adds `subscriber` to this job's audience. With `history_after`,
+    /// the job's retained events with origin `seq > history_after` are first
+    /// re-stamped into the subscriber's log; both steps happen under the job
+    /// lock, so history and live meet with no gap or duplicate.
+    pub fn subscribe(
+        &self,
+        subscriber: Arc<Session>,
+        history_after: Option<EventSeq>,
+    ) -> Result<Subscribed, SubscribeError> {
+        let mut state = self.state();
+        let subscribed_from = state.last_event_seq;
+        let already = subscriber.id == self.spec.session_id
+            || state.subscribers.iter().any(|s| s.id == subscriber.id);
+        if already {
+            return Ok(Subscribed {
+                subscribed_from,
+                replayed: false,
+            });
+        }
+        let mut replayed = false;
+        if let Some(after) = history_after {
+            let drafts = self.history_after(after)?;
+            replayed = !drafts.is_empty();
+            for draft in &drafts {
+                let _ = self.log.append(&subscriber.id, draft);
+            }
+        }
+        if !state.status.is_terminal() {
+            state.subscribers.push(subscriber);
+        }
+        Ok(Subscribed {
+            subscribed_from,
+            replayed,
+        })
+    }
+
+    /// Retained events of this job in the submitter's log after `after`.
+    fn history_after(&self, after: EventSeq) -> Result<Vec<EventDraft>, SubscribeError> {
+        let origin = &self.spec.session_id;
+        let Ok(bounds) = self.log.bounds(origin) else {
+            return Err(SubscribeError::HistoryEvicted {
+                floor: EventSeq::MAX,
+            });
+        };
+        if after < bounds.floor {
+            return Err(SubscribeError::HistoryEvicted {
+                floor: bounds.floor,
+            });
+        }
+        let limit = ReadLimit {
+            max_entries: 4096,
+            max_bytes: 4 * 1024 * 1024,
+        };
+        let mut drafts = Vec::new();
+        let mut cursor = after.min(bounds.newest);
+        loop {
+            let batch = match self.log.read_after(origin, cursor, limit) {
+                Ok(batch) => batch,
+                Err(EventLogError::CursorEvicted { floor }) => {
+                    return Err(SubscribeError::HistoryEvicted { floor })
+                }
+                Err(_) => break,
+            };
+            let Some(last) = batch.last() else {
+                break;
+            };
+            cursor = last.seq;
+            drafts.extend(
+                batch
+                    .iter()
+                    .filter(|entry| entry.job_id == self.spec.id)
+                    .filter_map(|entry| entry.to_draft()),
+            );
+        }
+        Ok(drafts)
+    }
+
+    /// Stops delivering this job's events to `subscriber`.
+    pub fn unsubscribe(&self, subscriber: &SessionId) -> bool {
+        let mut state = self.state();
+        let before = state.subscribers.len();
+        state
+            .subscribers
+            .retain(|session| &session.id != subscriber);
+        state.subscribers.len() != before
+    }
+
+    /// The observable, non-secret view of the job (§6.6, §7.6).
+    pub fn descriptor(&self) -> Value {
+        let snapshot = self.snapshot();
+        let mut descriptor = json!({
+            "job_id": self.spec.id,
+            "agent": self.spec.agent,
+            "status": snapshot.status,
+            "lease": self.spec.lease,
+            "parent_job_id": null,
+            "created_at": self.spec.created_at,
+            "trace_id": self.spec.trace_id,
+            "last_event_seq": snapshot.last_event_seq,
+        });
+        if let Some(constraints) = &self.spec.lease_constraints {
+            descriptor["lease_constraints"] = constraints.clone();
+        }
+        if !snapshot.budget_remaining.is_empty() {
+            descriptor["budget"] = json!(snapshot.budget_remaining);
+        }
+        descriptor
     }
 }
 
@@ -262,6 +604,22 @@ pub enum Registration {
     ConflictingKey,
 }
 
+/// Filters of a job listing (§6.6).
+#[derive(Default)]
+pub struct ListFilter {
+    pub statuses: Vec<JobStatus>,
+    /// `name` matches every version; `name@version` only that one.
+    pub agent: Option<String>,
+    pub created_after: Option<OffsetDateTime>,
+}
+
+/// One page of a listing, oldest first.
+pub struct ListPage {
+    pub jobs: Vec<Arc<Job>>,
+    /// The index to pass back as `cursor` for the next page.
+    pub next_cursor: Option<u64>,
+}
+
 /// Every job the gateway knows, and the idempotency keys that name them.
 #[derive(Default)]
 pub struct JobRegistry {
@@ -271,6 +629,9 @@ pub struct JobRegistry {
 #[derive(Default)]
 struct RegistryInner {
     jobs: HashMap<JobId, Arc<Job>>,
+    /// Submission order, for stable pagination.
+    order: BTreeMap<u64, JobId>,
+    next_index: u64,
     /// Idempotency keys are scoped per principal (§7.2).
     by_key: HashMap<(Principal, String), JobId>,
 }
@@ -285,7 +646,7 @@ impl JobRegistry {
     /// Registers a job, or resolves its idempotency key to an earlier one.
     /// The key check and insert happen under one lock, so two racing
     /// submissions with the same key yield one job.
-    pub fn register(&self, job: Job, idempotency_key: Option<&str>) -> Registration {
+    pub fn register(&self, mut job: Job, idempotency_key: Option<&str>) -> Registration {
         let mut inner = self.inner();
         if let Some(key) = idempotency_key {
             let scoped = (job.spec.principal.clone(), key.to_owned());
@@ -297,7 +658,10 @@ impl JobRegistry {
             }
             inner.by_key.insert(scoped, job.spec.id.clone());
         }
+        inner.next_index += 1;
+        job.index = inner.next_index;
         let job = Arc::new(job);
+        inner.order.insert(job.index, job.spec.id.clone());
         inner.jobs.insert(job.spec.id.clone(), job.clone());
         Registration::Accepted(job)
     }
@@ -306,20 +670,53 @@ impl JobRegistry {
         self.inner().jobs.get(job_id).cloned()
     }
 
-    /// Forgets the finished jobs of a session that is gone, and their keys.
+    /// A page of the jobs `may_observe` admits, in submission order, after
+    /// `cursor` (§6.6).
+    pub fn list(
+        &self,
+        may_observe: impl Fn(&Job) -> bool,
+        filter: &ListFilter,
+        cursor: u64,
+        limit: usize,
+    ) -> ListPage {
+        let inner = self.inner();
+        let mut jobs = Vec::new();
+        let mut next_cursor = None;
+        for job_id in inner
+            .order
+            .range(cursor.saturating_add(1)..)
+            .map(|(_, id)| id)
+        {
+            let Some(job) = inner.jobs.get(job_id) else {
+                continue;
+            };
+            if !may_observe(job) || !filter.admits(job) {
+                continue;
+            }
+            if jobs.len() == limit {
+                next_cursor = jobs.last().map(|job: &Arc<Job>| job.index);
+                break;
+            }
+            jobs.push(job.clone());
+        }
+        ListPage { jobs, next_cursor }
+    }
+
+    /// Forgets the finished jobs of sessions that are gone, and their keys.
     /// Jobs still running are kept until a later sweep finds them finished.
     pub fn forget_finished_of(&self, is_gone: impl Fn(&SessionId) -> bool) {
         let mut inner = self.inner();
-        let finished: Vec<JobId> = inner
+        let finished: Vec<(u64, JobId)> = inner
             .jobs
             .values()
             .filter(|job| is_gone(&job.spec.session_id) && job.snapshot().status.is_terminal())
-            .map(|job| job.spec.id.clone())
+            .map(|job| (job.index, job.spec.id.clone()))
             .collect();
-        for id in &finished {
+        for (index, id) in &finished {
             inner.jobs.remove(id);
+            inner.order.remove(index);
         }
-        let RegistryInner { jobs, by_key } = &mut *inner;
+        let RegistryInner { jobs, by_key, .. } = &mut *inner;
         by_key.retain(|_, id| jobs.contains_key(id));
     }
 
@@ -329,5 +726,35 @@ impl JobRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Job {
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+}
+
+impl ListFilter {
+    fn admits(&self, job: &Job) -> bool {
+        if !self.statuses.is_empty() && !self.statuses.contains(&job.snapshot().status) {
+            return false;
+        }
+        if let Some(agent) = &self.agent {
+            let matches = if agent.contains('@') {
+                &job.spec.agent == agent
+            } else {
+                job.spec.agent.split('@').next() == Some(agent.as_str())
+            };
+            if !matches {
+                return false;
+            }
+        }
+        if let Some(after) = self.created_after {
+            if job.spec.created_at_time <= after {
+                return false;
+            }
+        }
+        true
     }
 }

@@ -5,13 +5,13 @@
 //! the moment its last stream detached (or from creation, if none ever
 //! attached); a session with an attached stream never expires.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::ids::{Principal, SessionId};
+use crate::ids::{EventSeq, JobId, Principal, SessionId};
 
 /// Why a session refused an operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +49,14 @@ struct SessionState {
     /// When the last stream detached; `None` while a stream is attached.
     detached_since: Option<Instant>,
     closed: bool,
+    /// The highest `last_processed_seq` acknowledged (§6.5), if any.
+    acked_through: Option<EventSeq>,
+    /// True while a back-pressure episode is open (§6.5).
+    lagging: bool,
+    /// Jobs of other sessions whose events this session receives (§7.6).
+    subscriptions: BTreeSet<JobId>,
+    /// When the client last answered or sent a heartbeat (§6.4).
+    last_heartbeat_from_client: Option<Instant>,
 }
 
 /// What a caller gets when a welcome is issued.
@@ -76,6 +84,10 @@ impl Session {
                 next_stream_id: 1,
                 detached_since: Some(Instant::now()),
                 closed: false,
+                acked_through: None,
+                lagging: false,
+                subscriptions: BTreeSet::new(),
+                last_heartbeat_from_client: None,
             }),
             attached_stream,
         }
@@ -102,9 +114,19 @@ impl Session {
 
     /// Checks that a token generation is still usable, without consuming it
     /// (used by plain requests that carry a resume token as credential).
-    pub fn check_generation(&self, generation: u64, window: Duration) -> Result<(), SessionError> {
+    /// `reattach` allows a closed session, which a resume token may reopen.
+    pub fn check_generation(
+        &self,
+        generation: u64,
+        window: Duration,
+        reattach: bool,
+    ) -> Result<(), SessionError> {
         let state = self.state();
-        check_usable(&state, window)?;
+        if reattach {
+            check_window(&state, window)?;
+        } else {
+            check_usable(&state, window)?;
+        }
         if generation < state.used_generation {
             return Err(SessionError::GenerationSuperseded);
         }
@@ -120,8 +142,9 @@ impl Session {
         window: Duration,
     ) -> Result<Welcome, SessionError> {
         let mut state = self.state();
-        check_usable(&state, window)?;
+        check_reopenable(&state, window, presented)?;
         consume_generation(&mut state, presented)?;
+        state.closed = false;
         if state.detached_since.is_some() {
             state.detached_since = Some(Instant::now());
         }
@@ -138,8 +161,9 @@ impl Session {
         window: Duration,
     ) -> Result<(StreamId, Welcome), SessionError> {
         let mut state = self.state();
-        check_usable(&state, window)?;
+        check_reopenable(&state, window, presented)?;
         consume_generation(&mut state, presented)?;
+        state.closed = false;
         state.issued_generation += 1;
         let stream_id = state.next_stream_id;
         state.next_stream_id += 1;
@@ -169,14 +193,81 @@ impl Session {
         self.attached_stream.subscribe()
     }
 
-    /// Marks the session closed (§6.7) and ends its stream.
+    /// Closes the session (§6.7): its stream ends and the resume window
+    /// starts now. Jobs are not affected. Until the window passes, a resume
+    /// with a valid token reopens it.
     pub fn close(&self) {
-        self.state().closed = true;
+        let mut state = self.state();
+        state.closed = true;
+        state.detached_since = Some(Instant::now());
+        drop(state);
         self.attached_stream.send_replace(None);
     }
 
     pub fn is_closed(&self) -> bool {
         self.state().closed
+    }
+
+    /// Records an acknowledgement (§6.5). Returns the new high-water mark;
+    /// an older acknowledgement changes nothing.
+    pub fn acknowledge(
+        &self,
+        last_processed_seq: EventSeq,
+        lag_threshold: u64,
+        newest: EventSeq,
+    ) -> EventSeq {
+        let mut state = self.state();
+        let acked = state
+            .acked_through
+            .map_or(last_processed_seq, |acked| acked.max(last_processed_seq));
+        state.acked_through = Some(acked);
+        // The episode closes once the consumer is back within half the
+        // threshold, so a client hovering at the limit is not flooded.
+        if state.lagging && newest.saturating_sub(acked) <= lag_threshold / 2 {
+            state.lagging = false;
+        }
+        acked
+    }
+
+    pub fn acked_through(&self) -> Option<EventSeq> {
+        self.state().acked_through
+    }
+
+    /// Called after an event was appended at `seq`. Returns the lag when
+    /// this append opens a back-pressure episode (§6.5): the session
+    /// negotiated `ack`, has acknowledged at least once, and its consumer is
+    /// more than `lag_threshold` events behind.
+    pub fn note_append(&self, seq: EventSeq, lag_threshold: u64) -> Option<u64> {
+        if !self.has_feature("ack") {
+            return None;
+        }
+        let mut state = self.state();
+        let acked = state.acked_through?;
+        let lag = seq.saturating_sub(acked);
+        if state.lagging || lag <= lag_threshold {
+            return None;
+        }
+        state.lagging = true;
+        Some(lag)
+    }
+
+    /// Adds a subscription; false when it already existed.
+    pub fn add_subscription(&self, job_id: &JobId) -> bool {
+        self.state().subscriptions.insert(job_id.clone())
+    }
+
+    /// Removes a subscription; false when there was none.
+    pub fn remove_subscription(&self, job_id: &JobId) -> bool {
+        self.state().subscriptions.remove(job_id)
+    }
+
+    pub fn subscriptions(&self) -> Vec<JobId> {
+        self.state().subscriptions.iter().cloned().collect()
+    }
+
+    /// Records that the client spoke on the heartbeat channel (§6.4).
+    pub fn heard_from_client(&self) {
+        self.state().last_heartbeat_from_client = Some(Instant::now());
     }
 
     /// True once the resume window has passed with no stream attached.
@@ -189,16 +280,34 @@ impl Session {
     }
 }
 
-fn check_usable(state: &SessionState, window: Duration) -> Result<(), SessionError> {
-    if state.closed {
+/// Like [`check_usable`], but a closed session may be reopened by a resume
+/// token within its window (§6.7: in-flight jobs "remain resumable within the
+/// resume window"); an api token alone cannot reopen it.
+fn check_reopenable(
+    state: &SessionState,
+    window: Duration,
+    presented: Option<u64>,
+) -> Result<(), SessionError> {
+    if state.closed && presented.is_none() {
         return Err(SessionError::Closed);
     }
+    check_window(state, window)
+}
+
+fn check_window(state: &SessionState, window: Duration) -> Result<(), SessionError> {
     if let Some(since) = state.detached_since {
         if since.elapsed() > window {
             return Err(SessionError::WindowExpired);
         }
     }
     Ok(())
+}
+
+fn check_usable(state: &SessionState, window: Duration) -> Result<(), SessionError> {
+    if state.closed {
+        return Err(SessionError::Closed);
+    }
+    check_window(state, window)
 }
 
 /// Rotation (§6.3): a presented generation may be reused until a newer one has
@@ -285,7 +394,9 @@ mod tests {
             .attach_stream(Some(first.generation), WINDOW)
             .unwrap();
         // The first generation may be retried until the second is used.
-        assert!(session.check_generation(first.generation, WINDOW).is_ok());
+        assert!(session
+            .check_generation(first.generation, WINDOW, false)
+            .is_ok());
         let (_, _third) = session
             .attach_stream(Some(second.generation), WINDOW)
             .unwrap();

@@ -1,0 +1,356 @@
+//! The rest of the session surface: acknowledgement (§6.5), heartbeats
+//! (§6.4), job listing (§6.6), close (§6.7) and subscription (§7.6).
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::http::request::Parts;
+use hyper::{Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::body::{empty_response, json_response, read_json, ResponseBody};
+use super::credentials::{authenticate_for_session, Caller, Query};
+use super::error::{cursor_error, ApiError};
+use super::handlers::{may_observe, parse_payload, session_for, unwrap_envelope};
+use crate::ids::{EventSeq, JobId, SessionId};
+use crate::jobs::{ListFilter, SubscribeError};
+use crate::protocol::{now_rfc3339, parse_utc_timestamp, Envelope, JobStatus};
+use crate::session::Session;
+use crate::state::AppState;
+
+/// The longest page of a job listing.
+const MAX_LIST_LIMIT: usize = 1000;
+const DEFAULT_LIST_LIMIT: usize = 100;
+
+/// Authenticates the caller and loads the session for a plain request.
+fn caller_and_session(
+    state: &AppState,
+    parts: &Parts,
+    session_id: &SessionId,
+) -> Result<(Caller, Arc<Session>), ApiError> {
+    let query = Query::parse(parts.uri.query());
+    let caller = authenticate_for_session(state, parts, &query, session_id)?;
+    let session = session_for(state, &caller, session_id, false)?;
+    Ok((caller, session))
+}
+
+/// §6.2: a peer must not use a feature outside the negotiated set.
+fn require_feature(session: &Session, feature: &str) -> Result<(), ApiError> {
+    if session.has_feature(feature) {
+        return Ok(());
+    }
+    Err(ApiError::InvalidRequest(format!(
+        "feature {feature:?} was not negotiated for this session (§6.2)"
+    )))
+}
+
+fn envelope_response(
+    status: StatusCode,
+    message_type: &str,
+    session: &Session,
+    payload: &Value,
+) -> Response<ResponseBody> {
+    json_response(status, &Envelope::new(message_type, &session.id, payload))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckPayload {
+    last_processed_seq: EventSeq,
+}
+
+/// `POST /v1/sessions/{id}/ack`: `session.ack` (§6.5). Frees retained
+/// events up to the acknowledged one; a resume below it then gets 410.
+pub async fn ack(
+    state: &AppState,
+    parts: &Parts,
+    body: Incoming,
+    session_id: &SessionId,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let (_, session) = caller_and_session(state, parts, session_id)?;
+    require_feature(&session, "ack")?;
+    let body = read_json(body, state.config.max_body_bytes).await?;
+    let (payload, _) = unwrap_envelope(body, "session.ack")?;
+    let ack: AckPayload = parse_payload(payload, "session.ack payload")?;
+    let bounds = state.log.bounds(session_id).map_err(cursor_error)?;
+    if ack.last_processed_seq > bounds.newest {
+        return Err(ApiError::InvalidRequest(format!(
+            "last_processed_seq {} is beyond the newest event_seq ({})",
+            ack.last_processed_seq, bounds.newest
+        )));
+    }
+    let acked = session.acknowledge(
+        ack.last_processed_seq,
+        state.config.back_pressure_lag_events,
+        bounds.newest,
+    );
+    let bounds = state
+        .log
+        .release_through(session_id, acked)
+        .map_err(cursor_error)?;
+    let payload =
+        json!({ "last_processed_seq": acked, "floor": bounds.floor, "newest": bounds.newest });
+    Ok(envelope_response(
+        StatusCode::OK,
+        "session.acked",
+        &session,
+        &payload,
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct PingPayload {
+    #[serde(default)]
+    nonce: Option<String>,
+}
+
+/// `POST /v1/sessions/{id}/ping`: the client probes; the runtime answers with
+/// `session.pong` at once (§6.4).
+pub async fn ping(
+    state: &AppState,
+    parts: &Parts,
+    body: Incoming,
+    session_id: &SessionId,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let (_, session) = caller_and_session(state, parts, session_id)?;
+    require_feature(&session, "heartbeat")?;
+    let body = read_json(body, state.config.max_body_bytes).await?;
+    let (payload, _) = unwrap_envelope(body, "session.ping")?;
+    let ping: PingPayload = parse_payload(payload, "session.ping payload")?;
+    session.heard_from_client();
+    let payload = json!({ "ping_nonce": ping.nonce, "received_at": now_rfc3339() });
+    Ok(envelope_response(
+        StatusCode::OK,
+        "session.pong",
+        &session,
+        &payload,
+    ))
+}
+
+#[derive(Deserialize)]
+struct PongPayload {
+    ping_nonce: String,
+}
+
+/// `POST /v1/sessions/{id}/pong`: the client answers a `session.ping` the
+/// stream carried (§6.4).
+pub async fn pong(
+    state: &AppState,
+    parts: &Parts,
+    body: Incoming,
+    session_id: &SessionId,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let (_, session) = caller_and_session(state, parts, session_id)?;
+    require_feature(&session, "heartbeat")?;
+    let body = read_json(body, state.config.max_body_bytes).await?;
+    let (payload, _) = unwrap_envelope(body, "session.pong")?;
+    let pong: PongPayload = parse_payload(payload, "session.pong payload")?;
+    if pong.ping_nonce.is_empty() || pong.ping_nonce.len() > 128 {
+        return Err(ApiError::InvalidRequest(
+            "ping_nonce must be 1..=128 bytes".into(),
+        ));
+    }
+    session.heard_from_client();
+    Ok(empty_response(StatusCode::NO_CONTENT))
+}
+
+/// `DELETE /v1/sessions/{id}`: `session.close` -> `session.closed` (§6.7).
+/// The stream ends; jobs keep running; a resume token reopens the session
+/// until the resume window passes.
+pub fn close_session(
+    state: &AppState,
+    parts: &Parts,
+    session_id: &SessionId,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let (_, session) = caller_and_session(state, parts, session_id)?;
+    session.close();
+    tracing::info!(session = %session.id, "session closed by its client");
+    let payload = json!({ "closed_at": now_rfc3339(), "resume_window_sec": state.config.resume_window.as_secs() });
+    Ok(envelope_response(
+        StatusCode::OK,
+        "session.closed",
+        &session,
+        &payload,
+    ))
+}
+
+/// The listing's query parameters, decoded (§6.6 `filter`, `limit`, `cursor`).
+fn list_parameters(query: Option<&str>) -> Result<(ListFilter, usize, u64), ApiError> {
+    let mut filter = ListFilter::default();
+    let mut limit = DEFAULT_LIST_LIMIT;
+    let mut cursor = 0;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "status" => {
+                for name in value.split(',').filter(|name| !name.is_empty()) {
+                    let status = JobStatus::parse(name).ok_or_else(|| {
+                        ApiError::InvalidRequest(format!("unknown job status {name:?}"))
+                    })?;
+                    filter.statuses.push(status);
+                }
+            }
+            "agent" => filter.agent = Some(value.into_owned()),
+            "created_after" => {
+                let at = parse_utc_timestamp(&value).ok_or_else(|| {
+                    ApiError::InvalidRequest(
+                        "created_after must be an RFC 3339 UTC time ending in Z".into(),
+                    )
+                })?;
+                filter.created_after = Some(at);
+            }
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|limit| (1..=MAX_LIST_LIMIT).contains(limit))
+                    .ok_or_else(|| {
+                        ApiError::InvalidRequest(format!("limit must be 1..={MAX_LIST_LIMIT}"))
+                    })?;
+            }
+            "cursor" => {
+                cursor = value
+                    .strip_prefix("c")
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| {
+                        ApiError::InvalidRequest("cursor is not one this gateway issued".into())
+                    })?;
+            }
+            _ => {}
+        }
+    }
+    Ok((filter, limit, cursor))
+}
+
+/// `GET /v1/sessions/{id}/jobs`: `session.list_jobs` -> `session.jobs`
+/// (§6.6). Only jobs the principal may observe; never another principal's
+/// under the default policy, so their existence does not leak.
+pub fn list_jobs(
+    state: &AppState,
+    parts: &Parts,
+    session_id: &SessionId,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let (caller, session) = caller_and_session(state, parts, session_id)?;
+    require_feature(&session, "list_jobs")?;
+    let (filter, limit, cursor) = list_parameters(parts.uri.query())?;
+    let page = state.jobs.list(
+        |job| may_observe(state, &caller.principal, job),
+        &filter,
+        cursor,
+        limit,
+    );
+    let jobs: Vec<Value> = page.jobs.iter().map(|job| job.descriptor()).collect();
+    let next_cursor = page.next_cursor.map(|index| format!("c{index}"));
+    let payload = json!({ "jobs": jobs, "next_cursor": next_cursor });
+    Ok(envelope_response(
+        StatusCode::OK,
+        "session.jobs",
+        &session,
+        &payload,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribePayload {
+    job_id: String,
+    #[serde(default)]
+    from_event_seq: Option<EventSeq>,
+    #[serde(default)]
+    history: bool,
+}
+
+/// `POST /v1/sessions/{id}/subscriptions`: `job.subscribe` -> `job.subscribed`
+/// (§7.6). The job's events enter this session's own sequence. A job the
+/// caller may not observe and a job that does not exist get the same 403, so
+/// the answer reveals nothing about other principals (§6.6, §14).
+pub async fn subscribe(
+    state: &AppState,
+    parts: &Parts,
+    body: Incoming,
+    session_id: &SessionId,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let (caller, session) = caller_and_session(state, parts, session_id)?;
+    require_feature(&session, "subscribe")?;
+    let body = read_json(body, state.config.max_body_bytes).await?;
+    let (payload, _) = unwrap_envelope(body, "job.subscribe")?;
+    let request: SubscribePayload = parse_payload(payload, "job.subscribe payload")?;
+    let job_id = JobId::from_client(&request.job_id);
+    let job = state
+        .jobs
+        .get(&job_id)
+        .filter(|job| may_observe(state, &caller.principal, job));
+    // §14: every subscribe decision is logged for audit.
+    tracing::info!(
+        target: "arcp_gateway::audit",
+        subscriber_principal = %caller.principal,
+        subscriber_session = %session.id,
+        job = %job_id,
+        target_principal = job.as_ref().map(|job| job.spec.principal.as_str()).unwrap_or("-"),
+        decision = if job.is_some() { "allow" } else { "deny" },
+        policy = ?state.config.subscribe_policy,
+        "job.subscribe"
+    );
+    let Some(job) = job else {
+        return Err(ApiError::PermissionDenied(
+            "no job this principal may observe has that id".into(),
+        ));
+    };
+    let history_after = match (request.history, request.from_event_seq) {
+        (false, _) => None,
+        (true, Some(from)) => Some(from),
+        (true, None) => Some(
+            state
+                .log
+                .bounds(&job.spec.session_id)
+                .map(|bounds| bounds.floor)
+                .unwrap_or(0),
+        ),
+    };
+    let subscribed =
+        job.subscribe(session.clone(), history_after)
+            .map_err(|error| match error {
+                SubscribeError::HistoryEvicted { .. } => ApiError::ResumeWindowExpired(
+                    "the job's history from that event_seq is no longer retained".into(),
+                ),
+            })?;
+    if job.spec.session_id != session.id {
+        session.add_subscription(&job_id);
+    }
+    let mut payload = job.descriptor();
+    if let Some(object) = payload.as_object_mut() {
+        if let Some(status) = object.remove("status") {
+            object.insert("current_status".into(), status);
+        }
+        object.insert("subscribed_from".into(), json!(subscribed.subscribed_from));
+        object.insert("replayed".into(), json!(subscribed.replayed));
+    }
+    let mut envelope = Envelope::new("job.subscribed", &session.id, &payload);
+    envelope.job_id = Some(&job.spec.id);
+    envelope.trace_id = Some(&job.spec.trace_id);
+    Ok(json_response(StatusCode::OK, &envelope))
+}
+
+/// `DELETE /v1/sessions/{id}/subscriptions/{job_id}`: `job.unsubscribe`.
+pub fn unsubscribe(
+    state: &AppState,
+    parts: &Parts,
+    session_id: &SessionId,
+    job_id: &JobId,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let (_, session) = caller_and_session(state, parts, session_id)?;
+    require_feature(&session, "subscribe")?;
+    if !session.remove_subscription(job_id) {
+        return Err(ApiError::JobNotFound);
+    }
+    if let Some(job) = state.jobs.get(job_id) {
+        job.unsubscribe(&session.id);
+    }
+    let payload = json!({ "job_id": job_id });
+    Ok(envelope_response(
+        StatusCode::OK,
+        "job.unsubscribed",
+        &session,
+        &payload,
+    ))
+}
