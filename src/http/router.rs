@@ -52,9 +52,34 @@ pub const ROUTES: &[Route] = &[
         template: "/v1/sessions/resume",
     },
     Route {
+        id: RouteId::CloseSession,
+        method: Method::DELETE,
+        template: "/v1/sessions/{session_id}",
+    },
+    Route {
         id: RouteId::SessionEvents,
         method: Method::GET,
         template: "/v1/sessions/{session_id}/events",
+    },
+    Route {
+        id: RouteId::Ack,
+        method: Method::POST,
+        template: "/v1/sessions/{session_id}/ack",
+    },
+    Route {
+        id: RouteId::Ping,
+        method: Method::POST,
+        template: "/v1/sessions/{session_id}/ping",
+    },
+    Route {
+        id: RouteId::Pong,
+        method: Method::POST,
+        template: "/v1/sessions/{session_id}/pong",
+    },
+    Route {
+        id: RouteId::ListJobs,
+        method: Method::GET,
+        template: "/v1/sessions/{session_id}/jobs",
     },
     Route {
         id: RouteId::SubmitJob,

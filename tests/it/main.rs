@@ -9,3 +9,5 @@ mod errors;
 mod event_log;
 mod jobs;
 mod resume;
+mod subscriptions;
+mod surface;
