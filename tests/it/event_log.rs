@@ -137,7 +137,7 @@ pub fn retention_limits_evict_the_oldest_and_raise_the_floor(
     assert_eq!(retained.first().unwrap().seq, 16);
     assert_eq!(retained.len(), 10);
 
-    let frame_len = encode_job_event(&sid, 1, &draft(1)).len();
+    let frame_len = encode_job_event(&sid, 1, &draft(1)).frame.len();
     let log = log_for(RetentionLimits {
         max_events: 1000,
         max_bytes: frame_len * 3 + frame_len / 2,

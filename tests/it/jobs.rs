@@ -147,8 +147,12 @@ async fn agents_resolve_by_name_and_version() {
     assert_eq!(echo["default"], "1.0.0");
 
     // A pinned older version runs that version's code.
-    let legacy = server.submit_ok(sid, ALICE_TOKEN, json!({"agent": "echo@0.9.0", "input": 7})).await;
-    let status = server.wait_for_job(sid, &legacy, ALICE_TOKEN, |job| job["status"] == "success").await;
+    let legacy = server
+        .submit_ok(sid, ALICE_TOKEN, json!({"agent": "echo@0.9.0", "input": 7}))
+        .await;
+    let status = server
+        .wait_for_job(sid, &legacy, ALICE_TOKEN, |job| job["status"] == "success")
+        .await;
     assert_eq!(status["agent"], "echo@0.9.0");
     assert_eq!(status["terminal"]["result"], json!({"echoed": 7}));
 }
@@ -408,7 +412,10 @@ async fn budgets_are_decremented_by_cost_metrics_and_exhaustion_ends_the_job_onc
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
-    assert_eq!(accepted["payload"]["budget"], json!({"USD": 1.0, "credits": 50.0}));
+    assert_eq!(
+        accepted["payload"]["budget"],
+        json!({"USD": 1.0, "credits": 50.0})
+    );
     let job = accepted["payload"]["job_id"].as_str().unwrap();
     let mut stream = server.stream(sid, ALICE_TOKEN, None).await;
     stream.welcome().await;
@@ -418,8 +425,16 @@ async fn budgets_are_decremented_by_cost_metrics_and_exhaustion_ends_the_job_onc
         .filter(|e| e.data["payload"]["body"]["name"] == "cost.budget.remaining")
         .map(|e| e.data["payload"]["body"]["value"].as_f64().unwrap())
         .collect();
-    assert_eq!(remaining.len(), 3, "one remaining-metric per decrement: {remaining:?}");
-    assert!((remaining[0] - 0.6).abs() < 1e-9 && (remaining[1] - 0.2).abs() < 1e-9 && remaining[2] <= 0.0);
+    assert_eq!(
+        remaining.len(),
+        3,
+        "one remaining-metric per decrement: {remaining:?}"
+    );
+    assert!(
+        (remaining[0] - 0.6).abs() < 1e-9
+            && (remaining[1] - 0.2).abs() < 1e-9
+            && remaining[2] <= 0.0
+    );
     let terminal = &events.last().unwrap().data["payload"];
     assert_eq!(terminal["code"], "BUDGET_EXHAUSTED");
     assert_eq!(terminal["final_status"], "error");
@@ -428,8 +443,15 @@ async fn budgets_are_decremented_by_cost_metrics_and_exhaustion_ends_the_job_onc
     assert_eq!(errors, 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = server.wait_for_job(sid, job, ALICE_TOKEN, |_| true).await;
-    assert_eq!(status["last_event_seq"], events.last().unwrap().seq(), "the agent was stopped");
-    assert_eq!(status["budget"]["credits"], 50.0, "other currencies are untouched");
+    assert_eq!(
+        status["last_event_seq"],
+        events.last().unwrap().seq(),
+        "the agent was stopped"
+    );
+    assert_eq!(
+        status["budget"]["credits"], 50.0,
+        "other currencies are untouched"
+    );
 }
 
 #[tokio::test]
@@ -448,12 +470,17 @@ async fn negative_costs_are_rejected_without_a_decrement() {
             }),
         )
         .await;
-    let status = server.wait_for_job(sid, &job, ALICE_TOKEN, |job| job["status"] == "success").await;
+    let status = server
+        .wait_for_job(sid, &job, ALICE_TOKEN, |job| job["status"] == "success")
+        .await;
     assert_eq!(status["budget"]["USD"], 1.0);
     let mut stream = server.stream(sid, ALICE_TOKEN, None).await;
     stream.welcome().await;
     let events = stream.events_until(is_terminal_for(&job)).await;
-    let warnings = events.iter().filter(|e| e.data["payload"]["kind"] == "log").count();
+    let warnings = events
+        .iter()
+        .filter(|e| e.data["payload"]["kind"] == "log")
+        .count();
     assert_eq!(warnings, 2, "each negative cost is reported, not applied");
 }
 
@@ -466,16 +493,39 @@ async fn result_chunk_rules_are_enforced_with_internal_error() {
     let session = server.create_session(ALICE_TOKEN).await;
     let sid = &session.session_id;
     let cases = [
-        (json!({"size": 3000, "chunk_size": 2500}), "exceeds the 2000 byte cap"),
-        (json!({"size": 8000, "chunk_size": 2000}), "streamed result exceeds"),
-        (json!({"size": 3000, "chunk_size": 1000, "violate": "out_of_order"}), "out of order"),
-        (json!({"size": 3000, "chunk_size": 1000, "violate": "inline_result"}), "inline result"),
+        (
+            json!({"size": 3000, "chunk_size": 2500}),
+            "exceeds the 2000 byte cap",
+        ),
+        (
+            json!({"size": 8000, "chunk_size": 2000}),
+            "streamed result exceeds",
+        ),
+        (
+            json!({"size": 3000, "chunk_size": 1000, "violate": "out_of_order"}),
+            "out of order",
+        ),
+        (
+            json!({"size": 3000, "chunk_size": 1000, "violate": "inline_result"}),
+            "inline result",
+        ),
     ];
     for (input, expected) in cases {
-        let job = server.submit_ok(sid, ALICE_TOKEN, json!({"agent": "chunker", "input": input})).await;
-        let status = server.wait_for_job(sid, &job, ALICE_TOKEN, |job| job["status"] == "error").await;
+        let job = server
+            .submit_ok(
+                sid,
+                ALICE_TOKEN,
+                json!({"agent": "chunker", "input": input}),
+            )
+            .await;
+        let status = server
+            .wait_for_job(sid, &job, ALICE_TOKEN, |job| job["status"] == "error")
+            .await;
         assert_eq!(status["terminal"]["code"], "INTERNAL_ERROR", "{input}");
-        assert_eq!(status["terminal"]["retryable"], true, "§12: INTERNAL_ERROR is retryable");
+        assert_eq!(
+            status["terminal"]["retryable"], true,
+            "§12: INTERNAL_ERROR is retryable"
+        );
         let message = status["terminal"]["message"].as_str().unwrap();
         assert!(message.contains(expected), "{input}: {message}");
     }
