@@ -98,6 +98,14 @@ pub struct RawArgs {
     #[arg(long, env = "ARCP_GATEWAY_MAX_RESULT_CHUNK_BYTES", default_value_t = 1024 * 1024)]
     pub max_result_chunk_bytes: u64,
 
+    /// Live sessions one principal may hold at once (§14 heartbeat amplification).
+    #[arg(
+        long,
+        env = "ARCP_GATEWAY_MAX_SESSIONS_PER_PRINCIPAL",
+        default_value_t = 1_000
+    )]
+    pub max_sessions_per_principal: usize,
+
     /// Largest total streamed result per job (§8.4, §14).
     #[arg(long, env = "ARCP_GATEWAY_MAX_RESULT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_result_bytes: u64,
@@ -137,6 +145,7 @@ pub struct Config {
     pub subscribe_policy: SubscribePolicy,
     pub max_result_chunk_bytes: u64,
     pub max_result_bytes: u64,
+    pub max_sessions_per_principal: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -188,6 +197,7 @@ impl Config {
             subscribe_policy: SubscribePolicy::SamePrincipal,
             max_result_chunk_bytes: 1024 * 1024,
             max_result_bytes: 64 * 1024 * 1024,
+            max_sessions_per_principal: 1_000,
         }
     }
 
@@ -282,6 +292,12 @@ impl Config {
             config.max_result_chunk_bytes,
             1 << 40,
         )?;
+        config.max_sessions_per_principal = within(
+            "max-sessions-per-principal",
+            raw.max_sessions_per_principal as u64,
+            1,
+            1_000_000,
+        )? as usize;
         Ok(config)
     }
 }

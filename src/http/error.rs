@@ -25,6 +25,10 @@ pub enum ApiError {
     AgentNotAvailable(String),
     AgentVersionNotAvailable(String),
     DuplicateKey,
+    /// The principal already holds the configured number of sessions.
+    TooManySessions {
+        limit: usize,
+    },
     JobAlreadyTerminal {
         status: &'static str,
     },
@@ -49,13 +53,16 @@ impl ApiError {
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::DuplicateKey | ApiError::JobAlreadyTerminal { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooManySessions { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
     pub fn code(&self) -> ErrorCode {
         match self {
             ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
-            ApiError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            ApiError::PermissionDenied(_) | ApiError::TooManySessions { .. } => {
+                ErrorCode::PermissionDenied
+            }
             ApiError::ResumeWindowExpired(_) => ErrorCode::ResumeWindowExpired,
             ApiError::InvalidRequest(_)
             | ApiError::BodyTooLarge { .. }
@@ -90,6 +97,9 @@ impl ApiError {
                 format!("the job already ended with status {status:?}")
             }
             ApiError::RouteNotFound => "no such endpoint".into(),
+            ApiError::TooManySessions { limit } => format!(
+                "this principal already holds {limit} sessions; close some or let them expire"
+            ),
             ApiError::MethodNotAllowed { allowed } => {
                 format!("method not allowed; allowed: {}", allowed.join(", "))
             }

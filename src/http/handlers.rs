@@ -214,6 +214,11 @@ pub async fn create_session(
         .map(|feature| (*feature).to_owned())
         .collect();
 
+    if state.sessions.count_for(&principal) >= state.config.max_sessions_per_principal {
+        return Err(ApiError::TooManySessions {
+            limit: state.config.max_sessions_per_principal,
+        });
+    }
     let session = Arc::new(Session::new(
         SessionId::generate(),
         principal,

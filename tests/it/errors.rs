@@ -184,3 +184,22 @@ async fn no_request_shape_produces_a_server_error() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_principal_cannot_hold_more_than_its_session_cap() {
+    let server = TestServer::with_config(|config| config.max_sessions_per_principal = 2);
+    server.create_session(ALICE_TOKEN).await;
+    server.create_session(ALICE_TOKEN).await;
+    let response = server
+        .client
+        .post(server.url("/v1/sessions"))
+        .bearer_auth(ALICE_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "PERMISSION_DENIED");
+    // Other principals are unaffected.
+    server.create_session(BOB_TOKEN).await;
+}
