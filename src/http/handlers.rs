@@ -48,10 +48,7 @@ pub fn list_agents(state: &AppState, parts: &Parts) -> Result<Response<ResponseB
 
 /// Accepts a bare payload or a whole envelope of the expected `type` (§5);
 /// returns the payload and the envelope's `trace_id`, if any.
-pub(super) fn unwrap_envelope(
-    body: Value,
-    expected_type: &str,
-) -> Result<(Value, Option<String>), ApiError> {
+fn unwrap_envelope(body: Value, expected_type: &str) -> Result<(Value, Option<String>), ApiError> {
     let Value::Object(mut object) = body else {
         if body.is_null() {
             return Ok((Value::Null, None));
@@ -76,10 +73,21 @@ pub(super) fn unwrap_envelope(
     Ok((object.remove("payload").unwrap_or(Value::Null), trace_id))
 }
 
-pub(super) fn parse_payload<T: for<'de> Deserialize<'de>>(
-    payload: Value,
-    what: &str,
-) -> Result<T, ApiError> {
+/// Reads a request body as the payload of an envelope of `expected_type`
+/// (or the bare payload), bounded by the configured body limit. Returns the
+/// payload and the envelope's `trace_id`, if any.
+pub(super) async fn read_payload<T: for<'de> Deserialize<'de>>(
+    state: &AppState,
+    body: Incoming,
+    expected_type: &str,
+) -> Result<(T, Option<String>), ApiError> {
+    let body = read_json(body, state.config.max_body_bytes).await?;
+    let (payload, trace_id) = unwrap_envelope(body, expected_type)?;
+    let parsed = parse_payload(payload, &format!("{expected_type} payload"))?;
+    Ok((parsed, trace_id))
+}
+
+fn parse_payload<T: for<'de> Deserialize<'de>>(payload: Value, what: &str) -> Result<T, ApiError> {
     let payload = if payload.is_null() {
         Value::Object(Map::new())
     } else {
@@ -184,9 +192,7 @@ pub async fn create_session(
     parts: &Parts,
     body: Incoming,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let body = read_json(body, state.config.max_body_bytes).await?;
-    let (payload, _) = unwrap_envelope(body, "session.hello")?;
-    let hello: HelloPayload = parse_payload(payload, "session.hello payload")?;
+    let (hello, _): (HelloPayload, _) = read_payload(state, body, "session.hello").await?;
     let payload_token = hello.auth.as_ref().and_then(|auth| auth.token.as_deref());
     let principal = authenticate_api_token(state, parts, payload_token)?;
 
@@ -306,9 +312,7 @@ pub async fn resume_session(
     parts: &Parts,
     body: Incoming,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let body = read_json(body, state.config.max_body_bytes).await?;
-    let (payload, _) = unwrap_envelope(body, "session.resume")?;
-    let resume: ResumePayload = parse_payload(payload, "session.resume payload")?;
+    let (resume, _): (ResumePayload, _) = read_payload(state, body, "session.resume").await?;
     let bearer = bearer_token(parts)?;
     let presented_token = match (&resume.resume_token, bearer) {
         (Some(token), _) => token.as_str(),
@@ -593,9 +597,8 @@ pub async fn submit_job(
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
     let session = session_for(state, &caller, session_id, false)?;
-    let body = read_json(body, state.config.max_body_bytes).await?;
-    let (payload, envelope_trace_id) = unwrap_envelope(body, "job.submit")?;
-    let submit: JobSubmitPayload = parse_payload(payload, "job.submit payload")?;
+    let (submit, envelope_trace_id): (JobSubmitPayload, _) =
+        read_payload(state, body, "job.submit").await?;
 
     let resolved = state.agents.resolve(&submit.agent).map_err(agent_error)?;
     resolved

@@ -9,10 +9,10 @@ use hyper::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::body::{empty_response, json_response, read_json, ResponseBody};
+use super::body::{empty_response, json_response, ResponseBody};
 use super::credentials::{authenticate_for_session, Caller, Query};
 use super::error::{cursor_error, ApiError};
-use super::handlers::{may_observe, parse_payload, session_for, unwrap_envelope};
+use super::handlers::{may_observe, read_payload, session_for};
 use crate::ids::{EventSeq, JobId, SessionId};
 use crate::jobs::{ListFilter, SubscribeError};
 use crate::protocol::{now_rfc3339, parse_utc_timestamp, Envelope, JobStatus};
@@ -70,9 +70,7 @@ pub async fn ack(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let (_, session) = caller_and_session(state, parts, session_id)?;
     require_feature(&session, "ack")?;
-    let body = read_json(body, state.config.max_body_bytes).await?;
-    let (payload, _) = unwrap_envelope(body, "session.ack")?;
-    let ack: AckPayload = parse_payload(payload, "session.ack payload")?;
+    let (ack, _): (AckPayload, _) = read_payload(state, body, "session.ack").await?;
     let bounds = state.log.bounds(session_id).map_err(cursor_error)?;
     if ack.last_processed_seq > bounds.newest {
         return Err(ApiError::InvalidRequest(format!(
@@ -115,9 +113,7 @@ pub async fn ping(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let (_, session) = caller_and_session(state, parts, session_id)?;
     require_feature(&session, "heartbeat")?;
-    let body = read_json(body, state.config.max_body_bytes).await?;
-    let (payload, _) = unwrap_envelope(body, "session.ping")?;
-    let ping: PingPayload = parse_payload(payload, "session.ping payload")?;
+    let (ping, _): (PingPayload, _) = read_payload(state, body, "session.ping").await?;
     session.heard_from_client();
     let payload = json!({ "ping_nonce": ping.nonce, "received_at": now_rfc3339() });
     Ok(envelope_response(
@@ -143,9 +139,7 @@ pub async fn pong(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let (_, session) = caller_and_session(state, parts, session_id)?;
     require_feature(&session, "heartbeat")?;
-    let body = read_json(body, state.config.max_body_bytes).await?;
-    let (payload, _) = unwrap_envelope(body, "session.pong")?;
-    let pong: PongPayload = parse_payload(payload, "session.pong payload")?;
+    let (pong, _): (PongPayload, _) = read_payload(state, body, "session.pong").await?;
     if pong.ping_nonce.is_empty() || pong.ping_nonce.len() > 128 {
         return Err(ApiError::InvalidRequest(
             "ping_nonce must be 1..=128 bytes".into(),
@@ -272,9 +266,7 @@ pub async fn subscribe(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let (caller, session) = caller_and_session(state, parts, session_id)?;
     require_feature(&session, "subscribe")?;
-    let body = read_json(body, state.config.max_body_bytes).await?;
-    let (payload, _) = unwrap_envelope(body, "job.subscribe")?;
-    let request: SubscribePayload = parse_payload(payload, "job.subscribe payload")?;
+    let (request, _): (SubscribePayload, _) = read_payload(state, body, "job.subscribe").await?;
     let job_id = JobId::from_client(&request.job_id);
     let job = state
         .jobs
