@@ -11,7 +11,8 @@ use crate::event_log::RetentionLimits;
 use crate::ids::Principal;
 
 /// Flags as typed, each with an environment fallback.
-#[derive(Debug, Parser)]
+/// Deliberately not `Debug`: it holds api tokens and secrets.
+#[derive(Parser)]
 #[command(
     name = "arcp-gateway",
     version,

@@ -188,13 +188,15 @@ pub fn now_rfc3339() -> String {
     format_rfc3339(OffsetDateTime::now_utc())
 }
 
+/// RFC 3339 in UTC with exactly three fractional digits, e.g.
+/// `2026-05-13T19:42:13.020Z`.
 pub fn format_rfc3339(at: OffsetDateTime) -> String {
-    let truncated = at
-        .replace_nanosecond(at.millisecond() as u32 * 1_000_000)
-        .unwrap_or(at);
-    truncated
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z"))
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    at.to_offset(time::UtcOffset::UTC)
+        .format(&format)
+        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00.000Z"))
 }
 
 /// Parses an RFC 3339 timestamp that must be UTC with a `Z` suffix (§9.5).
@@ -217,6 +219,18 @@ mod tests {
             assert_eq!(json, Value::String(code.as_str().to_owned()));
         }
         assert_eq!(ErrorCode::parse("NOT_A_CODE"), None);
+    }
+
+    #[test]
+    fn timestamps_have_millisecond_precision() {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_778_701_333_020_500_000).unwrap();
+        assert_eq!(format_rfc3339(at), "2026-05-13T19:42:13.020Z");
+        assert_eq!(
+            parse_utc_timestamp(&format_rfc3339(at))
+                .unwrap()
+                .millisecond(),
+            20
+        );
     }
 
     #[test]

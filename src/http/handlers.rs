@@ -220,7 +220,7 @@ pub async fn create_session(
         .map(|feature| (*feature).to_owned())
         .collect();
 
-    if state.sessions.count_for(&principal) >= state.config.max_sessions_per_principal {
+    if state.sessions.count_open_for(&principal) >= state.config.max_sessions_per_principal {
         return Err(ApiError::TooManySessions {
             limit: state.config.max_sessions_per_principal,
         });

@@ -26,6 +26,9 @@ use crate::ids::{EventSeq, JobId, Principal, SessionId};
 use crate::protocol::{now_rfc3339, ErrorCode, ErrorPayload, JobStatus};
 use crate::session::Session;
 
+/// Remaining budget at or below this counts as exhausted (§9.6).
+const BUDGET_EPSILON: f64 = 1e-9;
+
 /// Caps the gateway enforces on what an agent emits (§8.4, §14).
 #[derive(Clone, Copy, Debug)]
 pub struct JobLimits {
@@ -326,7 +329,9 @@ impl Job {
             "metric",
             json!({ "name": "cost.budget.remaining", "value": remaining, "unit": unit }),
         ));
-        if remaining <= 0.0 {
+        // A tolerance keeps decimal costs summed in binary floating point
+        // from leaving a phantom remainder (0.1 + 0.2 style).
+        if remaining <= BUDGET_EPSILON {
             let message = format!("cost.budget for {unit} is exhausted");
             self.finish_locked(
                 state,

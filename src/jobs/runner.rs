@@ -28,11 +28,14 @@ pub fn start(job: Arc<Job>, agent: BuiltinAgent) {
                 ErrorCode::Timeout,
                 format!("job exceeded max_runtime_sec ({}s)", max_runtime.unwrap_or_default().as_secs()),
             ),
-            () = sleep_or_forever(lease_expiry) => Terminal::failure(
+            () = sleep_or_forever(lease_expiry) => {
+                // §14: expirations are logged for audit.
+                tracing::info!(job = %job.spec.id, session = %job.spec.session_id, "lease expired while the job was running");
+                Terminal::failure(
                 JobStatus::Error,
                 ErrorCode::LeaseExpired,
                 "the job's lease expired (lease_constraints.expires_at) while it was running",
-            ),
+            )},
         };
         job.finish(terminal);
     });

@@ -352,10 +352,11 @@ impl SessionRegistry {
         self.map().remove(session_id)
     }
 
-    pub fn count_for(&self, principal: &Principal) -> usize {
+    /// Open (not closed) sessions of a principal.
+    pub fn count_open_for(&self, principal: &Principal) -> usize {
         self.map()
             .values()
-            .filter(|s| &s.principal == principal)
+            .filter(|s| &s.principal == principal && !s.is_closed())
             .count()
     }
 
