@@ -107,6 +107,44 @@ pub struct RawArgs {
     )]
     pub max_sessions_per_principal: usize,
 
+    /// Origin allowed to call the API from a browser (repeatable). Exact
+    /// origins such as `https://app.example.com`; `*` only without credentials.
+    #[arg(
+        long = "cors-origin",
+        env = "ARCP_GATEWAY_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Whether cross-origin requests may carry credentials (cookies, Authorization).
+    #[arg(long, env = "ARCP_GATEWAY_CORS_CREDENTIALS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cors_credentials: bool,
+
+    /// Mark the resume cookie `Secure` even when the request did not arrive over TLS.
+    #[arg(long, env = "ARCP_GATEWAY_COOKIE_SECURE")]
+    pub cookie_secure: bool,
+
+    /// Serve everything under this path prefix (e.g. `/arcp`), for proxies that mount the gateway there.
+    #[arg(long, env = "ARCP_GATEWAY_BASE_PATH", default_value = "")]
+    pub base_path: String,
+
+    /// Proxy address or CIDR whose X-Forwarded-Proto / Forwarded headers are honoured (repeatable).
+    #[arg(
+        long = "trusted-proxy",
+        env = "ARCP_GATEWAY_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+
+    /// Longest a single stream stays open before the gateway ends it (jittered down by up to 10 %); the
+    /// client reconnects and resumes. 0 disables the limit.
+    #[arg(
+        long,
+        env = "ARCP_GATEWAY_MAX_STREAM_DURATION_SEC",
+        default_value_t = 300
+    )]
+    pub max_stream_duration_sec: u64,
+
     /// Largest total streamed result per job (§8.4, §14).
     #[arg(long, env = "ARCP_GATEWAY_MAX_RESULT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_result_bytes: u64,
@@ -147,6 +185,17 @@ pub struct Config {
     pub max_result_chunk_bytes: u64,
     pub max_result_bytes: u64,
     pub max_sessions_per_principal: usize,
+    /// Exact origins allowed by CORS; empty means no cross-origin access.
+    pub cors_origins: Vec<String>,
+    /// `*` was configured (only allowed without credentials).
+    pub cors_any_origin: bool,
+    pub cors_credentials: bool,
+    pub cookie_secure: bool,
+    /// Normalised prefix: empty, or `/segment[/segment…]` without a trailing slash.
+    pub base_path: String,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `None` disables the limit.
+    pub max_stream_duration: Option<Duration>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -199,6 +248,13 @@ impl Config {
             max_result_chunk_bytes: 1024 * 1024,
             max_result_bytes: 64 * 1024 * 1024,
             max_sessions_per_principal: 1_000,
+            cors_origins: Vec::new(),
+            cors_any_origin: false,
+            cors_credentials: true,
+            cookie_secure: false,
+            base_path: String::new(),
+            trusted_proxies: Vec::new(),
+            max_stream_duration: Some(Duration::from_secs(300)),
         }
     }
 
@@ -293,6 +349,35 @@ impl Config {
             config.max_result_chunk_bytes,
             1 << 40,
         )?;
+        config.cors_credentials = raw.cors_credentials;
+        for origin in &raw.cors_origins {
+            if origin == "*" {
+                if raw.cors_credentials {
+                    return Err(ConfigError(
+                        "--cors-origin '*' cannot be combined with credentials; list exact origins or pass --cors-credentials false".into(),
+                    ));
+                }
+                config.cors_any_origin = true;
+                continue;
+            }
+            config.cors_origins.push(parse_origin(origin)?);
+        }
+        config.cookie_secure = raw.cookie_secure;
+        config.base_path = parse_base_path(&raw.base_path)?;
+        config.trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .map(|text| parse_proxy(text))
+            .collect::<Result<_, _>>()?;
+        config.max_stream_duration = match within(
+            "max-stream-duration-sec",
+            raw.max_stream_duration_sec,
+            0,
+            86_400,
+        )? {
+            0 => None,
+            seconds => Some(Duration::from_secs(seconds)),
+        };
         config.max_sessions_per_principal = within(
             "max-sessions-per-principal",
             raw.max_sessions_per_principal as u64,
@@ -330,6 +415,57 @@ fn parse_tokens(specs: &[String]) -> Result<Vec<(Principal, String)>, ConfigErro
         pairs.push((Principal::new(principal), token.to_owned()));
     }
     Ok(pairs)
+}
+
+/// An origin is `scheme://host[:port]` with nothing after it.
+fn parse_origin(text: &str) -> Result<String, ConfigError> {
+    let invalid = || {
+        ConfigError(format!(
+            "--cors-origin {text:?} must look like https://host[:port]"
+        ))
+    };
+    let (scheme, rest) = text.split_once("://").ok_or_else(invalid)?;
+    let host_ok = !rest.is_empty() && !rest.contains(['/', '?', '#', ' ', '*']);
+    if !(scheme == "http" || scheme == "https") || !host_ok {
+        return Err(invalid());
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+/// `""` or `/a/b` (a trailing slash is dropped).
+fn parse_base_path(text: &str) -> Result<String, ConfigError> {
+    let trimmed = text.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let valid = trimmed.starts_with('/')
+        && trimmed[1..].split('/').all(|segment| {
+            !segment.is_empty()
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        });
+    if !valid {
+        return Err(ConfigError(format!(
+            "--base-path {text:?} must look like /prefix or /a/b"
+        )));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// An address (`10.0.0.5`) or a network (`10.0.0.0/8`).
+fn parse_proxy(text: &str) -> Result<ipnet::IpNet, ConfigError> {
+    let text = text.trim();
+    if let Ok(network) = text.parse::<ipnet::IpNet>() {
+        return Ok(network);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| {
+            ConfigError(format!(
+                "--trusted-proxy {text:?} is not an IP address or CIDR network"
+            ))
+        })
 }
 
 fn generate_secret() -> Vec<u8> {
@@ -380,6 +516,33 @@ mod tests {
         assert!(Config::from_raw(raw(&["--resume-window-sec", "0"])).is_err());
         assert!(Config::from_raw(raw(&["--listen", "nowhere"])).is_err());
         assert!(Config::from_raw(raw(&["--subscribe-policy", "everyone"])).is_err());
+        assert!(
+            Config::from_raw(raw(&["--cors-origin", "*"])).is_err(),
+            "* with credentials"
+        );
+        let any =
+            Config::from_raw(raw(&["--cors-origin", "*", "--cors-credentials", "false"])).unwrap();
+        assert!(any.cors_any_origin && !any.cors_credentials);
+        assert!(Config::from_raw(raw(&["--cors-origin", "https://a.example/path"])).is_err());
+        let cors = Config::from_raw(raw(&["--cors-origin", "https://App.Example:8443"])).unwrap();
+        assert_eq!(cors.cors_origins, ["https://app.example:8443"]);
+        assert_eq!(
+            Config::from_raw(raw(&["--base-path", "/arcp/"]))
+                .unwrap()
+                .base_path,
+            "/arcp"
+        );
+        assert!(Config::from_raw(raw(&["--base-path", "arcp"])).is_err());
+        assert!(Config::from_raw(raw(&["--base-path", "/a//b"])).is_err());
+        let proxies = Config::from_raw(raw(&["--trusted-proxy", "10.0.0.0/8,127.0.0.1"])).unwrap();
+        assert_eq!(proxies.trusted_proxies.len(), 2);
+        assert!(Config::from_raw(raw(&["--trusted-proxy", "proxy.local"])).is_err());
+        assert_eq!(
+            Config::from_raw(raw(&["--max-stream-duration-sec", "0"]))
+                .unwrap()
+                .max_stream_duration,
+            None
+        );
         let any = Config::from_raw(raw(&["--subscribe-policy", "any"])).unwrap();
         assert_eq!(any.subscribe_policy, SubscribePolicy::AnyPrincipal);
     }

@@ -36,8 +36,10 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let service = service_fn(move |request| {
+        let info = http::browser::ConnectionInfo { peer };
+        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             let state = state.clone();
+            request.extensions_mut().insert(info);
             async move { Ok::<_, Infallible>(http::handle(state, request).await) }
         });
         let connection = builder

@@ -210,16 +210,3 @@ fn best_resume_claims(
         (None, None) => Ok(None),
     }
 }
-
-/// `Set-Cookie` for a session's newest resume token.
-pub fn resume_cookie(session_id: &SessionId, token: &str, max_age_secs: u64) -> String {
-    Cookie::build((RESUME_COOKIE, token.to_owned()))
-        .path(format!("/v1/sessions/{session_id}"))
-        .http_only(true)
-        .same_site(cookie::SameSite::Strict)
-        .max_age(cookie::time::Duration::seconds(
-            max_age_secs.min(i64::MAX as u64) as i64,
-        ))
-        .build()
-        .to_string()
-}

@@ -14,12 +14,12 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
 use super::body::{json_response, read_json, ResponseBody};
+use super::browser::resume_cookie;
 use super::credentials::{
-    authenticate_for_session, bearer_token, is_resume_token, now_unix, resume_cookie, token_error,
-    Caller, Query,
+    authenticate_for_session, bearer_token, is_resume_token, now_unix, token_error, Caller, Query,
 };
 use super::error::{cursor_error, ApiError};
-use super::sse::{encode_retry, encode_unsequenced_event, open_stream, StreamPlan};
+use super::sse::{encode_retry, encode_unsequenced_event, jittered, open_stream, StreamPlan};
 use crate::auth::ResumeClaims;
 use crate::config::SubscribePolicy;
 use crate::event_log::EventLogError;
@@ -176,10 +176,11 @@ fn welcome(
 fn with_cookie(
     mut response: Response<ResponseBody>,
     state: &AppState,
+    parts: &Parts,
     session_id: &SessionId,
     token: &str,
 ) -> Response<ResponseBody> {
-    let cookie = resume_cookie(session_id, token, state.config.token_ttl.as_secs());
+    let cookie = resume_cookie(&state.config, parts, session_id, token);
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(SET_COOKIE, value);
     }
@@ -240,7 +241,7 @@ pub async fn create_session(
     let (envelope, token) = welcome(state, &session, generation, 0);
     tracing::info!(session = %session.id, principal = %session.principal, "session created");
     let response = json_response(StatusCode::CREATED, &envelope);
-    Ok(with_cookie(response, state, &session.id, &token))
+    Ok(with_cookie(response, state, parts, &session.id, &token))
 }
 
 #[derive(Deserialize)]
@@ -359,6 +360,7 @@ pub async fn resume_session(
     Ok(with_cookie(
         json_response(StatusCode::OK, &envelope),
         state,
+        parts,
         &session.id,
         &token,
     ))
@@ -430,6 +432,8 @@ pub fn session_events(
         prelude: prelude.into(),
         heartbeat: state.config.heartbeat_interval,
         shutdown: state.shutdown.clone(),
+        max_duration: state.config.max_stream_duration.map(jittered),
+        retry: state.config.retry,
     });
     let mut response = Response::new(http_body_util::BodyExt::boxed(body));
     let headers = response.headers_mut();
@@ -439,7 +443,7 @@ pub fn session_events(
     );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(with_cookie(response, state, session_id, &token))
+    Ok(with_cookie(response, state, parts, session_id, &token))
 }
 
 #[derive(Deserialize)]

@@ -1,7 +1,9 @@
 //! The HTTP binding of ARCP: routing, handlers, bodies and SSE encoding.
 //! Only this module and `server` know hyper.
 
+pub mod assets;
 pub mod body;
+pub mod browser;
 pub mod credentials;
 pub mod error;
 pub mod handlers;
@@ -23,19 +25,31 @@ use crate::state::AppState;
 /// Answers one request. Never fails: every error becomes an ARCP error body.
 pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<ResponseBody> {
     let (parts, body) = request.into_parts();
-    let path = parts.uri.path().to_owned();
-    let result = match match_route(&parts.method, &path) {
-        RouteMatch::NotFound => Err(ApiError::RouteNotFound),
-        RouteMatch::MethodNotAllowed { allowed } => Err(ApiError::MethodNotAllowed { allowed }),
-        RouteMatch::Found { id, params } => dispatch(&state, id, &params, &parts, body).await,
+    let full_path = parts.uri.path().to_owned();
+    let result = match browser::preflight(&state.config, &parts) {
+        Some(answer) => answer,
+        None => match browser::strip_base_path(&state.config, &full_path) {
+            None => Err(ApiError::RouteNotFound),
+            Some(path) => match match_route(&parts.method, path) {
+                RouteMatch::NotFound => Err(ApiError::RouteNotFound),
+                RouteMatch::MethodNotAllowed { allowed } => {
+                    Err(ApiError::MethodNotAllowed { allowed })
+                }
+                RouteMatch::Found { id, params } => {
+                    dispatch(&state, id, &params, &parts, body).await
+                }
+            },
+        },
     };
-    match result {
+    let mut response = match result {
         Ok(response) => response,
         Err(error) => {
-            tracing::debug!(method = %parts.method, path = %path, code = error.code().as_str(), "request refused");
+            tracing::debug!(method = %parts.method, path = %full_path, code = error.code().as_str(), "request refused");
             error_response(&error)
         }
-    }
+    };
+    browser::decorate(&state.config, &parts, &mut response);
+    response
 }
 
 /// The one routing `match`: a route id and its captured path segments to a
@@ -51,6 +65,11 @@ async fn dispatch(
     let job_id = || JobId::from_client(params[1]);
     match route {
         RouteId::Healthz => Ok(handlers::healthz()),
+        RouteId::Console => Ok(assets::serve(assets::Asset::ConsolePage)),
+        RouteId::ConsoleScript => Ok(assets::serve(assets::Asset::ConsoleScript)),
+        RouteId::ConsoleStyle => Ok(assets::serve(assets::Asset::ConsoleStyle)),
+        RouteId::ClientScript => Ok(assets::serve(assets::Asset::ClientScript)),
+        RouteId::SessionStatus => session_ops::session_status(state, parts, &session_id()),
         RouteId::ListAgents => handlers::list_agents(state, parts),
         RouteId::CreateSession => handlers::create_session(state, parts, body).await,
         RouteId::ResumeSession => handlers::resume_session(state, parts, body).await,

@@ -7,6 +7,11 @@ use hyper::Method;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteId {
     Healthz,
+    Console,
+    ConsoleScript,
+    ConsoleStyle,
+    ClientScript,
+    SessionStatus,
     ListAgents,
     CreateSession,
     ResumeSession,
@@ -35,6 +40,31 @@ pub const ROUTES: &[Route] = &[
         id: RouteId::Healthz,
         method: Method::GET,
         template: "/healthz",
+    },
+    Route {
+        id: RouteId::Console,
+        method: Method::GET,
+        template: "/",
+    },
+    Route {
+        id: RouteId::ConsoleScript,
+        method: Method::GET,
+        template: "/console.js",
+    },
+    Route {
+        id: RouteId::ConsoleStyle,
+        method: Method::GET,
+        template: "/console.css",
+    },
+    Route {
+        id: RouteId::ClientScript,
+        method: Method::GET,
+        template: "/v1/client.js",
+    },
+    Route {
+        id: RouteId::SessionStatus,
+        method: Method::GET,
+        template: "/v1/sessions/{session_id}",
     },
     Route {
         id: RouteId::ListAgents,

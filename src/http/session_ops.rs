@@ -346,3 +346,31 @@ pub fn unsubscribe(
         &payload,
     ))
 }
+
+/// `GET /v1/sessions/{id}`: the session's state, so a browser whose stream
+/// closed can ask why (410 `RESUME_WINDOW_EXPIRED`, 401, …) with the same
+/// credentials its `EventSource` used, the path-scoped cookie included.
+pub fn session_status(
+    state: &AppState,
+    parts: &Parts,
+    session_id: &SessionId,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let (_, session) = caller_and_session(state, parts, session_id)?;
+    let bounds = state.log.bounds(session_id).map_err(cursor_error)?;
+    let payload = json!({
+        "principal": session.principal,
+        "created_at": session.created_at,
+        "features": session.features,
+        "floor": bounds.floor,
+        "last_event_seq": bounds.newest,
+        "acked_through": session.acked_through(),
+        "stream_attached": session.stream_attached(),
+        "subscriptions": session.subscriptions(),
+    });
+    Ok(envelope_response(
+        StatusCode::OK,
+        "session.status",
+        &session,
+        &payload,
+    ))
+}

@@ -112,6 +112,17 @@ pub struct StreamPlan {
     pub prelude: Bytes,
     pub heartbeat: Duration,
     pub shutdown: CancellationToken,
+    /// The stream ends by itself after this long (already jittered), so
+    /// cookies refresh and proxies never hold a silent hour-long response.
+    pub max_duration: Option<Duration>,
+    /// The reconnect hint sent when the gateway ends a stream on purpose.
+    pub retry: Duration,
+}
+
+/// A duration cut by a random 0–10 %, so streams opened together do not all
+/// end (and reconnect) together.
+pub fn jittered(duration: Duration) -> Duration {
+    duration.mul_f64(1.0 - rand::random::<f64>() * 0.1)
 }
 
 /// Starts the pump task and returns the body it feeds.
@@ -139,6 +150,7 @@ enum Stop {
     Replaced,
     Shutdown,
     LogGone,
+    MaxDuration,
 }
 
 async fn pump(plan: StreamPlan, sender: mpsc::Sender<Bytes>) {
@@ -147,24 +159,34 @@ async fn pump(plan: StreamPlan, sender: mpsc::Sender<Bytes>) {
         stream_id: plan.stream_id,
     };
     let stop = pump_until_stopped(&plan, &sender).await;
+    if matches!(stop, Stop::Shutdown | Stop::MaxDuration) {
+        // Ask the client to come back soon (to this or another instance);
+        // its Last-Event-ID or cookie resumes it exactly where it was.
+        let reason = if matches!(stop, Stop::Shutdown) {
+            "gateway shutting down"
+        } else {
+            "stream duration limit"
+        };
+        let hint = format!(
+            ": {reason}, reconnect\nretry: {}\n\n",
+            plan.retry.as_millis()
+        );
+        let _ = sender.try_send(Bytes::from(hint));
+    }
     if matches!(stop, Stop::Replaced) && plan.session.is_closed() {
         // §6.7: tell the client why its stream ends. Best effort.
         let payload = serde_json::json!({ "reason": "closed by client" });
         let envelope = Envelope::new("session.closed", &plan.session.id, &payload).to_json_bytes();
         let _ = sender.try_send(encode_unsequenced_event("session.closed", &envelope));
     }
-    match stop {
-        Stop::ClientGone => {
-            tracing::debug!(session = %plan.session.id, "stream client disconnected")
-        }
-        Stop::Replaced => {
-            tracing::debug!(session = %plan.session.id, "stream replaced by a newer one")
-        }
-        Stop::Shutdown => tracing::debug!(session = %plan.session.id, "stream ended for shutdown"),
-        Stop::LogGone => {
-            tracing::debug!(session = %plan.session.id, "stream ended: log no longer covers it")
-        }
-    }
+    let reason = match stop {
+        Stop::ClientGone => "client disconnected",
+        Stop::Replaced => "replaced by a newer stream or closed",
+        Stop::Shutdown => "gateway shutting down",
+        Stop::LogGone => "log no longer covers the stream",
+        Stop::MaxDuration => "maximum stream duration reached",
+    };
+    tracing::debug!(session = %plan.session.id, reason, "stream ended");
 }
 
 async fn pump_until_stopped(plan: &StreamPlan, sender: &mpsc::Sender<Bytes>) -> Stop {
@@ -179,6 +201,16 @@ async fn pump_until_stopped(plan: &StreamPlan, sender: &mpsc::Sender<Bytes>) -> 
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let deadline = plan
+        .max_duration
+        .map(|duration| tokio::time::Instant::now() + duration);
+    let expired = async move {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expired);
     let mut cursor = plan.cursor;
     loop {
         // Mark the current newest as seen before reading, so an append that
@@ -200,6 +232,7 @@ async fn pump_until_stopped(plan: &StreamPlan, sender: &mpsc::Sender<Bytes>) -> 
                 biased;
                 () = plan.shutdown.cancelled() => return Stop::Shutdown,
                 () = replaced(&mut attached, plan.stream_id) => return Stop::Replaced,
+                () = &mut expired => return Stop::MaxDuration,
                 sent = sender.send(chunk) => if sent.is_err() { return Stop::ClientGone },
             }
         }
@@ -208,6 +241,7 @@ async fn pump_until_stopped(plan: &StreamPlan, sender: &mpsc::Sender<Bytes>) -> 
             () = plan.shutdown.cancelled() => return Stop::Shutdown,
             () = replaced(&mut attached, plan.stream_id) => return Stop::Replaced,
             () = sender.closed() => return Stop::ClientGone,
+            () = &mut expired => return Stop::MaxDuration,
             changed = newest.changed() => if changed.is_err() { return Stop::LogGone },
             _ = heartbeat.tick() => {
                 if sender.send(heartbeat_chunk(&plan.session)).await.is_err() {

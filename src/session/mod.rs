@@ -188,6 +188,10 @@ impl Session {
         self.attached_stream.send_replace(None);
     }
 
+    pub fn stream_attached(&self) -> bool {
+        self.attached_stream.borrow().is_some()
+    }
+
     /// A receiver that changes whenever the attached stream changes.
     pub fn watch_attached_stream(&self) -> watch::Receiver<Option<StreamId>> {
         self.attached_stream.subscribe()
