@@ -155,9 +155,11 @@ pub fn authenticate_for_session(
                     "the resume token belongs to a different principal than the api token".into(),
                 ));
             }
+            // The api token authenticates fully; the resume token only had
+            // to agree on the principal, and its generation is not consumed.
             Ok(Caller {
                 principal,
-                resume: Some(claims),
+                resume: None,
             })
         }
         (Some(principal), None) => Ok(Caller {

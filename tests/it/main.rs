@@ -8,6 +8,8 @@ mod binary;
 mod errors;
 mod event_log;
 mod jobs;
+mod openapi;
+mod proxy;
 mod resume;
 mod subscriptions;
 mod surface;
