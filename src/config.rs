@@ -136,6 +136,11 @@ pub struct RawArgs {
     )]
     pub trusted_proxies: Vec<String>,
 
+    /// Keep sessions, jobs and event logs in SQLite under this directory so they survive restarts
+    /// (default: in memory only).
+    #[arg(long, env = "ARCP_GATEWAY_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+
     /// Longest a single stream stays open before the gateway ends it (jittered down by up to 10 %); the
     /// client reconnects and resumes. 0 disables the limit.
     #[arg(
@@ -196,6 +201,8 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `None` disables the limit.
     pub max_stream_duration: Option<Duration>,
+    /// `Some` selects the durable SQLite store.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -255,6 +262,7 @@ impl Config {
             base_path: String::new(),
             trusted_proxies: Vec::new(),
             max_stream_duration: Some(Duration::from_secs(300)),
+            data_dir: None,
         }
     }
 
@@ -363,6 +371,7 @@ impl Config {
             config.cors_origins.push(parse_origin(origin)?);
         }
         config.cookie_secure = raw.cookie_secure;
+        config.data_dir = raw.data_dir;
         config.base_path = parse_base_path(&raw.base_path)?;
         config.trusted_proxies = raw
             .trusted_proxies

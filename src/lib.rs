@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,17 +26,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiTokens, ResumeTokenKeys};
 use crate::config::Config;
+use crate::event_log::sqlite::{Recovered, SqliteStore};
 use crate::event_log::{EventLog, MemoryEventLog};
 use crate::jobs::agents::AgentRegistry;
 use crate::jobs::JobRegistry;
-use crate::session::SessionRegistry;
+use crate::jobs::{Job, Terminal};
+use crate::protocol::{ErrorCode, JobStatus};
+use crate::session::{Session, SessionRegistry};
 use crate::state::AppState;
+use crate::store::{Ephemeral, Persistence};
 
 /// Why the gateway could not start.
 #[derive(Debug)]
 pub enum ServeError {
     /// No usable resume-token secret was configured.
     NoSecret,
+    /// The data directory could not be opened, or holds something that is
+    /// not ours (a clear start-up error, never a silent reset).
+    Storage(String),
 }
 
 impl std::fmt::Display for ServeError {
@@ -44,29 +52,134 @@ impl std::fmt::Display for ServeError {
             ServeError::NoSecret => {
                 formatter.write_str("at least one non-empty resume-token secret is required")
             }
+            ServeError::Storage(message) => write!(formatter, "data directory: {message}"),
         }
     }
 }
 
 impl std::error::Error for ServeError {}
 
-/// Builds the shared state for a configuration.
-pub fn build_state(config: Config) -> Result<Arc<AppState>, ServeError> {
+/// Builds the shared state for a configuration: in memory, or recovered from
+/// the data directory.
+pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
+    let storage = |error: event_log::sqlite::StoreError| ServeError::Storage(error.to_string());
+    if let (Some(data_dir), true) = (&config.data_dir, config.secret_was_generated) {
+        config.secrets = vec![event_log::sqlite::load_or_create_secret(data_dir).map_err(storage)?];
+        config.secret_was_generated = false;
+    }
     let token_keys = ResumeTokenKeys::new(config.secrets.clone()).ok_or(ServeError::NoSecret)?;
-    let log: Arc<dyn EventLog> = Arc::new(MemoryEventLog::new(
+    let memory = Arc::new(MemoryEventLog::new(
         config.retention,
         http::sse::encode_job_event,
     ));
-    Ok(Arc::new(AppState {
+    let (store, recovered): (Arc<dyn Persistence>, Option<Recovered>) = match &config.data_dir {
+        None => (Arc::new(Ephemeral), None),
+        Some(data_dir) => {
+            let (connection, recovered, path) = SqliteStore::open(data_dir).map_err(storage)?;
+            for (session_id, floor, entries) in &recovered.logs {
+                memory.restore(session_id, *floor, entries.clone());
+            }
+            let store = SqliteStore::start(connection, path, Arc::downgrade(&memory));
+            memory.attach_sink(store.clone());
+            (store, Some(recovered))
+        }
+    };
+    let log: Arc<dyn EventLog> = memory;
+    let state = Arc::new(AppState {
         api_tokens: ApiTokens::new(&config.api_tokens),
         token_keys,
         sessions: SessionRegistry::default(),
         jobs: JobRegistry::default(),
         agents: AgentRegistry::builtin(),
         log,
+        store,
         shutdown: CancellationToken::new(),
         config,
-    }))
+    });
+    if let Some(recovered) = recovered {
+        recover(&state, recovered);
+    }
+    Ok(state)
+}
+
+/// Puts recovered sessions and jobs back. Sessions get a fresh resume window;
+/// a job that was running when the process died gets its terminal
+/// `INTERNAL_ERROR` (retryable) now, exactly once: unless its log already
+/// holds a terminal event (the crash fell between that event and the job's
+/// record).
+fn recover(state: &Arc<AppState>, recovered: Recovered) {
+    for record in &recovered.sessions {
+        let Some(session) = Session::restore(record) else {
+            tracing::warn!("skipping an unreadable session record");
+            continue;
+        };
+        if state.log.bounds(&session.id).is_err() {
+            // A session whose log is missing cannot be resumed truthfully.
+            let _ = state.log.create(&session.id);
+        }
+        state.sessions.insert(Arc::new(session));
+    }
+    let mut interrupted = 0;
+    for record in &recovered.jobs {
+        let job = Job::restore(
+            record,
+            |id| state.sessions.get(id),
+            state.log.clone(),
+            state.store.clone(),
+        );
+        let Some(job) = job else {
+            continue;
+        };
+        let job = state.jobs.reinstate(job);
+        if job.snapshot().status.is_terminal() {
+            continue;
+        }
+        if let Some(terminal) = terminal_in_log(state, &job) {
+            job.adopt_terminal(terminal);
+            continue;
+        }
+        job.finish(Terminal::failure(
+            JobStatus::Error,
+            ErrorCode::InternalError,
+            "gateway restarted",
+        ));
+        interrupted += 1;
+    }
+    tracing::info!(
+        sessions = recovered.sessions.len(),
+        jobs = recovered.jobs.len(),
+        interrupted,
+        "recovered state from the data directory"
+    );
+}
+
+/// The terminal event of `job` in its session's log, if one was written.
+fn terminal_in_log(state: &AppState, job: &Job) -> Option<(JobStatus, serde_json::Value)> {
+    let limit = event_log::ReadLimit {
+        max_entries: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+    let floor = state.log.bounds(&job.spec.session_id).ok()?.floor;
+    let entries = state
+        .log
+        .read_after(&job.spec.session_id, floor, limit)
+        .ok()?;
+    entries
+        .iter()
+        .rev()
+        .filter(|entry| entry.job_id == job.spec.id)
+        .find_map(|entry| {
+            let draft = entry.to_draft()?;
+            if draft.message_type == "job.event" {
+                return None;
+            }
+            let status = draft
+                .payload
+                .get("final_status")
+                .cloned()
+                .and_then(|s| serde_json::from_value(s).ok())?;
+            Some((status, draft.payload))
+        })
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes, then ends
@@ -79,6 +192,7 @@ pub async fn serve(
     let state = build_state(config)?;
     let sweeper = tokio::spawn(sweep_expired_sessions(state.clone()));
     server::run(listener, state.clone(), shutdown).await;
+    state.store.flush().wait().await;
     sweeper.abort();
     Ok(())
 }
@@ -95,6 +209,7 @@ async fn sweep_expired_sessions(state: Arc<AppState>) {
             .remove_expired(state.config.resume_window, std::time::Instant::now());
         for session in &expired {
             state.log.remove(&session.id);
+            state.store.delete_session(&session.id);
             tracing::info!(session = %session.id, "session expired: resume window passed");
         }
         state

@@ -100,7 +100,7 @@ pub struct ErrorPayload {
 }
 
 /// Job lifecycle states (§7.3). The last four are terminal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Pending,

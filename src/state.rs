@@ -10,7 +10,8 @@ use crate::config::Config;
 use crate::event_log::EventLog;
 use crate::jobs::agents::AgentRegistry;
 use crate::jobs::JobRegistry;
-use crate::session::SessionRegistry;
+use crate::session::{Session, SessionRegistry};
+use crate::store::Persistence;
 
 /// Features this runtime implements and may negotiate (§6.2).
 pub const RUNTIME_FEATURES: &[&str] = &[
@@ -33,6 +34,19 @@ pub struct AppState {
     pub jobs: JobRegistry,
     pub agents: AgentRegistry,
     pub log: Arc<dyn EventLog>,
+    /// Session and job records (nothing in memory mode).
+    pub store: Arc<dyn Persistence>,
     /// Cancelled when the gateway shuts down; every stream watches it.
     pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Writes a session's record and waits until it is durable, so a token
+    /// or generation the client is about to receive survives a crash.
+    pub async fn persist_session(&self, session: &Session) {
+        self.store
+            .save_session(&session.id, session.record())
+            .wait()
+            .await;
+    }
 }

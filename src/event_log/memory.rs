@@ -1,11 +1,17 @@
-//! The embedded, in-memory event log backend.
+//! The embedded, in-memory event log backend, and the read cache of the
+//! durable one.
 //!
 //! Sessions live in a map behind a read-write lock that is only written when a
 //! session is created or removed; each session's log has its own mutex, so
 //! sessions never contend with each other.
+//!
+//! With a [`LogSink`] attached (the durable store), every append, release and
+//! removal is handed to the sink in order, and readers see an event only once
+//! the sink reports it durable ([`MemoryEventLog::mark_durable`]): a client
+//! can never have been sent an event that a crash then loses.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use tokio::sync::watch;
 
@@ -15,10 +21,22 @@ use super::{
 };
 use crate::ids::{EventSeq, SessionId};
 
+/// Where a durable backend receives the log's writes, in the order they
+/// happened. Calls are made under the session's lock and must not block
+/// for long (queue the work).
+pub trait LogSink: Send + Sync {
+    fn created(&self, session_id: &SessionId);
+    fn appended(&self, session_id: &SessionId, entry: &LogEntry);
+    /// Everything at or below `floor` is gone (evicted or acknowledged).
+    fn released(&self, session_id: &SessionId, floor: EventSeq);
+    fn removed(&self, session_id: &SessionId);
+}
+
 pub struct MemoryEventLog {
     sessions: RwLock<HashMap<SessionId, Arc<Mutex<SessionLog>>>>,
     limits: RetentionLimits,
     encode: FrameEncoder,
+    sink: OnceLock<Arc<dyn LogSink>>,
 }
 
 struct SessionLog {
@@ -26,15 +44,30 @@ struct SessionLog {
     entries: VecDeque<LogEntry>,
     floor: EventSeq,
     newest: EventSeq,
+    /// The newest event readers may see: `newest` without a sink, the newest
+    /// durable one with.
+    visible: EventSeq,
     retained_bytes: usize,
-    newest_sender: watch::Sender<EventSeq>,
+    visible_sender: watch::Sender<EventSeq>,
 }
 
 impl SessionLog {
+    fn new(floor: EventSeq) -> Self {
+        let (visible_sender, _) = watch::channel(floor);
+        SessionLog {
+            entries: VecDeque::new(),
+            floor,
+            newest: floor,
+            visible: floor,
+            retained_bytes: 0,
+            visible_sender,
+        }
+    }
+
     fn bounds(&self) -> LogBounds {
         LogBounds {
             floor: self.floor,
-            newest: self.newest,
+            newest: self.visible.max(self.floor),
         }
     }
 
@@ -42,6 +75,20 @@ impl SessionLog {
         if let Some(entry) = self.entries.pop_front() {
             self.retained_bytes -= entry.frame.len();
             self.floor = entry.seq;
+        }
+    }
+
+    fn push(&mut self, entry: LogEntry) {
+        self.retained_bytes += entry.frame.len();
+        self.newest = entry.seq;
+        self.entries.push_back(entry);
+    }
+
+    fn publish(&mut self, visible: EventSeq) {
+        let visible = visible.min(self.newest);
+        if visible > self.visible {
+            self.visible = visible;
+            self.visible_sender.send_replace(visible);
         }
     }
 }
@@ -55,7 +102,40 @@ impl MemoryEventLog {
                 max_bytes: limits.max_bytes.max(1),
             },
             encode,
+            sink: OnceLock::new(),
         }
+    }
+
+    /// Hands every later write to `sink` and shows readers only what the
+    /// sink has confirmed durable. Set once, before serving.
+    pub fn attach_sink(&self, sink: Arc<dyn LogSink>) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// The sink confirmed events up to `seq` durable.
+    pub fn mark_durable(&self, session_id: &SessionId, seq: EventSeq) {
+        if let Ok(log) = self.session(session_id) {
+            lock(&log).publish(seq);
+        }
+    }
+
+    /// Rebuilds a session's log from storage (recovery): `entries` must be
+    /// contiguous from `floor + 1`. They are durable already.
+    pub fn restore(&self, session_id: &SessionId, floor: EventSeq, entries: Vec<LogEntry>) {
+        let mut log = SessionLog::new(floor);
+        for entry in entries {
+            if entry.seq != log.newest + 1 {
+                break;
+            }
+            log.push(entry);
+        }
+        let newest = log.newest;
+        log.publish(newest);
+        let mut sessions = self
+            .sessions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        sessions.insert(session_id.clone(), Arc::new(Mutex::new(log)));
     }
 
     fn session(&self, session_id: &SessionId) -> Result<Arc<Mutex<SessionLog>>, EventLogError> {
@@ -85,15 +165,10 @@ impl EventLog for MemoryEventLog {
         if sessions.contains_key(session_id) {
             return Err(EventLogError::SessionExists);
         }
-        let (newest_sender, _) = watch::channel(0);
-        let log = SessionLog {
-            entries: VecDeque::new(),
-            floor: 0,
-            newest: 0,
-            retained_bytes: 0,
-            newest_sender,
-        };
-        sessions.insert(session_id.clone(), Arc::new(Mutex::new(log)));
+        sessions.insert(session_id.clone(), Arc::new(Mutex::new(SessionLog::new(0))));
+        if let Some(sink) = self.sink.get() {
+            sink.created(session_id);
+        }
         Ok(())
     }
 
@@ -106,20 +181,29 @@ impl EventLog for MemoryEventLog {
         let mut log = lock(&log);
         let seq = log.newest + 1;
         let encoded = (self.encode)(session_id, seq, draft);
-        log.retained_bytes += encoded.frame.len();
-        log.entries.push_back(LogEntry {
+        log.push(LogEntry {
             seq,
             job_id: draft.job_id.clone(),
             frame: encoded.frame,
             envelope: encoded.envelope,
         });
-        log.newest = seq;
+        let floor_before = log.floor;
         while log.entries.len() > self.limits.max_events
             || (log.retained_bytes > self.limits.max_bytes && log.entries.len() > 1)
         {
             log.evict_front();
         }
-        log.newest_sender.send_replace(seq);
+        match self.sink.get() {
+            Some(sink) => {
+                if let Some(entry) = log.entries.back() {
+                    sink.appended(session_id, entry);
+                }
+                if log.floor != floor_before {
+                    sink.released(session_id, log.floor);
+                }
+            }
+            None => log.publish(seq),
+        }
         Ok(seq)
     }
 
@@ -131,17 +215,23 @@ impl EventLog for MemoryEventLog {
     ) -> Result<Vec<LogEntry>, EventLogError> {
         let log = self.session(session_id)?;
         let log = lock(&log);
-        if after < log.floor {
-            return Err(EventLogError::CursorEvicted { floor: log.floor });
+        let bounds = log.bounds();
+        if after < bounds.floor {
+            return Err(EventLogError::CursorEvicted {
+                floor: bounds.floor,
+            });
         }
-        if after > log.newest {
-            return Err(EventLogError::CursorAhead { newest: log.newest });
+        if after > bounds.newest {
+            return Err(EventLogError::CursorAhead {
+                newest: bounds.newest,
+            });
         }
         let start = (after - log.floor) as usize;
         let mut taken_bytes = 0usize;
         let mut batch = Vec::new();
         for entry in log.entries.range(start..) {
-            if batch.len() >= limit.max_entries
+            if entry.seq > log.visible
+                || batch.len() >= limit.max_entries
                 || (!batch.is_empty() && taken_bytes + entry.frame.len() > limit.max_bytes)
             {
                 break;
@@ -165,11 +255,20 @@ impl EventLog for MemoryEventLog {
     ) -> Result<LogBounds, EventLogError> {
         let log = self.session(session_id)?;
         let mut log = lock(&log);
-        if up_to > log.newest {
-            return Err(EventLogError::CursorAhead { newest: log.newest });
+        let bounds = log.bounds();
+        if up_to > bounds.newest {
+            return Err(EventLogError::CursorAhead {
+                newest: bounds.newest,
+            });
+        }
+        if up_to <= log.floor {
+            return Ok(bounds);
         }
         while log.floor < up_to && !log.entries.is_empty() {
             log.evict_front();
+        }
+        if let Some(sink) = self.sink.get() {
+            sink.released(session_id, log.floor);
         }
         Ok(log.bounds())
     }
@@ -179,7 +278,7 @@ impl EventLog for MemoryEventLog {
         session_id: &SessionId,
     ) -> Result<watch::Receiver<EventSeq>, EventLogError> {
         let log = self.session(session_id)?;
-        let receiver = lock(&log).newest_sender.subscribe();
+        let receiver = lock(&log).visible_sender.subscribe();
         Ok(receiver)
     }
 
@@ -191,6 +290,11 @@ impl EventLog for MemoryEventLog {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             sessions.remove(session_id)
         };
+        if removed.is_some() {
+            if let Some(sink) = self.sink.get() {
+                sink.removed(session_id);
+            }
+        }
         // Dropping the last `Arc` drops the sender, which closes every
         // reader's watch; done outside the map lock.
         drop(removed);

@@ -12,6 +12,7 @@
 //! through a `watch` channel carrying the newest sequence number.
 
 pub mod memory;
+pub mod sqlite;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -19,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::ids::{EventSeq, JobId, SessionId};
 
-pub use memory::MemoryEventLog;
+pub use memory::{LogSink, MemoryEventLog};
 
 /// An event before the log has given it a sequence number.
 #[derive(Clone, Debug)]

@@ -238,6 +238,7 @@ pub async fn create_session(
         .map_err(|_| ApiError::InvalidRequest("session id collision; retry".into()))?;
     state.sessions.insert(session.clone());
     let generation = session.welcome_new().generation;
+    state.persist_session(&session).await;
     let (envelope, token) = welcome(state, &session, generation, 0);
     tracing::info!(session = %session.id, principal = %session.principal, "session created");
     let response = json_response(StatusCode::CREATED, &envelope);
@@ -355,6 +356,7 @@ pub async fn resume_session(
     let generation = session
         .resume(presented, state.config.resume_window)?
         .generation;
+    state.persist_session(&session).await;
     let (envelope, token) = welcome(state, &session, generation, newest);
     tracing::info!(session = %session.id, "session resumed");
     Ok(with_cookie(
@@ -392,7 +394,7 @@ fn requested_cursor(parts: &Parts, query: &Query) -> Result<Option<EventSeq>, Ap
 }
 
 /// `GET /v1/sessions/{id}/events`: the session's SSE stream.
-pub fn session_events(
+pub async fn session_events(
     state: &Arc<AppState>,
     parts: &Parts,
     session_id: &SessionId,
@@ -410,6 +412,7 @@ pub fn session_events(
     let presented = caller.resume.as_ref().map(|claims| claims.generation);
     let (stream_id, welcome_issued) =
         session.attach_stream(presented, state.config.resume_window)?;
+    state.persist_session(&session).await;
     let newest = state
         .log
         .bounds(session_id)
@@ -685,6 +688,7 @@ pub async fn submit_job(
         created_at: format_rfc3339(created_at),
         created_at_time: created_at,
         fingerprint,
+        idempotency_key: submit.idempotency_key.clone(),
         limits: JobLimits {
             max_result_chunk_bytes: state.config.max_result_chunk_bytes,
             max_result_bytes: state.config.max_result_bytes,
@@ -692,10 +696,17 @@ pub async fn submit_job(
         },
     };
     let job = match state.jobs.register(
-        Job::new(spec, session.clone(), state.log.clone()),
+        Job::new(
+            spec,
+            session.clone(),
+            state.log.clone(),
+            state.store.clone(),
+        ),
         submit.idempotency_key.as_deref(),
     ) {
         Registration::Accepted(job) => {
+            // Durable before the client hears "accepted" (nothing lost).
+            job.persist().wait().await;
             runner::start(job.clone(), resolved.agent);
             tracing::info!(session = %session.id, job = %job.spec.id, agent = %job.spec.agent, "job accepted");
             job

@@ -74,7 +74,7 @@ async fn dispatch(
         RouteId::CreateSession => handlers::create_session(state, parts, body).await,
         RouteId::ResumeSession => handlers::resume_session(state, parts, body).await,
         RouteId::CloseSession => session_ops::close_session(state, parts, &session_id()),
-        RouteId::SessionEvents => handlers::session_events(state, parts, &session_id()),
+        RouteId::SessionEvents => handlers::session_events(state, parts, &session_id()).await,
         RouteId::Ack => session_ops::ack(state, parts, body, &session_id()).await,
         RouteId::Ping => session_ops::ping(state, parts, body, &session_id()).await,
         RouteId::Pong => session_ops::pong(state, parts, body, &session_id()).await,

@@ -83,6 +83,7 @@ pub async fn ack(
         state.config.back_pressure_lag_events,
         bounds.newest,
     );
+    let _ = state.store.save_session(&session.id, session.record());
     let bounds = state
         .log
         .release_through(session_id, acked)
@@ -159,6 +160,7 @@ pub fn close_session(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let (_, session) = caller_and_session(state, parts, session_id)?;
     session.close();
+    let _ = state.store.save_session(&session.id, session.record());
     tracing::info!(session = %session.id, "session closed by its client");
     let payload = json!({ "closed_at": now_rfc3339(), "resume_window_sec": state.config.resume_window.as_secs() });
     Ok(envelope_response(
@@ -306,8 +308,8 @@ pub async fn subscribe(
                     "the job's history from that event_seq is no longer retained".into(),
                 ),
             })?;
-    if job.spec.session_id != session.id {
-        session.add_subscription(&job_id);
+    if job.spec.session_id != session.id && session.add_subscription(&job_id) {
+        state.persist_session(&session).await;
     }
     let mut payload = job.descriptor();
     if let Some(object) = payload.as_object_mut() {
@@ -338,6 +340,7 @@ pub fn unsubscribe(
     if let Some(job) = state.jobs.get(job_id) {
         job.unsubscribe(&session.id);
     }
+    let _ = state.store.save_session(&session.id, session.record());
     let payload = json!({ "job_id": job_id });
     Ok(envelope_response(
         StatusCode::OK,

@@ -23,8 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event_log::{EventDraft, EventLog, EventLogError, ReadLimit};
 use crate::ids::{EventSeq, JobId, Principal, SessionId};
+use crate::protocol::{format_rfc3339, parse_utc_timestamp};
 use crate::protocol::{now_rfc3339, ErrorCode, ErrorPayload, JobStatus};
 use crate::session::Session;
+use crate::store::{Durable, Persistence};
 
 /// Remaining budget at or below this counts as exhausted (§9.6).
 const BUDGET_EPSILON: f64 = 1e-9;
@@ -58,6 +60,8 @@ pub struct JobSpec {
     /// The parameters an idempotent resubmission must match (§7.2).
     pub fingerprint: Value,
     pub limits: JobLimits,
+    /// The key this job answers for (§7.2), kept so a restart keeps it.
+    pub idempotency_key: Option<String>,
 }
 
 pub struct Job {
@@ -70,6 +74,7 @@ pub struct Job {
     state: Mutex<JobState>,
     cancel: CancellationToken,
     log: Arc<dyn EventLog>,
+    store: Arc<dyn Persistence>,
 }
 
 struct JobState {
@@ -210,7 +215,12 @@ fn number(body: &Value, field: &str) -> Option<f64> {
 }
 
 impl Job {
-    pub fn new(spec: JobSpec, origin: Arc<Session>, log: Arc<dyn EventLog>) -> Self {
+    pub fn new(
+        spec: JobSpec,
+        origin: Arc<Session>,
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn Persistence>,
+    ) -> Self {
         let mut accepted_payload = json!({
             "job_id": spec.id,
             "agent": spec.agent,
@@ -240,7 +250,136 @@ impl Job {
             }),
             cancel: CancellationToken::new(),
             log,
+            store,
         }
+    }
+
+    /// Takes a terminal state found in the log at recovery, without writing
+    /// another terminal event.
+    pub fn adopt_terminal(&self, (status, payload): (JobStatus, Value)) {
+        let mut state = self.state();
+        state.status = status;
+        state.terminal_payload = Some(payload);
+        let _ = self.persist_locked(&state);
+    }
+
+    /// Writes the job's record to the store (a no-op in memory).
+    pub fn persist(&self) -> Durable {
+        let state = self.state();
+        self.persist_locked(&state)
+    }
+
+    fn persist_locked(&self, state: &JobState) -> Durable {
+        let spec = &self.spec;
+        let record = json!({
+            "index": self.index,
+            "id": spec.id,
+            "session_id": spec.session_id,
+            "principal": spec.principal,
+            "agent": spec.agent,
+            "input": spec.input,
+            "lease": spec.lease,
+            "lease_constraints": spec.lease_constraints,
+            "lease_expires_at": spec.lease_expires_at.map(format_rfc3339),
+            "budget": spec.budget,
+            "max_runtime_sec": spec.max_runtime.map(|d| d.as_secs()),
+            "trace_id": spec.trace_id,
+            "created_at": spec.created_at,
+            "fingerprint": spec.fingerprint,
+            "idempotency_key": spec.idempotency_key,
+            "limits": {
+                "max_result_chunk_bytes": spec.limits.max_result_chunk_bytes,
+                "max_result_bytes": spec.limits.max_result_bytes,
+                "back_pressure_lag_events": spec.limits.back_pressure_lag_events,
+            },
+            "status": state.status,
+            "terminal_payload": state.terminal_payload,
+            "budget_remaining": state.budget_remaining,
+            "subscribers": state.subscribers.iter().map(|s| &s.id).collect::<Vec<_>>(),
+        });
+        self.store.save_job(&spec.id, &spec.session_id, record)
+    }
+
+    /// Rebuilds a job from its record (recovery). `session` finds live
+    /// sessions by id: the origin (`None` if it is gone) and subscribers.
+    /// The job is not running; an unfinished one is ended by the caller.
+    pub fn restore(
+        record: &Value,
+        session: impl Fn(&SessionId) -> Option<Arc<Session>>,
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn Persistence>,
+    ) -> Option<Job> {
+        let text = |field: &str| record.get(field).and_then(Value::as_str);
+        let session_id = SessionId::from_client(text("session_id")?);
+        let origin = session(&session_id)?;
+        let limits = record.get("limits")?;
+        let limit = |field: &str| {
+            limits
+                .get(field)
+                .and_then(Value::as_u64)
+                .unwrap_or(u64::MAX)
+        };
+        let budget: BTreeMap<String, f64> =
+            serde_json::from_value(record.get("budget")?.clone()).ok()?;
+        let created_at = text("created_at").unwrap_or_default().to_owned();
+        let spec = JobSpec {
+            id: JobId::from_client(text("id")?),
+            session_id,
+            principal: Principal::new(text("principal")?),
+            agent: text("agent")?.to_owned(),
+            input: record.get("input").cloned().unwrap_or(Value::Null),
+            lease: record.get("lease").cloned().unwrap_or_else(|| json!({})),
+            lease_constraints: record
+                .get("lease_constraints")
+                .filter(|v| !v.is_null())
+                .cloned(),
+            lease_expires_at: text("lease_expires_at").and_then(parse_utc_timestamp),
+            budget,
+            max_runtime: record
+                .get("max_runtime_sec")
+                .and_then(Value::as_u64)
+                .map(Duration::from_secs),
+            trace_id: text("trace_id").unwrap_or_default().to_owned(),
+            created_at_time: parse_utc_timestamp(&created_at).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            created_at,
+            fingerprint: record.get("fingerprint").cloned().unwrap_or(Value::Null),
+            limits: JobLimits {
+                max_result_chunk_bytes: limit("max_result_chunk_bytes"),
+                max_result_bytes: limit("max_result_bytes"),
+                back_pressure_lag_events: limit("back_pressure_lag_events"),
+            },
+            idempotency_key: text("idempotency_key").map(str::to_owned),
+        };
+        let mut job = Job::new(spec, origin, log, store);
+        job.index = record.get("index").and_then(Value::as_u64).unwrap_or(0);
+        {
+            let mut state = job.state();
+            state.status = serde_json::from_value(record.get("status")?.clone()).ok()?;
+            state.terminal_payload = record
+                .get("terminal_payload")
+                .filter(|v| !v.is_null())
+                .cloned();
+            if let Some(remaining) = record.get("budget_remaining") {
+                state.budget_remaining =
+                    serde_json::from_value(remaining.clone()).unwrap_or_default();
+            }
+            state.subscribers = record
+                .get("subscribers")
+                .and_then(Value::as_array)
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(Value::as_str)
+                        .filter_map(|id| session(&SessionId::from_client(id)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            state.last_event_seq = job
+                .log
+                .bounds(&job.spec.session_id)
+                .map(|b| b.newest)
+                .unwrap_or(0);
+        }
+        Some(job)
     }
 
     fn state(&self) -> MutexGuard<'_, JobState> {
@@ -324,6 +463,7 @@ impl Job {
             *counter -= cost;
             *counter
         };
+        let _ = self.persist_locked(state);
         let seq = seq.max(self.append_event(
             state,
             "metric",
@@ -431,6 +571,7 @@ impl Job {
         state.status = terminal.status();
         state.terminal_payload = Some(payload.clone());
         self.append(state, message_type, payload);
+        let _ = self.persist_locked(state);
         self.cancel.cancel();
     }
 
@@ -519,6 +660,7 @@ impl Job {
         }
         if !state.status.is_terminal() {
             state.subscribers.push(subscriber);
+            let _ = self.persist_locked(&state);
         }
         Ok(Subscribed {
             subscribed_from,
@@ -574,7 +716,11 @@ impl Job {
         state
             .subscribers
             .retain(|session| &session.id != subscriber);
-        state.subscribers.len() != before
+        let changed = state.subscribers.len() != before;
+        if changed {
+            let _ = self.persist_locked(&state);
+        }
+        changed
     }
 
     /// The observable, non-secret view of the job (§6.6, §7.6).
@@ -671,6 +817,22 @@ impl JobRegistry {
         Registration::Accepted(job)
     }
 
+    /// Puts a recovered job back under its original index and key.
+    pub fn reinstate(&self, job: Job) -> Arc<Job> {
+        let mut inner = self.inner();
+        inner.next_index = inner.next_index.max(job.index);
+        let job = Arc::new(job);
+        if let Some(key) = &job.spec.idempotency_key {
+            inner.by_key.insert(
+                (job.spec.principal.clone(), key.clone()),
+                job.spec.id.clone(),
+            );
+        }
+        inner.order.insert(job.index, job.spec.id.clone());
+        inner.jobs.insert(job.spec.id.clone(), job.clone());
+        job
+    }
+
     pub fn get(&self, job_id: &JobId) -> Option<Arc<Job>> {
         self.inner().jobs.get(job_id).cloned()
     }
@@ -718,7 +880,9 @@ impl JobRegistry {
             .map(|job| (job.index, job.spec.id.clone()))
             .collect();
         for (index, id) in &finished {
-            inner.jobs.remove(id);
+            if let Some(job) = inner.jobs.remove(id) {
+                job.store.delete_job(id);
+            }
             inner.order.remove(index);
         }
         let RegistryInner { jobs, by_key, .. } = &mut *inner;

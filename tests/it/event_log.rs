@@ -3,11 +3,14 @@
 
 use std::sync::Arc;
 
+use arcp_gateway::event_log::sqlite::SqliteStore;
 use arcp_gateway::event_log::{
-    EventDraft, EventLog, EventLogError, LogBounds, MemoryEventLog, ReadLimit, RetentionLimits,
+    EventDraft, EventLog, EventLogError, LogBounds, LogEntry, MemoryEventLog, ReadLimit,
+    RetentionLimits,
 };
 use arcp_gateway::http::sse::encode_job_event;
 use arcp_gateway::ids::{JobId, SessionId};
+use arcp_gateway::store::Persistence;
 use serde_json::json;
 
 const ALL: ReadLimit = ReadLimit {
@@ -204,6 +207,187 @@ pub fn watchers_see_appends_and_removal(log: Arc<dyn EventLog>) {
     assert_eq!(log.bounds(&sid), Err(EventLogError::UnknownSession));
 }
 
+/// A backend under test: the log, and how to wait until its writes are
+/// visible (durable backends show events only once committed).
+struct Settling {
+    log: Arc<dyn EventLog>,
+    settle: Box<dyn Fn() + Send + Sync>,
+}
+
+impl EventLog for Settling {
+    fn create(&self, session_id: &SessionId) -> Result<(), EventLogError> {
+        let result = self.log.create(session_id);
+        (self.settle)();
+        result
+    }
+
+    fn append(&self, session_id: &SessionId, draft: &EventDraft) -> Result<u64, EventLogError> {
+        let result = self.log.append(session_id, draft);
+        (self.settle)();
+        result
+    }
+
+    fn read_after(
+        &self,
+        session_id: &SessionId,
+        after: u64,
+        limit: ReadLimit,
+    ) -> Result<Vec<LogEntry>, EventLogError> {
+        self.log.read_after(session_id, after, limit)
+    }
+
+    fn bounds(&self, session_id: &SessionId) -> Result<LogBounds, EventLogError> {
+        self.log.bounds(session_id)
+    }
+
+    fn release_through(
+        &self,
+        session_id: &SessionId,
+        up_to: u64,
+    ) -> Result<LogBounds, EventLogError> {
+        let result = self.log.release_through(session_id, up_to);
+        (self.settle)();
+        result
+    }
+
+    fn watch_newest(
+        &self,
+        session_id: &SessionId,
+    ) -> Result<tokio::sync::watch::Receiver<u64>, EventLogError> {
+        self.log.watch_newest(session_id)
+    }
+
+    fn remove(&self, session_id: &SessionId) {
+        self.log.remove(session_id);
+        (self.settle)();
+    }
+}
+
+fn memory_backend(limits: RetentionLimits) -> Arc<dyn EventLog> {
+    Arc::new(MemoryEventLog::new(limits, encode_job_event))
+}
+
+/// The durable backend over a database in `dir`, recovering what is there.
+fn sqlite_backend_in(
+    dir: &std::path::Path,
+    limits: RetentionLimits,
+) -> (Arc<MemoryEventLog>, Arc<SqliteStore>) {
+    let (connection, recovered, path) = SqliteStore::open(dir).expect("open store");
+    let memory = Arc::new(MemoryEventLog::new(limits, encode_job_event));
+    for (session_id, floor, entries) in recovered.logs {
+        memory.restore(&session_id, floor, entries);
+    }
+    let store = SqliteStore::start(connection, path, Arc::downgrade(&memory));
+    memory.attach_sink(store.clone());
+    (memory, store)
+}
+
+fn sqlite_backend(limits: RetentionLimits) -> Arc<dyn EventLog> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (memory, store) = sqlite_backend_in(dir.path(), limits);
+    Arc::new(Settling {
+        log: memory,
+        settle: Box::new(move || {
+            let _keep = &dir;
+            store.flush().wait_blocking();
+        }),
+    })
+}
+
+#[test]
+fn the_durable_log_survives_a_reopen_with_floors_and_frames_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = RetentionLimits {
+        max_events: 8,
+        max_bytes: usize::MAX,
+    };
+    let (a, b) = (session("a"), session("b"));
+    let frames: Vec<LogEntry> = {
+        let (log, store) = sqlite_backend_in(dir.path(), limits);
+        log.create(&a).unwrap();
+        log.create(&b).unwrap();
+        for n in 1..=12 {
+            log.append(&a, &draft(n)).unwrap();
+        }
+        log.append(&b, &draft(1)).unwrap();
+        store.flush().wait_blocking();
+        log.release_through(&b, 1).unwrap();
+        store.flush().wait_blocking();
+        log.read_after(&a, 4, ALL).unwrap()
+    };
+    let (reopened, _store) = sqlite_backend_in(dir.path(), limits);
+    assert_eq!(
+        reopened.bounds(&a).unwrap(),
+        LogBounds {
+            floor: 4,
+            newest: 12
+        }
+    );
+    assert_eq!(
+        reopened.read_after(&a, 4, ALL).unwrap(),
+        frames,
+        "the same bytes come back"
+    );
+    assert_eq!(
+        reopened.bounds(&b).unwrap(),
+        LogBounds {
+            floor: 1,
+            newest: 1
+        }
+    );
+    assert_eq!(
+        reopened.append(&a, &draft(13)).unwrap(),
+        13,
+        "sequencing continues"
+    );
+}
+
+#[test]
+fn events_are_invisible_until_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, store) = sqlite_backend_in(
+        dir.path(),
+        RetentionLimits {
+            max_events: 100,
+            max_bytes: usize::MAX,
+        },
+    );
+    let sid = session("s");
+    log.create(&sid).unwrap();
+    let mut watch = log.watch_newest(&sid).unwrap();
+    log.append(&sid, &draft(1)).unwrap();
+    store.flush().wait_blocking();
+    assert_eq!(*watch.borrow_and_update(), 1, "visible once committed");
+    assert_eq!(log.read_after(&sid, 0, ALL).unwrap().len(), 1);
+}
+
+#[test]
+fn a_foreign_database_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("arcp-gateway.sqlite3");
+    std::fs::write(
+        &path,
+        b"this is not a database, just some bytes that are long enough to matter....",
+    )
+    .unwrap();
+    let error = SqliteStore::open(dir.path())
+        .err()
+        .expect("garbage refused")
+        .to_string();
+    assert!(error.contains("arcp-gateway.sqlite3"), "{error}");
+    drop(std::fs::remove_file(&path));
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY);")
+        .unwrap();
+    drop(other);
+    let error = SqliteStore::open(dir.path())
+        .err()
+        .expect("foreign refused")
+        .to_string();
+    assert!(error.contains("not an arcp-gateway database"), "{error}");
+}
+
 macro_rules! backend_conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -253,7 +437,5 @@ macro_rules! backend_conformance {
     };
 }
 
-backend_conformance!(
-    memory,
-    |limits| Arc::new(MemoryEventLog::new(limits, encode_job_event)) as Arc<dyn EventLog>
-);
+backend_conformance!(memory, memory_backend);
+backend_conformance!(sqlite, sqlite_backend);

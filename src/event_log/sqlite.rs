@@ -1,0 +1,489 @@
+//! The durable backend: SQLite (bundled, WAL mode) behind the in-memory log.
+//!
+//! Reads are served from [`MemoryEventLog`], which this store fills at start
+//! and then follows as its [`LogSink`]. Every write (events, releases,
+//! session and job records) goes, in order, into one bounded queue drained by
+//! a single writer thread that group-commits: it takes everything queued,
+//! commits it in one transaction, and only then marks the events durable,
+//! which is when readers may see them. Under load many events share one
+//! commit; when idle a lone event is committed at once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rusqlite::{params, Connection};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::memory::{LogSink, MemoryEventLog};
+use super::LogEntry;
+use crate::ids::{EventSeq, JobId, SessionId};
+use crate::store::{Durable, Persistence};
+
+/// `PRAGMA application_id`: "ARCG". A database without it is not ours.
+const APPLICATION_ID: i64 = 0x4152_4347;
+const SCHEMA_VERSION: i64 = 1;
+/// Writes queued ahead of the writer before producers wait.
+const QUEUE_DEPTH: usize = 65_536;
+/// The most operations one transaction takes.
+const MAX_BATCH: usize = 8_192;
+
+/// Why the store could not open.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+fn store_error(path: &Path, error: impl std::fmt::Display) -> StoreError {
+    StoreError(format!("{}: {error}", path.display()))
+}
+
+enum Operation {
+    CreateLog {
+        session_id: SessionId,
+    },
+    Append {
+        session_id: SessionId,
+        entry: LogEntry,
+    },
+    Release {
+        session_id: SessionId,
+        floor: EventSeq,
+    },
+    RemoveLog {
+        session_id: SessionId,
+    },
+    SaveSession {
+        session_id: SessionId,
+        record: String,
+        done: Option<oneshot::Sender<()>>,
+    },
+    DeleteSession {
+        session_id: SessionId,
+    },
+    SaveJob {
+        job_id: JobId,
+        session_id: SessionId,
+        record: String,
+        done: Option<oneshot::Sender<()>>,
+    },
+    DeleteJob {
+        job_id: JobId,
+    },
+    Flush {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Everything read back at start.
+pub struct Recovered {
+    /// `(session, floor, entries)` per stored log.
+    pub logs: Vec<(SessionId, EventSeq, Vec<LogEntry>)>,
+    pub sessions: Vec<Value>,
+    /// Job records in submission order.
+    pub jobs: Vec<Value>,
+}
+
+pub struct SqliteStore {
+    queue: SyncSender<Operation>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database in `data_dir`, checks it is ours, and
+    /// reads everything back.
+    pub fn open(data_dir: &Path) -> Result<(Connection, Recovered, PathBuf), StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| store_error(data_dir, e))?;
+        let path = data_dir.join("arcp-gateway.sqlite3");
+        let connection = Connection::open(&path).map_err(|e| store_error(&path, e))?;
+        prepare(&connection).map_err(|e| store_error(&path, e))?;
+        let recovered = read_all(&connection).map_err(|e| store_error(&path, e))?;
+        Ok((connection, recovered, path))
+    }
+
+    /// Starts the writer thread on `connection`; `log` is told when events
+    /// become durable.
+    pub fn start(
+        connection: Connection,
+        path: PathBuf,
+        log: Weak<MemoryEventLog>,
+    ) -> Arc<SqliteStore> {
+        let (queue, receiver) = sync_channel(QUEUE_DEPTH);
+        // The writer ends once every sender is gone (the store dropped).
+        let spawned = std::thread::Builder::new()
+            .name("arcp-store-writer".into())
+            .spawn(move || write_loop(connection, receiver, log));
+        if let Err(error) = spawned {
+            tracing::error!(%error, "could not start the store writer thread");
+        }
+        Arc::new(SqliteStore { queue, path })
+    }
+
+    fn enqueue(&self, operation: Operation) {
+        if self.queue.send(operation).is_err() {
+            tracing::error!(path = %self.path.display(), "the store writer has stopped; a write was lost");
+        }
+    }
+}
+
+fn prepare(connection: &Connection) -> rusqlite::Result<()> {
+    connection.busy_timeout(Duration::from_secs(5))?;
+    let application_id: i64 =
+        connection.query_row("PRAGMA application_id", [], |row| row.get(0))?;
+    let table_count: i64 = connection.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+        [],
+        |row| row.get(0),
+    )?;
+    if application_id != APPLICATION_ID && (application_id != 0 || table_count != 0) {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "not an arcp-gateway database (application_id {application_id:#x}); refusing to touch it"
+        )));
+    }
+    let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "database schema version {version} is newer than this gateway understands ({SCHEMA_VERSION})"
+        )));
+    }
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.execute_batch(&format!(
+        "PRAGMA application_id = {APPLICATION_ID};
+         PRAGMA user_version = {SCHEMA_VERSION};
+         CREATE TABLE IF NOT EXISTS logs (
+             session_id TEXT PRIMARY KEY,
+             floor INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS events (
+             session_id TEXT NOT NULL,
+             seq INTEGER NOT NULL,
+             job_id TEXT NOT NULL,
+             frame BLOB NOT NULL,
+             envelope_start INTEGER NOT NULL,
+             envelope_end INTEGER NOT NULL,
+             PRIMARY KEY (session_id, seq)
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS sessions (
+             id TEXT PRIMARY KEY,
+             record TEXT NOT NULL
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS jobs (
+             id TEXT PRIMARY KEY,
+             session_id TEXT NOT NULL,
+             record TEXT NOT NULL
+         ) WITHOUT ROWID;"
+    ))?;
+    // A quick structural check: a corrupt file fails here, not later.
+    let check: String = connection.query_row("PRAGMA quick_check", [], |row| row.get(0))?;
+    if check != "ok" {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "database failed its integrity check: {check}"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_record(text: String) -> rusqlite::Result<Value> {
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn read_all(connection: &Connection) -> rusqlite::Result<Recovered> {
+    let mut floors: Vec<(String, i64)> = Vec::new();
+    {
+        let mut statement = connection.prepare("SELECT session_id, floor FROM logs")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            floors.push(row?);
+        }
+    }
+    let mut logs = Vec::new();
+    {
+        let mut statement = connection.prepare(
+            "SELECT seq, job_id, frame, envelope_start, envelope_end FROM events
+             WHERE session_id = ?1 AND seq > ?2 ORDER BY seq",
+        )?;
+        for (session, floor) in floors {
+            let rows = statement.query_map(params![session, floor], |row| {
+                let frame: Vec<u8> = row.get(2)?;
+                Ok(LogEntry {
+                    seq: row.get::<_, i64>(0)? as EventSeq,
+                    job_id: JobId::from_client(&row.get::<_, String>(1)?),
+                    frame: Bytes::from(frame),
+                    envelope: row.get::<_, i64>(3)? as usize..row.get::<_, i64>(4)? as usize,
+                })
+            })?;
+            let entries = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            logs.push((SessionId::from_client(&session), floor as EventSeq, entries));
+        }
+    }
+    let mut sessions = Vec::new();
+    {
+        let mut statement = connection.prepare("SELECT record FROM sessions")?;
+        for row in statement.query_map([], |row| row.get::<_, String>(0))? {
+            sessions.push(parse_record(row?)?);
+        }
+    }
+    let mut jobs = Vec::new();
+    {
+        let mut statement = connection.prepare("SELECT record FROM jobs")?;
+        for row in statement.query_map([], |row| row.get::<_, String>(0))? {
+            jobs.push(parse_record(row?)?);
+        }
+    }
+    jobs.sort_by_key(|job| job.get("index").and_then(Value::as_u64).unwrap_or(0));
+    Ok(Recovered {
+        logs,
+        sessions,
+        jobs,
+    })
+}
+
+fn write_loop(
+    mut connection: Connection,
+    receiver: Receiver<Operation>,
+    log: Weak<MemoryEventLog>,
+) {
+    loop {
+        let first = match receiver.recv_timeout(Duration::from_secs(1)) {
+            Ok(operation) => operation,
+            Err(RecvTimeoutError::Timeout) => {
+                if log.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(operation) => batch.push(operation),
+                Err(_) => break,
+            }
+        }
+        let mut durable: HashMap<SessionId, EventSeq> = HashMap::new();
+        let mut done = Vec::new();
+        let result = apply(&mut connection, batch, &mut durable, &mut done);
+        if let Err(error) = result {
+            // Nothing of this batch is marked durable; readers never see it.
+            tracing::error!(%error, "store commit failed");
+            continue;
+        }
+        if let Some(log) = log.upgrade() {
+            for (session_id, seq) in &durable {
+                log.mark_durable(session_id, *seq);
+            }
+        }
+        for sender in done {
+            let _ = sender.send(());
+        }
+    }
+}
+
+fn apply(
+    connection: &mut Connection,
+    batch: Vec<Operation>,
+    durable: &mut HashMap<SessionId, EventSeq>,
+    done: &mut Vec<oneshot::Sender<()>>,
+) -> rusqlite::Result<()> {
+    let transaction = connection.transaction()?;
+    {
+        let mut insert_event = transaction.prepare_cached(
+            "INSERT OR REPLACE INTO events (session_id, seq, job_id, frame, envelope_start, envelope_end)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for operation in batch {
+            match operation {
+                Operation::CreateLog { session_id } => {
+                    transaction.execute(
+                        "INSERT OR IGNORE INTO logs (session_id, floor) VALUES (?1, 0)",
+                        params![session_id.as_str()],
+                    )?;
+                }
+                Operation::Append { session_id, entry } => {
+                    insert_event.execute(params![
+                        session_id.as_str(),
+                        entry.seq as i64,
+                        entry.job_id.as_str(),
+                        &entry.frame[..],
+                        entry.envelope.start as i64,
+                        entry.envelope.end as i64,
+                    ])?;
+                    durable.insert(session_id, entry.seq);
+                }
+                Operation::Release { session_id, floor } => {
+                    transaction.execute(
+                        "DELETE FROM events WHERE session_id = ?1 AND seq <= ?2",
+                        params![session_id.as_str(), floor as i64],
+                    )?;
+                    transaction.execute(
+                        "UPDATE logs SET floor = max(floor, ?2) WHERE session_id = ?1",
+                        params![session_id.as_str(), floor as i64],
+                    )?;
+                }
+                Operation::RemoveLog { session_id } => {
+                    transaction.execute(
+                        "DELETE FROM events WHERE session_id = ?1",
+                        params![session_id.as_str()],
+                    )?;
+                    transaction.execute(
+                        "DELETE FROM logs WHERE session_id = ?1",
+                        params![session_id.as_str()],
+                    )?;
+                    durable.remove(&session_id);
+                }
+                Operation::SaveSession {
+                    session_id,
+                    record,
+                    done: sender,
+                } => {
+                    transaction.execute(
+                        "INSERT OR REPLACE INTO sessions (id, record) VALUES (?1, ?2)",
+                        params![session_id.as_str(), record],
+                    )?;
+                    done.extend(sender);
+                }
+                Operation::DeleteSession { session_id } => {
+                    transaction.execute(
+                        "DELETE FROM sessions WHERE id = ?1",
+                        params![session_id.as_str()],
+                    )?;
+                }
+                Operation::SaveJob {
+                    job_id,
+                    session_id,
+                    record,
+                    done: sender,
+                } => {
+                    transaction.execute(
+                        "INSERT OR REPLACE INTO jobs (id, session_id, record) VALUES (?1, ?2, ?3)",
+                        params![job_id.as_str(), session_id.as_str(), record],
+                    )?;
+                    done.extend(sender);
+                }
+                Operation::DeleteJob { job_id } => {
+                    transaction
+                        .execute("DELETE FROM jobs WHERE id = ?1", params![job_id.as_str()])?;
+                }
+                Operation::Flush { done: sender } => done.push(sender),
+            }
+        }
+    }
+    transaction.commit()
+}
+
+impl LogSink for SqliteStore {
+    fn created(&self, session_id: &SessionId) {
+        self.enqueue(Operation::CreateLog {
+            session_id: session_id.clone(),
+        });
+    }
+
+    fn appended(&self, session_id: &SessionId, entry: &LogEntry) {
+        self.enqueue(Operation::Append {
+            session_id: session_id.clone(),
+            entry: entry.clone(),
+        });
+    }
+
+    fn released(&self, session_id: &SessionId, floor: EventSeq) {
+        self.enqueue(Operation::Release {
+            session_id: session_id.clone(),
+            floor,
+        });
+    }
+
+    fn removed(&self, session_id: &SessionId) {
+        self.enqueue(Operation::RemoveLog {
+            session_id: session_id.clone(),
+        });
+    }
+}
+
+impl Persistence for SqliteStore {
+    fn save_session(&self, session_id: &SessionId, record: Value) -> Durable {
+        let (done, committed) = oneshot::channel();
+        let record = record.to_string();
+        self.enqueue(Operation::SaveSession {
+            session_id: session_id.clone(),
+            record,
+            done: Some(done),
+        });
+        Durable::pending(committed)
+    }
+
+    fn delete_session(&self, session_id: &SessionId) {
+        self.enqueue(Operation::DeleteSession {
+            session_id: session_id.clone(),
+        });
+    }
+
+    fn save_job(&self, job_id: &JobId, session_id: &SessionId, record: Value) -> Durable {
+        let (done, committed) = oneshot::channel();
+        let record = record.to_string();
+        self.enqueue(Operation::SaveJob {
+            job_id: job_id.clone(),
+            session_id: session_id.clone(),
+            record,
+            done: Some(done),
+        });
+        Durable::pending(committed)
+    }
+
+    fn delete_job(&self, job_id: &JobId) {
+        self.enqueue(Operation::DeleteJob {
+            job_id: job_id.clone(),
+        });
+    }
+
+    fn flush(&self) -> Durable {
+        let (done, committed) = oneshot::channel();
+        self.enqueue(Operation::Flush { done });
+        Durable::pending(committed)
+    }
+}
+
+/// Reads the token secret kept in the data dir, creating it (mode 0600) on
+/// first start, so resume tokens survive restarts.
+pub fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, StoreError> {
+    use std::io::Write;
+    let path = data_dir.join("token-secret");
+    std::fs::create_dir_all(data_dir).map_err(|e| store_error(data_dir, e))?;
+    if let Ok(existing) = std::fs::read(&path) {
+        if existing.len() < 32 {
+            return Err(store_error(
+                &path,
+                "token secret file is shorter than 32 bytes",
+            ));
+        }
+        return Ok(existing);
+    }
+    let secret: [u8; 32] = rand::random();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&path).map_err(|e| store_error(&path, e))?;
+    file.write_all(&secret)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| store_error(&path, e))?;
+    Ok(secret.to_vec())
+}
