@@ -50,8 +50,12 @@ fn run(config: Config) -> anyhow::Result<()> {
             println!("dev api token (principal `dev`): {token}");
             println!("  try: curl -s -X POST -H 'Authorization: Bearer {token}' http://{address}/v1/sessions");
         }
-        if config.secret_was_generated {
-            tracing::warn!("no --secret configured: generated one; resume tokens will not survive a restart");
+        match &config.data_dir {
+            Some(dir) => println!("durable store: {}", dir.display()),
+            None if config.secret_was_generated => tracing::warn!(
+                "no --secret or --data-dir configured: generated a secret; resume tokens will not survive a restart"
+            ),
+            None => {}
         }
         arcp_gateway::serve(config, listener, shutdown_signal()).await?;
         Ok(())

@@ -2,63 +2,16 @@
 //! `curl -N` as the README shows it, and graceful shutdown on SIGTERM.
 
 use serde_json::Value;
-use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::support::*;
 
-struct RunningBinary {
-    child: Child,
-    base: String,
-    dev_token: String,
+async fn start_binary(extra: &[&str]) -> GatewayProcess {
+    GatewayProcess::start(extra).await
 }
 
-impl Drop for RunningBinary {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-/// Starts `arcp-gateway --listen 127.0.0.1:0` and reads the bound address
-/// and the generated dev token from its standard output.
-async fn start_binary(extra: &[&str]) -> RunningBinary {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arcp-gateway"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env_remove("ARCP_GATEWAY_TOKENS")
-        .env_remove("ARCP_GATEWAY_SECRETS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the gateway binary starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut base, mut dev_token) = (None, None);
-    within("the start-up banner", async {
-        while base.is_none() || dev_token.is_none() {
-            let line = lines
-                .next_line()
-                .await
-                .expect("read stdout")
-                .expect("banner line");
-            if let Some(address) = line.strip_prefix("arcp-gateway listening on ") {
-                base = Some(address.trim().to_owned());
-            }
-            if let Some(rest) = line.strip_prefix("dev api token (principal `dev`): ") {
-                dev_token = Some(rest.trim().to_owned());
-            }
-        }
-    })
-    .await;
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    RunningBinary {
-        child,
-        base: base.unwrap(),
-        dev_token: dev_token.unwrap(),
-    }
+fn dev_token(gateway: &GatewayProcess) -> &str {
+    gateway.dev_token.as_deref().expect("a generated dev token")
 }
 
 async fn curl(args: &[&str]) -> String {
@@ -71,7 +24,7 @@ async fn curl(args: &[&str]) -> String {
 #[tokio::test]
 async fn the_readme_curl_walkthrough_works_against_the_real_binary() {
     let gateway = start_binary(&[]).await;
-    let auth = format!("Authorization: Bearer {}", gateway.dev_token);
+    let auth = format!("Authorization: Bearer {}", dev_token(&gateway));
     let base = &gateway.base;
     let created: Value = serde_json::from_str(
         &curl(&[
@@ -158,7 +111,7 @@ async fn sigterm_ends_open_streams_and_exits_cleanly() {
     let client = reqwest::Client::new();
     let created: Value = client
         .post(format!("{}/v1/sessions", gateway.base))
-        .bearer_auth(&gateway.dev_token)
+        .bearer_auth(&dev_token(&gateway))
         .send()
         .await
         .unwrap()
@@ -168,7 +121,7 @@ async fn sigterm_ends_open_streams_and_exits_cleanly() {
     let sid = created["session_id"].as_str().unwrap();
     let response = client
         .get(format!("{}/v1/sessions/{sid}/events", gateway.base))
-        .bearer_auth(&gateway.dev_token)
+        .bearer_auth(&dev_token(&gateway))
         .send()
         .await
         .unwrap();

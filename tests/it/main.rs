@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod binary;
+mod durable;
 mod errors;
 mod event_log;
 mod jobs;

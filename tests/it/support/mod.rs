@@ -4,6 +4,10 @@
 
 #![allow(dead_code)]
 
+mod process;
+
+pub use process::GatewayProcess;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
