@@ -111,7 +111,7 @@ async fn sigterm_ends_open_streams_and_exits_cleanly() {
     let client = reqwest::Client::new();
     let created: Value = client
         .post(format!("{}/v1/sessions", gateway.base))
-        .bearer_auth(&dev_token(&gateway))
+        .bearer_auth(dev_token(&gateway))
         .send()
         .await
         .unwrap()
@@ -121,7 +121,7 @@ async fn sigterm_ends_open_streams_and_exits_cleanly() {
     let sid = created["session_id"].as_str().unwrap();
     let response = client
         .get(format!("{}/v1/sessions/{sid}/events", gateway.base))
-        .bearer_auth(&dev_token(&gateway))
+        .bearer_auth(dev_token(&gateway))
         .send()
         .await
         .unwrap();
