@@ -12,7 +12,10 @@ use crate::support::*;
 #[tokio::test]
 async fn http2_prior_knowledge_and_http1_share_one_port() {
     let server = TestServer::start();
-    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let response = h2.get(server.url("/healthz")).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status(), StatusCode::OK);
@@ -36,27 +39,46 @@ async fn http2_prior_knowledge_and_http1_share_one_port() {
         stream.welcome().await;
         streams.push(stream);
     }
-    let job = server.submit_ok(&other.session_id, ALICE_TOKEN, json!({"agent": "echo", "input": 1})).await;
+    let job = server
+        .submit_ok(
+            &other.session_id,
+            ALICE_TOKEN,
+            json!({"agent": "echo", "input": 1}),
+        )
+        .await;
     let events = streams[1].events_until(is_terminal_for(&job)).await;
     assert_contiguous(&events, 1, 1);
 }
 
 #[tokio::test]
 async fn cors_allows_listed_origins_with_credentials_and_refuses_others() {
-    let server = TestServer::with_config(|config| config.cors_origins = vec!["https://app.example".into()]);
+    let server =
+        TestServer::with_config(|config| config.cors_origins = vec!["https://app.example".into()]);
     let preflight = server
         .client
         .request(reqwest::Method::OPTIONS, server.url("/v1/sessions"))
         .header("Origin", "https://app.example")
         .header("Access-Control-Request-Method", "POST")
-        .header("Access-Control-Request-Headers", "authorization, content-type")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
-    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://app.example");
-    assert_eq!(preflight.headers()["access-control-allow-credentials"], "true");
-    assert!(preflight.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(
+        preflight.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    assert!(preflight.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
 
     let refused = server
         .client
@@ -67,7 +89,9 @@ async fn cors_allows_listed_origins_with_credentials_and_refuses_others() {
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-    assert!(!refused.headers().contains_key("access-control-allow-origin"));
+    assert!(!refused
+        .headers()
+        .contains_key("access-control-allow-origin"));
 
     let response = server
         .client
@@ -78,7 +102,10 @@ async fn cors_allows_listed_origins_with_credentials_and_refuses_others() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
-    assert_eq!(response.headers()["access-control-allow-origin"], "https://app.example");
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
     let foreign = server
         .client
         .post(server.url("/v1/sessions"))
@@ -87,20 +114,49 @@ async fn cors_allows_listed_origins_with_credentials_and_refuses_others() {
         .send()
         .await
         .unwrap();
-    assert!(!foreign.headers().contains_key("access-control-allow-origin"));
+    assert!(!foreign
+        .headers()
+        .contains_key("access-control-allow-origin"));
 }
 
 #[tokio::test]
 async fn a_base_path_prefixes_every_route_and_the_cookie() {
     let server = TestServer::with_config(|config| config.base_path = "/arcp".into());
-    let response = server.client.post(server.url("/arcp/v1/sessions")).bearer_auth(ALICE_TOKEN).send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url("/arcp/v1/sessions"))
+        .bearer_auth(ALICE_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
-    let cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let welcome = Welcome::from_envelope(response.json().await.unwrap());
-    assert!(cookie.contains(&format!("Path=/arcp/v1/sessions/{}", welcome.session_id)), "{cookie}");
-    let response = server.client.post(server.url("/v1/sessions")).bearer_auth(ALICE_TOKEN).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND, "outside the base path");
-    let response = server.client.get(server.url("/arcp/")).send().await.unwrap();
+    assert!(
+        cookie.contains(&format!("Path=/arcp/v1/sessions/{}", welcome.session_id)),
+        "{cookie}"
+    );
+    let response = server
+        .client
+        .post(server.url("/v1/sessions"))
+        .bearer_auth(ALICE_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::NOT_FOUND,
+        "outside the base path"
+    );
+    let response = server
+        .client
+        .get(server.url("/arcp/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let response = server
         .client
@@ -122,12 +178,22 @@ async fn forwarded_https_marks_the_cookie_secure_only_from_trusted_proxies() {
             .post(server.url("/v1/sessions"))
             .bearer_auth(ALICE_TOKEN)
             .header("X-Forwarded-Proto", "https");
-        async move { request.send().await.unwrap().headers()["set-cookie"].to_str().unwrap().to_owned() }
+        async move {
+            request.send().await.unwrap().headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
     };
-    let trusting = TestServer::with_config(|config| config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]);
+    let trusting = TestServer::with_config(|config| {
+        config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]
+    });
     assert!(cookie_for(&trusting).await.contains("Secure"));
     let untrusting = TestServer::start();
-    assert!(!cookie_for(&untrusting).await.contains("Secure"), "the header alone proves nothing");
+    assert!(
+        !cookie_for(&untrusting).await.contains("Secure"),
+        "the header alone proves nothing"
+    );
 }
 
 #[tokio::test]
@@ -138,7 +204,13 @@ async fn streams_end_at_their_maximum_duration_with_a_retry_hint_and_resume() {
     });
     let session = server.create_session(ALICE_TOKEN).await;
     let sid = &session.session_id;
-    let job = server.submit_ok(sid, ALICE_TOKEN, json!({"agent": "ticker", "input": {"count": 30, "interval_ms": 50}})).await;
+    let job = server
+        .submit_ok(
+            sid,
+            ALICE_TOKEN,
+            json!({"agent": "ticker", "input": {"count": 30, "interval_ms": 50}}),
+        )
+        .await;
     let mut all = Vec::new();
     let mut cursor = None;
     let mut connections = 0;
@@ -158,9 +230,16 @@ async fn streams_end_at_their_maximum_duration_with_a_retry_hint_and_resume() {
         if finished {
             break;
         }
-        assert_eq!(stream.retry_lines.last().map(String::as_str), Some("250"), "the stream ends with a retry hint");
+        assert_eq!(
+            stream.retry_lines.last().map(String::as_str),
+            Some("250"),
+            "the stream ends with a retry hint"
+        );
     }
-    assert!(connections >= 2, "the 1.5 s job outlived at least one 0.8 s stream");
+    assert!(
+        connections >= 2,
+        "the 1.5 s job outlived at least one 0.8 s stream"
+    );
     assert_contiguous(&all, 1, 31);
 }
 
@@ -172,17 +251,25 @@ async fn shutdown_ends_streams_with_a_retry_hint() {
     stream.welcome().await;
     drop(server);
     assert!(stream.ended().await);
-    assert_eq!(stream.retry_lines, vec!["1234".to_owned(), "1234".to_owned()]);
+    assert_eq!(
+        stream.retry_lines,
+        vec!["1234".to_owned(), "1234".to_owned()]
+    );
 }
 
 #[tokio::test]
 async fn the_status_probe_tells_a_browser_why_its_stream_closed() {
-    let server = TestServer::with_config(|config| config.resume_window = Duration::from_millis(500));
+    let server =
+        TestServer::with_config(|config| config.resume_window = Duration::from_millis(500));
     let session = server.create_session(ALICE_TOKEN).await;
     let sid = &session.session_id;
     let cookie = format!("arcp_resume={}", session.resume_token);
     let probe = || {
-        server.client.get(server.url(&format!("/v1/sessions/{sid}"))).header("Cookie", cookie.clone()).send()
+        server
+            .client
+            .get(server.url(&format!("/v1/sessions/{sid}")))
+            .header("Cookie", cookie.clone())
+            .send()
     };
     let response = probe().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -208,7 +295,13 @@ async fn the_console_and_client_module_are_served_from_the_binary() {
     ] {
         let response = server.client.get(server.url(path)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
-        assert!(response.headers()["content-type"].to_str().unwrap().starts_with(content_type), "{path}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(content_type),
+            "{path}"
+        );
         assert_eq!(response.headers()["x-content-type-options"], "nosniff");
         assert!(response.text().await.unwrap().contains(marker), "{path}");
     }
