@@ -26,6 +26,14 @@ use crate::state::AppState;
 pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<ResponseBody> {
     let (parts, body) = request.into_parts();
     let full_path = parts.uri.path().to_owned();
+    // `<base>` without its slash would break the console's relative URLs.
+    if !state.config.base_path.is_empty() && full_path == state.config.base_path {
+        let mut response = body::empty_response(hyper::StatusCode::PERMANENT_REDIRECT);
+        if let Ok(location) = hyper::header::HeaderValue::from_str(&format!("{full_path}/")) {
+            response.headers_mut().insert(hyper::header::LOCATION, location);
+        }
+        return response;
+    }
     let result = match browser::preflight(&state.config, &parts) {
         Some(answer) => answer,
         None => match browser::strip_base_path(&state.config, &full_path) {

@@ -29,6 +29,10 @@ use crate::session::{Session, StreamId};
 /// A keepalive comment (§6.4 heartbeats are not events and use no seq).
 pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
 
+/// How long a stream's last words (`session.closed`, a `retry:` hint) may
+/// wait for room in a slow client's buffer before the stream just ends.
+const FINAL_FRAME_WAIT: Duration = Duration::from_secs(1);
+
 /// Chunks buffered between a stream's pump and its response body.
 const STREAM_CHANNEL_CHUNKS: usize = 8;
 
@@ -171,13 +175,17 @@ async fn pump(plan: StreamPlan, sender: mpsc::Sender<Bytes>) {
             ": {reason}, reconnect\nretry: {}\n\n",
             plan.retry.as_millis()
         );
-        let _ = sender.try_send(Bytes::from(hint));
+        let _ = tokio::time::timeout(FINAL_FRAME_WAIT, sender.send(Bytes::from(hint))).await;
     }
     if matches!(stop, Stop::Replaced) && plan.session.is_closed() {
         // §6.7: tell the client why its stream ends. Best effort.
         let payload = serde_json::json!({ "reason": "closed by client" });
         let envelope = Envelope::new("session.closed", &plan.session.id, &payload).to_json_bytes();
-        let _ = sender.try_send(encode_unsequenced_event("session.closed", &envelope));
+        let _ = tokio::time::timeout(
+            FINAL_FRAME_WAIT,
+            sender.send(encode_unsequenced_event("session.closed", &envelope)),
+        )
+        .await;
     }
     let reason = match stop {
         Stop::ClientGone => "client disconnected",

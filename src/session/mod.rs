@@ -220,9 +220,10 @@ impl Session {
         window: Duration,
     ) -> Result<(StreamId, Welcome), SessionError> {
         let mut state = self.state();
-        check_reopenable(&state, window, presented)?;
+        // A closed session is reopened only by an explicit `session.resume`
+        // (POST /v1/sessions/resume), never by a browser's automatic reconnect.
+        check_usable(&state, window)?;
         consume_generation(&mut state, presented)?;
-        state.closed = false;
         state.issued_generation += 1;
         let stream_id = state.next_stream_id;
         state.next_stream_id += 1;
