@@ -157,12 +157,12 @@ enum Stop {
     MaxDuration,
 }
 
-async fn pump(plan: StreamPlan, sender: mpsc::Sender<Bytes>) {
+async fn pump(mut plan: StreamPlan, sender: mpsc::Sender<Bytes>) {
     let _detach = DetachOnDrop {
         session: plan.session.clone(),
         stream_id: plan.stream_id,
     };
-    let stop = pump_until_stopped(&plan, &sender).await;
+    let stop = pump_until_stopped(&mut plan, &sender).await;
     if matches!(stop, Stop::Shutdown | Stop::MaxDuration) {
         // Ask the client to come back soon (to this or another instance);
         // its Last-Event-ID or cookie resumes it exactly where it was.
@@ -197,13 +197,15 @@ async fn pump(plan: StreamPlan, sender: mpsc::Sender<Bytes>) {
     tracing::debug!(session = %plan.session.id, reason, "stream ended");
 }
 
-async fn pump_until_stopped(plan: &StreamPlan, sender: &mpsc::Sender<Bytes>) -> Stop {
+async fn pump_until_stopped(plan: &mut StreamPlan, sender: &mpsc::Sender<Bytes>) -> Stop {
     let session_id = &plan.session.id;
     let mut attached = plan.session.watch_attached_stream();
     let Ok(mut newest) = plan.log.watch_newest(session_id) else {
         return Stop::LogGone;
     };
-    if sender.send(plan.prelude.clone()).await.is_err() {
+    // Sent once and not kept: idle streams should not carry their welcome.
+    let prelude = std::mem::take(&mut plan.prelude);
+    if sender.send(prelude).await.is_err() {
         return Stop::ClientGone;
     }
     let mut heartbeat =
