@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod binary;
+mod browser;
 mod durable;
 mod errors;
 mod event_log;
