@@ -22,7 +22,12 @@ struct Measured {
     bytes: usize,
 }
 
-fn workload(log: &dyn EventLog, settle: &dyn Fn(), events: u64, payload: usize) -> (Duration, Duration, usize) {
+fn workload(
+    log: &dyn EventLog,
+    settle: &dyn Fn(),
+    events: u64,
+    payload: usize,
+) -> (Duration, Duration, usize) {
     let session = SessionId::from_client("sess_bench");
     log.create(&session).expect("create");
     let text = "x".repeat(payload);
@@ -41,7 +46,9 @@ fn workload(log: &dyn EventLog, settle: &dyn Fn(), events: u64, payload: usize) 
     let started = Instant::now();
     let (mut cursor, mut bytes) = (0, 0);
     loop {
-        let batch = log.read_after(&session, cursor, STREAM_READ_LIMIT).expect("read");
+        let batch = log
+            .read_after(&session, cursor, STREAM_READ_LIMIT)
+            .expect("read");
         let Some(last) = batch.last() else { break };
         cursor = last.seq;
         bytes += batch.iter().map(|entry| entry.frame.len()).sum::<usize>();
@@ -52,42 +59,73 @@ fn workload(log: &dyn EventLog, settle: &dyn Fn(), events: u64, payload: usize) 
 
 fn argument(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
-    args.windows(2).find(|pair| pair[0] == name).and_then(|pair| pair[1].parse().ok()).unwrap_or(default)
+    args.windows(2)
+        .find(|pair| pair[0] == name)
+        .and_then(|pair| pair[1].parse().ok())
+        .unwrap_or(default)
 }
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     format!("{cpu}, {cores} cores")
 }
 
 fn main() {
     let events = argument("--events", 100_000);
     let payload = argument("--payload", 256) as usize;
-    let limits = RetentionLimits { max_events: usize::MAX, max_bytes: usize::MAX };
+    let limits = RetentionLimits {
+        max_events: usize::MAX,
+        max_bytes: usize::MAX,
+    };
     let mut results = Vec::new();
 
     let memory = MemoryEventLog::new(limits, encode_job_event);
     let (append, replay, bytes) = workload(&memory, &|| {}, events, payload);
-    results.push(Measured { backend: "memory", append, replay, bytes });
+    results.push(Measured {
+        backend: "memory",
+        append,
+        replay,
+        bytes,
+    });
 
     let dir = std::env::temp_dir().join(format!("arcp-bench-{}", std::process::id()));
     let (connection, _, path) = SqliteStore::open(&dir).expect("open store");
     let durable = Arc::new(MemoryEventLog::new(limits, encode_job_event));
     let store = SqliteStore::start(connection, path, Arc::downgrade(&durable));
     durable.attach_sink(store.clone());
-    let (append, replay, bytes) = workload(durable.as_ref(), &|| store.flush().wait_blocking(), events, payload);
-    results.push(Measured { backend: "sqlite (WAL, synchronous=FULL)", append, replay, bytes });
+    let (append, replay, bytes) = workload(
+        durable.as_ref(),
+        &|| store.flush().wait_blocking(),
+        events,
+        payload,
+    );
+    results.push(Measured {
+        backend: "sqlite (WAL, synchronous=FULL)",
+        append,
+        replay,
+        bytes,
+    });
     drop(store);
     drop(durable);
     // The cold path: recovery reads every retained event back from disk.
     let started = Instant::now();
     let (_, recovered, _) = SqliteStore::open(&dir).expect("reopen store");
     let recovery = started.elapsed();
-    let recovered_events: usize = recovered.logs.iter().map(|(_, _, entries)| entries.len()).sum();
+    let recovered_events: usize = recovered
+        .logs
+        .iter()
+        .map(|(_, _, entries)| entries.len())
+        .sum();
     assert_eq!(recovered_events as u64, events);
     let _ = std::fs::remove_dir_all(&dir);
 

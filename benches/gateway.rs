@@ -32,7 +32,10 @@ const TOKEN: &str = "bench-api-token-0001";
 const TOTAL_LIVE_RATE: u64 = 10_000;
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------- processes
@@ -55,7 +58,8 @@ impl Server {
 
     /// Resident set size in bytes, from /proc.
     fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find(|line| line.starts_with("VmRSS:"))
@@ -66,16 +70,27 @@ impl Server {
 
     /// User + system CPU time in seconds, from /proc.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
         let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks = |index: usize| fields.get(index).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let ticks = |index: usize| {
+            fields
+                .get(index)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         (ticks(11) + ticks(12)) / 100.0
     }
 }
 
 async fn start_process(mut command: Command) -> Server {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true).spawn().expect("spawn server");
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn server");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let address = tokio::time::timeout(Duration::from_secs(20), async {
@@ -97,8 +112,18 @@ async fn start_process(mut command: Command) -> Server {
 async fn start_gateway(extra: &[&str]) -> Server {
     let mut command = Command::new(env!("CARGO_BIN_EXE_arcp-gateway"));
     command
-        .args(["--listen", "127.0.0.1:0", "--token", &format!("bench:{TOKEN}")])
-        .args(["--max-sessions-per-principal", "20000", "--max-stream-duration-sec", "0"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            &format!("bench:{TOKEN}"),
+        ])
+        .args([
+            "--max-sessions-per-principal",
+            "20000",
+            "--max-stream-duration-sec",
+            "0",
+        ])
         .args(extra)
         .env("ARCP_GATEWAY_LOG", "warn");
     start_process(command).await
@@ -121,23 +146,44 @@ impl Api {
     fn new(server: &Server) -> Api {
         Api {
             base: format!("http://{}", server.address),
-            client: reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client"),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("client"),
         }
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {
-        let response = self.client.post(format!("{}{path}", self.base)).bearer_auth(TOKEN).json(&body).send().await.expect("post");
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
         response.json().await.expect("json")
     }
 
     async fn session(&self) -> String {
         let welcome = self.post("/v1/sessions", json!({})).await;
-        welcome["session_id"].as_str().expect("session id").to_owned()
+        welcome["session_id"]
+            .as_str()
+            .expect("session id")
+            .to_owned()
     }
 
     async fn submit(&self, session: &str, input: Value) -> String {
-        let accepted = self.post(&format!("/v1/sessions/{session}/jobs"), json!({"agent": "firehose", "input": input})).await;
-        accepted["payload"]["job_id"].as_str().expect("job id").to_owned()
+        let accepted = self
+            .post(
+                &format!("/v1/sessions/{session}/jobs"),
+                json!({"agent": "firehose", "input": input}),
+            )
+            .await;
+        accepted["payload"]["job_id"]
+            .as_str()
+            .expect("job id")
+            .to_owned()
     }
 
     async fn wait_done(&self, session: &str, job: &str) {
@@ -152,7 +198,8 @@ impl Api {
                 .json()
                 .await
                 .expect("json");
-            if status["payload"]["status"] != "running" && status["payload"]["status"] != "pending" {
+            if status["payload"]["status"] != "running" && status["payload"]["status"] != "pending"
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -174,10 +221,17 @@ struct Reader {
     pub raw: Option<BytesMut>,
 }
 
-async fn connect(address: SocketAddr, path: &str, last_event_id: Option<u64>, capture: bool) -> Reader {
+async fn connect(
+    address: SocketAddr,
+    path: &str,
+    last_event_id: Option<u64>,
+    capture: bool,
+) -> Reader {
     let stream = TcpStream::connect(address).await.expect("connect");
     let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -188,8 +242,15 @@ async fn connect(address: SocketAddr, path: &str, last_event_id: Option<u64>, ca
     if let Some(id) = last_event_id {
         request = request.header("last-event-id", id.to_string());
     }
-    let response = sender.send_request(request.body(Empty::<Bytes>::new()).expect("request")).await.expect("response");
-    assert!(response.status().is_success(), "stream refused: {}", response.status());
+    let response = sender
+        .send_request(request.body(Empty::<Bytes>::new()).expect("request"))
+        .await
+        .expect("response");
+    assert!(
+        response.status().is_success(),
+        "stream refused: {}",
+        response.status()
+    );
     Reader {
         body: response.into_body(),
         carry: BytesMut::new(),
@@ -205,8 +266,12 @@ impl Reader {
     /// Reads until `events` job events arrived (or the stream ends).
     async fn read_events(&mut self, until: u64, measure_latency: bool) {
         while self.events < until {
-            let Some(Ok(frame)) = self.body.frame().await else { return };
-            let Ok(chunk) = frame.into_data() else { continue };
+            let Some(Ok(frame)) = self.body.frame().await else {
+                return;
+            };
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
             let received = now_ns();
             self.bytes += chunk.len() as u64;
             self.carry.extend_from_slice(&chunk);
@@ -231,12 +296,18 @@ impl Reader {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|window| window == needle)
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }
 
 fn ts_ns(event: &[u8]) -> Option<u64> {
     let at = find(event, b"\"ts_ns\":")? + 8;
-    let digits: Vec<u8> = event[at..].iter().copied().take_while(u8::is_ascii_digit).collect();
+    let digits: Vec<u8> = event[at..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
@@ -245,22 +316,35 @@ fn ts_ns(event: &[u8]) -> Option<u64> {
 /// A minimal hyper server streaming pre-encoded SSE frames: the loopback
 /// limit the gateway is compared with.
 async fn serve_baseline() {
-    let listener = TcpListener::bind("127.0.0.2:0").await.expect("bind baseline");
-    println!("baseline listening on http://{}", listener.local_addr().expect("address"));
+    let listener = TcpListener::bind("127.0.0.2:0")
+        .await
+        .expect("bind baseline");
+    println!(
+        "baseline listening on http://{}",
+        listener.local_addr().expect("address")
+    );
     let replay_frames: Arc<std::sync::Mutex<HashMap<String, Bytes>>> = Arc::default();
     let (broadcast, _) = tokio::sync::broadcast::channel::<Bytes>(65_536);
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let frames = replay_frames.clone();
         let broadcast = broadcast.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                let frames = frames.clone();
-                let broadcast = broadcast.clone();
-                async move { Ok::<_, Infallible>(baseline_response(request, frames, broadcast).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let frames = frames.clone();
+                    let broadcast = broadcast.clone();
+                    async move {
+                        Ok::<_, Infallible>(baseline_response(request, frames, broadcast).await)
+                    }
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -280,10 +364,15 @@ fn query(request: &hyper::Request<hyper::body::Incoming>) -> HashMap<String, Str
 
 fn streaming(receiver: tokio::sync::mpsc::Receiver<Bytes>) -> hyper::Response<BaselineBody> {
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|bytes| (Ok::<_, Infallible>(Frame::data(bytes)), receiver))
+        receiver
+            .recv()
+            .await
+            .map(|bytes| (Ok::<_, Infallible>(Frame::data(bytes)), receiver))
     });
     let mut response = hyper::Response::new(StreamBody::new(stream).boxed());
-    response.headers_mut().insert("content-type", "text/event-stream".parse().expect("header"));
+    response
+        .headers_mut()
+        .insert("content-type", "text/event-stream".parse().expect("header"));
     response
 }
 
@@ -303,12 +392,22 @@ async fn baseline_response(
     match request.uri().path() {
         // Stores frames to replay later (the bench uploads what the gateway sent).
         "/store" => {
-            let body = request.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let body = request
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
             frames.lock().expect("frames").insert(name, body);
             return hyper::Response::new(http_body_util::Full::new(Bytes::new()).boxed());
         }
         "/replay" => {
-            let stored = frames.lock().expect("frames").get(&name).cloned().unwrap_or_default();
+            let stored = frames
+                .lock()
+                .expect("frames")
+                .get(&name)
+                .cloned()
+                .unwrap_or_default();
             tokio::spawn(async move {
                 let mut offset = 0;
                 while offset < stored.len() {
@@ -326,9 +425,18 @@ async fn baseline_response(
             });
         }
         "/live" => {
-            let rate: u64 = params.get("rate").and_then(|v| v.parse().ok()).unwrap_or(1000);
-            let count: u64 = params.get("count").and_then(|v| v.parse().ok()).unwrap_or(1000);
-            let size: usize = params.get("size").and_then(|v| v.parse().ok()).unwrap_or(64);
+            let rate: u64 = params
+                .get("rate")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
+            let count: u64 = params
+                .get("count")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
+            let size: usize = params
+                .get("size")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(64);
             tokio::spawn(async move {
                 let started = Instant::now();
                 for seq in 1..=count {
@@ -352,8 +460,14 @@ async fn baseline_response(
             });
         }
         "/fanout-start" => {
-            let rate: u64 = params.get("rate").and_then(|v| v.parse().ok()).unwrap_or(1000);
-            let count: u64 = params.get("count").and_then(|v| v.parse().ok()).unwrap_or(1000);
+            let rate: u64 = params
+                .get("rate")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
+            let count: u64 = params
+                .get("count")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
             tokio::spawn(async move {
                 let started = Instant::now();
                 for seq in 1..=count {
@@ -369,7 +483,11 @@ async fn baseline_response(
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(5)).await;
-                    if sender.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() {
+                    if sender
+                        .send(Bytes::from_static(b": keepalive\n\n"))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -403,7 +521,11 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 fn latency_rows(rows: &mut Vec<Row>, scenario: &str, gateway: &mut [u64], baseline: &mut [u64]) {
     gateway.sort_unstable();
     baseline.sort_unstable();
-    for (name, p) in [("p50 latency", 0.5), ("p99 latency", 0.99), ("max latency", 1.0)] {
+    for (name, p) in [
+        ("p50 latency", 0.5),
+        ("p99 latency", 0.99),
+        ("max latency", 1.0),
+    ] {
         rows.push(Row {
             scenario: scenario.into(),
             metric: name.into(),
@@ -422,20 +544,38 @@ struct Plan {
 }
 
 async fn scenario_replay(plan: &Plan, rows: &mut Vec<Row>) {
-    let sizes: &[u64] = if plan.quick { &[10_000] } else { &[10_000, 100_000] };
+    let sizes: &[u64] = if plan.quick {
+        &[10_000]
+    } else {
+        &[10_000, 100_000]
+    };
     for &count in sizes {
         for size in [64u64, 1024] {
-            let gateway = start_gateway(&["--max-events-per-session", "200000", "--max-bytes-per-session", "1000000000"]).await;
+            let gateway = start_gateway(&[
+                "--max-events-per-session",
+                "200000",
+                "--max-bytes-per-session",
+                "1000000000",
+            ])
+            .await;
             let api = Api::new(&gateway);
             let session = api.session().await;
-            let job = api.submit(&session, json!({"count": count, "size": size})).await;
+            let job = api
+                .submit(&session, json!({"count": count, "size": size}))
+                .await;
             api.wait_done(&session, &job).await;
             // Best of three reads, for gateway and baseline alike.
             let mut best_gateway = (Duration::MAX, Duration::MAX, 0u64);
             let mut captured = Bytes::new();
             for round in 0..3 {
                 let started = Instant::now();
-                let mut reader = connect(gateway.address, &format!("/v1/sessions/{session}/events"), Some(0), round == 0).await;
+                let mut reader = connect(
+                    gateway.address,
+                    &format!("/v1/sessions/{session}/events"),
+                    Some(0),
+                    round == 0,
+                )
+                .await;
                 reader.read_events(count + 1, false).await;
                 let total = started.elapsed();
                 let ttfb = reader.first_event_at.map_or(total, |at| at - started);
@@ -458,7 +598,13 @@ async fn scenario_replay(plan: &Plan, rows: &mut Vec<Row>) {
             let mut best_baseline = (Duration::MAX, Duration::MAX);
             for _ in 0..3 {
                 let started = Instant::now();
-                let mut reader = connect(baseline.address, &format!("/replay?name={name}"), None, false).await;
+                let mut reader = connect(
+                    baseline.address,
+                    &format!("/replay?name={name}"),
+                    None,
+                    false,
+                )
+                .await;
                 reader.read_events(count + 1, false).await;
                 let total = started.elapsed();
                 let ttfb = reader.first_event_at.map_or(total, |at| at - started);
@@ -504,7 +650,11 @@ async fn read_all(readers: Vec<Reader>, events_each: u64) -> (Vec<u64>, f64) {
         .into_iter()
         .map(|mut reader| {
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(60), reader.read_events(events_each, true)).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    reader.read_events(events_each, true),
+                )
+                .await;
                 (reader.events, reader.latencies_ns)
             })
         })
@@ -516,12 +666,19 @@ async fn read_all(readers: Vec<Reader>, events_each: u64) -> (Vec<u64>, f64) {
         delivered += events;
         latencies.append(&mut samples);
     }
-    (latencies, delivered as f64 / started.elapsed().as_secs_f64())
+    (
+        latencies,
+        delivered as f64 / started.elapsed().as_secs_f64(),
+    )
 }
 
 async fn scenario_live(plan: &Plan, rows: &mut Vec<Row>) {
     let seconds = if plan.quick { 2 } else { 4 };
-    let counts: &[u64] = if plan.quick { &[1, 100] } else { &[1, 100, 1000] };
+    let counts: &[u64] = if plan.quick {
+        &[1, 100]
+    } else {
+        &[1, 100, 1000]
+    };
     for &sessions in counts {
         let rate = TOTAL_LIVE_RATE / sessions;
         let per_session = rate * seconds;
@@ -531,18 +688,38 @@ async fn scenario_live(plan: &Plan, rows: &mut Vec<Row>) {
         let mut readers = Vec::new();
         for _ in 0..sessions {
             let session = api.session().await;
-            readers.push(connect(gateway.address, &format!("/v1/sessions/{session}/events"), None, false).await);
+            readers.push(
+                connect(
+                    gateway.address,
+                    &format!("/v1/sessions/{session}/events"),
+                    None,
+                    false,
+                )
+                .await,
+            );
             ids.push(session);
         }
         for session in &ids {
-            api.submit(session, json!({"count": per_session, "size": 64, "rate": rate})).await;
+            api.submit(
+                session,
+                json!({"count": per_session, "size": 64, "rate": rate}),
+            )
+            .await;
         }
         let (mut gateway_latency, gateway_rate) = read_all(readers, per_session).await;
         drop(gateway);
         let baseline = start_baseline().await;
         let mut readers = Vec::new();
         for _ in 0..sessions {
-            readers.push(connect(baseline.address, &format!("/live?rate={rate}&count={per_session}&size=64"), None, false).await);
+            readers.push(
+                connect(
+                    baseline.address,
+                    &format!("/live?rate={rate}&count={per_session}&size=64"),
+                    None,
+                    false,
+                )
+                .await,
+            );
         }
         let (mut baseline_latency, baseline_rate) = read_all(readers, per_session).await;
         let label = format!("live {sessions} sessions, {TOTAL_LIVE_RATE} ev/s total");
@@ -571,8 +748,20 @@ async fn scenario_fanout(plan: &Plan, rows: &mut Vec<Row>) {
         let mut readers = Vec::new();
         for _ in 0..subscribers {
             let session = api.session().await;
-            api.post(&format!("/v1/sessions/{session}/subscriptions"), json!({"job_id": job})).await;
-            readers.push(connect(gateway.address, &format!("/v1/sessions/{session}/events"), None, false).await);
+            api.post(
+                &format!("/v1/sessions/{session}/subscriptions"),
+                json!({"job_id": job}),
+            )
+            .await;
+            readers.push(
+                connect(
+                    gateway.address,
+                    &format!("/v1/sessions/{session}/events"),
+                    None,
+                    false,
+                )
+                .await,
+            );
         }
         let (mut gateway_latency, gateway_rate) = read_all(readers, count).await;
         drop(gateway);
@@ -582,12 +771,16 @@ async fn scenario_fanout(plan: &Plan, rows: &mut Vec<Row>) {
             readers.push(connect(baseline.address, "/fanout", None, false).await);
         }
         reqwest::Client::new()
-            .get(format!("http://{}/fanout-start?rate={rate}&count={count}", baseline.address))
+            .get(format!(
+                "http://{}/fanout-start?rate={rate}&count={count}",
+                baseline.address
+            ))
             .send()
             .await
             .expect("start fan-out");
         let (mut baseline_latency, baseline_rate) = read_all(readers, count).await;
-        let label = format!("fan-out 1 job -> {subscribers} subscribers, {TOTAL_LIVE_RATE} ev/s total");
+        let label =
+            format!("fan-out 1 job -> {subscribers} subscribers, {TOTAL_LIVE_RATE} ev/s total");
         rows.push(Row {
             scenario: label.clone(),
             metric: "delivered events/s".into(),
@@ -606,13 +799,22 @@ async fn idle_cost(server: &Server, count: usize, gateway: bool) -> (f64, f64) {
     let api = Api::new(server);
     let mut paths = Vec::with_capacity(count);
     for _ in 0..count {
-        paths.push(if gateway { format!("/v1/sessions/{}/events", api.session().await) } else { "/idle".into() });
+        paths.push(if gateway {
+            format!("/v1/sessions/{}/events", api.session().await)
+        } else {
+            "/idle".into()
+        });
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = server.rss();
     let mut readers = Vec::with_capacity(count);
     for chunk in paths.chunks(200) {
-        let opened = futures_util::future::join_all(chunk.iter().map(|path| connect(server.address, path, None, false))).await;
+        let opened = futures_util::future::join_all(
+            chunk
+                .iter()
+                .map(|path| connect(server.address, path, None, false)),
+        )
+        .await;
         readers.extend(opened);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -659,7 +861,9 @@ async fn scenario_storm(plan: &Plan, rows: &mut Vec<Row>) {
     let mut sessions = Vec::new();
     for _ in 0..clients {
         let session = api.session().await;
-        let job = api.submit(&session, json!({"count": behind, "size": 64})).await;
+        let job = api
+            .submit(&session, json!({"count": behind, "size": 64}))
+            .await;
         sessions.push((session, job));
     }
     for (session, job) in &sessions {
@@ -676,9 +880,21 @@ async fn scenario_storm(plan: &Plan, rows: &mut Vec<Row>) {
                 tokio::spawn(async move {
                     tokio::time::sleep(spacing * index as u32).await;
                     let connecting = Instant::now();
-                    let mut reader = connect(address, &path, if path.starts_with("/v1") { Some(0) } else { None }, false).await;
+                    let mut reader = connect(
+                        address,
+                        &path,
+                        if path.starts_with("/v1") {
+                            Some(0)
+                        } else {
+                            None
+                        },
+                        false,
+                    )
+                    .await;
                     reader.read_events(behind + 1, false).await;
-                    reader.first_event_at.map_or(Duration::ZERO, |at| at - connecting)
+                    reader
+                        .first_event_at
+                        .map_or(Duration::ZERO, |at| at - connecting)
                 })
             })
             .collect();
@@ -688,16 +904,32 @@ async fn scenario_storm(plan: &Plan, rows: &mut Vec<Row>) {
         }
         (started.elapsed(), firsts)
     };
-    let targets: Vec<String> = sessions.iter().map(|(session, _)| format!("/v1/sessions/{session}/events")).collect();
+    let targets: Vec<String> = sessions
+        .iter()
+        .map(|(session, _)| format!("/v1/sessions/{session}/events"))
+        .collect();
     let (gateway_total, mut gateway_firsts) = storm(targets, address).await;
     // Capture one session's frames for the baseline.
-    let mut sample = connect(address, &format!("/v1/sessions/{}/events", sessions[0].0), Some(0), true).await;
+    let mut sample = connect(
+        address,
+        &format!("/v1/sessions/{}/events", sessions[0].0),
+        Some(0),
+        true,
+    )
+    .await;
     sample.read_events(behind + 1, false).await;
     let frames = sample.raw.take().expect("captured").freeze();
     drop(gateway);
     let baseline = start_baseline().await;
-    reqwest::Client::new().post(format!("http://{}/store?name=storm", baseline.address)).body(frames).send().await.expect("upload");
-    let targets = (0..clients).map(|_| "/replay?name=storm".to_owned()).collect();
+    reqwest::Client::new()
+        .post(format!("http://{}/store?name=storm", baseline.address))
+        .body(frames)
+        .send()
+        .await
+        .expect("upload");
+    let targets = (0..clients)
+        .map(|_| "/replay?name=storm".to_owned())
+        .collect();
     let (baseline_total, mut baseline_firsts) = storm(targets, baseline.address).await;
     gateway_firsts.sort_unstable();
     baseline_firsts.sort_unstable();
@@ -724,14 +956,19 @@ async fn scenario_append(plan: &Plan, rows: &mut Vec<Row>) {
     let count: u64 = if plan.quick { 50_000 } else { 200_000 };
     let dir = std::env::temp_dir().join(format!("arcp-bench-append-{}", std::process::id()));
     let dir_text = dir.to_string_lossy().into_owned();
-    for (backend, extra) in [("memory", vec![]), ("sqlite", vec!["--data-dir", dir_text.as_str()])] {
+    for (backend, extra) in [
+        ("memory", vec![]),
+        ("sqlite", vec!["--data-dir", dir_text.as_str()]),
+    ] {
         let mut args = vec!["--max-events-per-session", "300000"];
         args.extend(extra);
         let gateway = start_gateway(&args).await;
         let api = Api::new(&gateway);
         let session = api.session().await;
         let started = Instant::now();
-        let job = api.submit(&session, json!({"count": count, "size": 64})).await;
+        let job = api
+            .submit(&session, json!({"count": count, "size": 64}))
+            .await;
         api.wait_done(&session, &job).await;
         let elapsed = started.elapsed();
         rows.push(Row {
@@ -748,8 +985,22 @@ async fn scenario_append(plan: &Plan, rows: &mut Vec<Row>) {
 
 fn machine_facts() -> Value {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-    let cpu = read("/proc/cpuinfo").lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("").trim().to_owned();
-    let memory = read("/proc/meminfo").lines().next().unwrap_or("").split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0);
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let memory = read("/proc/meminfo")
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse::<u64>()
+        .unwrap_or(0);
     json!({
         "cpu": cpu,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -762,7 +1013,9 @@ fn print_table(rows: &[Row]) {
     println!("| scenario | metric | gateway | baseline | ratio to baseline |");
     println!("|---|---|---:|---:|---:|");
     for row in rows {
-        let baseline = row.baseline.map_or("-".into(), |b| format!("{b:.2} {}", row.unit));
+        let baseline = row
+            .baseline
+            .map_or("-".into(), |b| format!("{b:.2} {}", row.unit));
         let ratio = match row.baseline {
             Some(b) if b > 0.0 && row.gateway > 0.0 => {
                 if row.higher_is_better {
@@ -773,14 +1026,25 @@ fn print_table(rows: &[Row]) {
             }
             _ => "-".into(),
         };
-        println!("| {} | {} | {:.2} {} | {} | {} |", row.scenario, row.metric, row.gateway, row.unit, baseline, ratio);
+        println!(
+            "| {} | {} | {:.2} {} | {} | {} |",
+            row.scenario, row.metric, row.gateway, row.unit, baseline, ratio
+        );
     }
 }
 
 async fn run(args: Vec<String>) {
-    let plan = Plan { quick: args.iter().any(|a| a == "--quick") };
-    let only = args.windows(2).find(|pair| pair[0] == "--only").map(|pair| pair[1].clone());
-    let json_path = args.windows(2).find(|pair| pair[0] == "--json").map(|pair| pair[1].clone());
+    let plan = Plan {
+        quick: args.iter().any(|a| a == "--quick"),
+    };
+    let only = args
+        .windows(2)
+        .find(|pair| pair[0] == "--only")
+        .map(|pair| pair[1].clone());
+    let json_path = args
+        .windows(2)
+        .find(|pair| pair[0] == "--json")
+        .map(|pair| pair[1].clone());
     let command = format!("cargo bench --bench gateway -- {}", args.join(" "));
     let machine = machine_facts();
     println!("command: {}", command.trim());
@@ -820,14 +1084,21 @@ async fn run(args: Vec<String>) {
             })
             .collect();
         let document = json!({"command": command.trim(), "machine": machine, "rows": rows});
-        std::fs::write(&path, serde_json::to_vec_pretty(&document).expect("json")).expect("write json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&document).expect("json"))
+            .expect("write json");
         println!("wrote {path}");
     }
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     if args.iter().any(|a| a == "--serve-baseline") {
         runtime.block_on(serve_baseline());
         return;

@@ -30,7 +30,9 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
     if !state.config.base_path.is_empty() && full_path == state.config.base_path {
         let mut response = body::empty_response(hyper::StatusCode::PERMANENT_REDIRECT);
         if let Ok(location) = hyper::header::HeaderValue::from_str(&format!("{full_path}/")) {
-            response.headers_mut().insert(hyper::header::LOCATION, location);
+            response
+                .headers_mut()
+                .insert(hyper::header::LOCATION, location);
         }
         return response;
     }

@@ -310,7 +310,10 @@ async fn the_console_and_client_module_are_served_from_the_binary() {
 #[tokio::test]
 async fn the_bare_base_path_redirects_to_the_console_with_its_slash() {
     let server = TestServer::with_config(|config| config.base_path = "/arcp".into());
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let response = client.get(server.url("/arcp")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
     assert_eq!(response.headers()["location"], "/arcp/");

@@ -349,10 +349,17 @@ async fn close_ends_the_stream_keeps_jobs_running_and_a_token_reopens_it() {
     // …but its job runs on, and an explicit session.resume reopens it.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (status, welcome) = server
-        .post_json("/v1/sessions/resume", "", &json!({"resume_token": token, "last_event_seq": last_seen}))
+        .post_json(
+            "/v1/sessions/resume",
+            "",
+            &json!({"resume_token": token, "last_event_seq": last_seen}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{welcome}");
-    let token = welcome["payload"]["resume_token"].as_str().unwrap().to_owned();
+    let token = welcome["payload"]["resume_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let mut stream = server.stream(sid, &token, Some(last_seen)).await;
     assert_eq!(stream.status, StatusCode::OK, "{}", stream.error);
     stream.welcome().await;
