@@ -153,6 +153,10 @@ pub struct RawArgs {
     /// Largest total streamed result per job (§8.4, §14).
     #[arg(long, env = "ARCP_GATEWAY_MAX_RESULT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_result_bytes: u64,
+
+    /// A TOML file of external agents (commands or HTTP upstreams) to serve beside the built-in ones.
+    #[arg(long = "agents", env = "ARCP_GATEWAY_AGENTS")]
+    pub agents: Option<std::path::PathBuf>,
 }
 
 /// Who may observe (list, subscribe to) a job besides its submitter (§14).
@@ -203,6 +207,8 @@ pub struct Config {
     pub max_stream_duration: Option<Duration>,
     /// `Some` selects the durable SQLite store.
     pub data_dir: Option<std::path::PathBuf>,
+    /// External agents from `--agents` (tests set them directly).
+    pub agents: Vec<crate::agents_file::AgentDefinition>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -263,6 +269,7 @@ impl Config {
             trusted_proxies: Vec::new(),
             max_stream_duration: Some(Duration::from_secs(300)),
             data_dir: None,
+            agents: Vec::new(),
         }
     }
 
@@ -372,6 +379,10 @@ impl Config {
         }
         config.cookie_secure = raw.cookie_secure;
         config.data_dir = raw.data_dir;
+        if let Some(path) = &raw.agents {
+            config.agents =
+                crate::agents_file::load(path).map_err(|error| ConfigError(error.to_string()))?;
+        }
         config.base_path = parse_base_path(&raw.base_path)?;
         config.trusted_proxies = raw
             .trusted_proxies

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agents_file;
 pub mod auth;
 pub mod config;
 pub mod event_log;
@@ -90,7 +91,7 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
         token_keys,
         sessions: SessionRegistry::default(),
         jobs: JobRegistry::default(),
-        agents: AgentRegistry::builtin(),
+        agents: AgentRegistry::with_external(&config.agents),
         log,
         store,
         shutdown: CancellationToken::new(),

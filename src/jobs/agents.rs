@@ -1,5 +1,6 @@
 //! The agent inventory (§7.5) and the built-in agents that make a fresh
-//! gateway useful: `echo`, `ticker`, `chunker` and `fail`.
+//! gateway useful: `echo`, `ticker`, `chunker` and `fail`. Agents from the
+//! agents file (`external`) are served beside them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::external::{self, ExternalAgent};
 use super::{Job, JobFinished, Terminal};
+use crate::agents_file::AgentDefinition;
 use crate::protocol::{ErrorCode, ErrorPayload, JobStatus};
 
 /// Largest single `result_chunk` (§14 suggests capping at about 1 MB).
@@ -28,8 +31,7 @@ pub enum AgentResolveError {
     },
 }
 
-/// The built-in agents. New kinds of agent (external commands, HTTP
-/// upstreams) become new variants.
+/// The built-in agents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BuiltinAgent {
     Echo,
@@ -42,19 +44,47 @@ pub enum BuiltinAgent {
     Spender,
 }
 
+/// What runs for one agent version: a built-in, or an external command or
+/// HTTP upstream from the agents file.
+#[derive(Clone, Debug)]
+pub enum Agent {
+    Builtin(BuiltinAgent),
+    External(Arc<ExternalAgent>),
+}
+
+impl Agent {
+    /// Checked at submission so bad input is a `400`. External agents check
+    /// their own input and answer with an `INVALID_REQUEST` error line.
+    pub fn validate_input(&self, input: &Value) -> Result<(), String> {
+        match self {
+            Agent::Builtin(agent) => agent.validate_input(input),
+            Agent::External(_) => Ok(()),
+        }
+    }
+
+    pub async fn run(self, context: JobContext) -> AgentOutcome {
+        match self {
+            Agent::Builtin(agent) => agent.run(context).await,
+            Agent::External(agent) => {
+                AgentOutcome::Finished(external::run(&agent, context.job).await)
+            }
+        }
+    }
+}
+
 pub struct AgentEntry {
-    pub name: &'static str,
+    pub name: String,
     /// Each version and what runs for it.
-    pub versions: Vec<(&'static str, BuiltinAgent)>,
-    pub default_version: &'static str,
-    pub description: &'static str,
+    pub versions: Vec<(String, Agent)>,
+    pub default_version: String,
+    pub description: String,
 }
 
 /// A resolved agent: what runs, and the `name@version` it is known by.
 #[derive(Clone, Debug)]
 pub struct ResolvedAgent {
     pub qualified_name: String,
-    pub agent: BuiltinAgent,
+    pub agent: Agent,
 }
 
 pub struct AgentRegistry {
@@ -63,19 +93,23 @@ pub struct AgentRegistry {
 
 impl AgentRegistry {
     pub fn builtin() -> Self {
-        let entry = |name, description, agent| AgentEntry {
-            name,
-            versions: vec![("1.0.0", agent)],
-            default_version: "1.0.0",
-            description,
+        let entry = |name: &str, description: &str, agent| AgentEntry {
+            name: name.into(),
+            versions: vec![("1.0.0".into(), Agent::Builtin(agent))],
+            default_version: "1.0.0".into(),
+            description: description.into(),
         };
         AgentRegistry {
             entries: vec![
                 AgentEntry {
-                    name: "echo",
-                    versions: vec![("0.9.0", BuiltinAgent::EchoLegacy), ("1.0.0", BuiltinAgent::Echo)],
-                    default_version: "1.0.0",
-                    description: "returns its input as the result (0.9.0 wraps it as {echoed})",
+                    name: "echo".into(),
+                    versions: vec![
+                        ("0.9.0".into(), Agent::Builtin(BuiltinAgent::EchoLegacy)),
+                        ("1.0.0".into(), Agent::Builtin(BuiltinAgent::Echo)),
+                    ],
+                    default_version: "1.0.0".into(),
+                    description: "returns its input as the result (0.9.0 wraps it as {echoed})"
+                        .into(),
                 },
                 entry(
                     "ticker",
@@ -101,14 +135,46 @@ impl AgentRegistry {
         }
     }
 
+    /// The built-in agents followed by those of the agents file (whose names
+    /// were checked not to collide with them).
+    pub fn with_external(definitions: &[AgentDefinition]) -> Self {
+        let mut registry = AgentRegistry::builtin();
+        for definition in definitions {
+            let versions: Vec<&str> = definition
+                .versions
+                .iter()
+                .map(|(v, _)| v.as_str())
+                .collect();
+            tracing::info!(agent = %definition.name, ?versions, "external agent configured");
+        }
+        registry
+            .entries
+            .extend(definitions.iter().map(|definition| {
+                AgentEntry {
+                    name: definition.name.clone(),
+                    versions: definition
+                        .versions
+                        .iter()
+                        .map(|(version, agent)| (version.clone(), Agent::External(agent.clone())))
+                        .collect(),
+                    default_version: definition.default_version.clone(),
+                    description: definition.description.clone(),
+                }
+            }));
+        registry
+    }
+
     /// `capabilities.agents` of `session.welcome` (§6.2).
     pub fn inventory(&self) -> Value {
         Value::Array(
             self.entries
                 .iter()
                 .map(|entry| {
-                    let versions: Vec<&str> =
-                        entry.versions.iter().map(|(version, _)| *version).collect();
+                    let versions: Vec<&str> = entry
+                        .versions
+                        .iter()
+                        .map(|(version, _)| version.as_str())
+                        .collect();
                     json!({
                         "name": entry.name,
                         "versions": versions,
@@ -132,8 +198,8 @@ impl AgentRegistry {
         let Some(entry) = self.entries.iter().find(|entry| entry.name == name) else {
             return Err(AgentResolveError::NotAvailable(name.to_owned()));
         };
-        let version = version.unwrap_or(entry.default_version);
-        let Some((_, agent)) = entry.versions.iter().find(|(known, _)| *known == version) else {
+        let version = version.unwrap_or(&entry.default_version);
+        let Some((_, agent)) = entry.versions.iter().find(|(known, _)| known == version) else {
             return Err(AgentResolveError::VersionNotAvailable {
                 name: name.to_owned(),
                 version: version.to_owned(),
@@ -141,7 +207,7 @@ impl AgentRegistry {
         };
         Ok(ResolvedAgent {
             qualified_name: format!("{name}@{version}"),
-            agent: *agent,
+            agent: agent.clone(),
         })
     }
 }

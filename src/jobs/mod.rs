@@ -11,6 +11,8 @@
 //! the job runs sees neither a gap nor a duplicate between history and live.
 
 pub mod agents;
+pub mod external;
+pub mod lease;
 pub mod runner;
 
 use std::collections::{BTreeMap, HashMap};

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use super::agents::{AgentOutcome, BuiltinAgent, JobContext};
+use super::agents::{Agent, AgentOutcome, JobContext};
 use super::{Job, Terminal};
 use crate::protocol::{ErrorCode, JobStatus};
 
 /// Starts the job's task. The task owns the agent; dropping the agent future
-/// (on cancel, timeout or lease expiry) stops it at its next `.await`.
-pub fn start(job: Arc<Job>, agent: BuiltinAgent) {
+/// (on cancel, timeout or lease expiry) stops it at its next `.await` (an
+/// external agent's process is then signalled, its request dropped).
+pub fn start(job: Arc<Job>, agent: Agent) {
     tokio::spawn(async move {
         job.mark_running();
         let context = JobContext::new(job.clone());

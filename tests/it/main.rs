@@ -9,6 +9,7 @@ mod browser;
 mod durable;
 mod errors;
 mod event_log;
+mod external_agents;
 mod jobs;
 mod openapi;
 mod proxy;
