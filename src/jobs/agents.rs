@@ -42,6 +42,9 @@ pub enum BuiltinAgent {
     Fail,
     /// Reports `cost.*` metrics, for budgets (§9.6).
     Spender,
+    /// Emits `log` events as fast as asked, stamped with `ts_ns`, for the
+    /// benchmarks.
+    Firehose,
 }
 
 /// What runs for one agent version: a built-in, or an external command or
@@ -125,6 +128,11 @@ impl AgentRegistry {
                     "fail",
                     "input {code, message, retryable, delay_ms}: ends with job.error",
                     BuiltinAgent::Fail,
+                ),
+                entry(
+                    "firehose",
+                    "input {count, size, rate?, delay_ms?}: count log events of size bytes (rate per second, or as fast as possible), each stamped with ts_ns",
+                    BuiltinAgent::Firehose,
                 ),
                 entry(
                     "spender",
@@ -371,6 +379,21 @@ impl BuiltinAgent {
     pub fn validate_input(self, input: &Value) -> Result<(), String> {
         match self {
             BuiltinAgent::Echo | BuiltinAgent::EchoLegacy => Ok(()),
+            BuiltinAgent::Firehose => {
+                let input: FirehoseInput = parse_input(input)?;
+                if input.count > MAX_FIREHOSE_EVENTS || input.size > MAX_FIREHOSE_SIZE {
+                    return Err(format!(
+                        "input.count must be at most {MAX_FIREHOSE_EVENTS} and input.size at most {MAX_FIREHOSE_SIZE}"
+                    ));
+                }
+                if input.rate == Some(0) || input.rate.is_some_and(|rate| rate > 10_000_000) {
+                    return Err("input.rate must be 1..=10000000 events per second".into());
+                }
+                if input.delay_ms > MAX_INTERVAL_MS {
+                    return Err(format!("input.delay_ms must be at most {MAX_INTERVAL_MS}"));
+                }
+                Ok(())
+            }
             BuiltinAgent::Spender => {
                 let input: SpenderInput = parse_input(input)?;
                 if input.steps > MAX_TICKS || input.interval_ms > MAX_INTERVAL_MS {
@@ -437,6 +460,7 @@ impl BuiltinAgent {
                 result: json!({ "echoed": context.input() }),
             },
             BuiltinAgent::Spender => run_spender(&context).await,
+            BuiltinAgent::Firehose => run_firehose(&context).await,
             BuiltinAgent::Ticker => run_ticker(&context).await,
             BuiltinAgent::Chunker => run_chunker(&context).await,
             BuiltinAgent::Fail => run_fail(&context).await,
@@ -524,6 +548,79 @@ async fn run_chunker(context: &JobContext) -> Terminal {
         result_id,
         result_size: produced,
         summary: format!("{produced} bytes in {chunk_seq} chunks, sha256 {digest}"),
+    }
+}
+
+const MAX_FIREHOSE_EVENTS: u64 = 10_000_000;
+const MAX_FIREHOSE_SIZE: u64 = 1024 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirehoseInput {
+    #[serde(default = "default_firehose_count")]
+    count: u64,
+    #[serde(default = "default_firehose_size")]
+    size: u64,
+    /// Events per second; absent means as fast as possible.
+    #[serde(default)]
+    rate: Option<u64>,
+    /// Wait before the first event (lets subscribers attach).
+    #[serde(default)]
+    delay_ms: u64,
+}
+
+fn default_firehose_count() -> u64 {
+    1000
+}
+
+fn default_firehose_size() -> u64 {
+    64
+}
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+async fn run_firehose(context: &JobContext) -> Terminal {
+    let input: FirehoseInput = match parse_input(context.input()) {
+        Ok(input) => input,
+        Err(message) => return invalid_input(message),
+    };
+    if input.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(input.delay_ms)).await;
+    }
+    let padding = "x".repeat(input.size as usize);
+    let started = tokio::time::Instant::now();
+    let mut emitted = 0u64;
+    while emitted < input.count {
+        // Paced: catch up to where the rate says we should be, then sleep
+        // a millisecond. Unpaced: yield now and then so others run.
+        let due = match input.rate {
+            Some(rate) => {
+                let elapsed = started.elapsed().as_secs_f64();
+                ((elapsed * rate as f64) as u64 + 1).min(input.count)
+            }
+            None => (emitted + 256).min(input.count),
+        };
+        while emitted < due {
+            emitted += 1;
+            let body = json!({ "level": "debug", "message": padding, "n": emitted, "ts_ns": unix_nanos() });
+            if context.event("log", body).is_err() {
+                return Terminal::Success {
+                    result: json!({ "emitted": emitted - 1 }),
+                };
+            }
+        }
+        match input.rate {
+            Some(_) if emitted < input.count => tokio::time::sleep(Duration::from_millis(1)).await,
+            _ => tokio::task::yield_now().await,
+        }
+    }
+    Terminal::Success {
+        result: json!({ "emitted": emitted }),
     }
 }
 

@@ -141,7 +141,10 @@ async fn agents_resolve_by_name_and_version() {
         .iter()
         .map(|a| a["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["echo", "ticker", "chunker", "fail", "spender"]);
+    assert_eq!(
+        names,
+        ["echo", "ticker", "chunker", "fail", "firehose", "spender"]
+    );
     let echo = &inventory["agents"][0];
     assert_eq!(echo["versions"], json!(["0.9.0", "1.0.0"]));
     assert_eq!(echo["default"], "1.0.0");
@@ -529,4 +532,37 @@ async fn result_chunk_rules_are_enforced_with_internal_error() {
         let message = status["terminal"]["message"].as_str().unwrap();
         assert!(message.contains(expected), "{input}: {message}");
     }
+}
+
+#[tokio::test]
+async fn the_firehose_emits_numbered_timestamped_events_at_the_asked_rate() {
+    let server = TestServer::start();
+    let session = server.create_session(ALICE_TOKEN).await;
+    let sid = &session.session_id;
+    let started = std::time::Instant::now();
+    let job = server
+        .submit_ok(
+            sid,
+            ALICE_TOKEN,
+            json!({"agent": "firehose", "input": {"count": 300, "size": 16, "rate": 1000}}),
+        )
+        .await;
+    let mut stream = server.stream(sid, ALICE_TOKEN, None).await;
+    stream.welcome().await;
+    let events = stream.events_until(is_terminal_for(&job)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "300 events at 1000/s take about 0.3 s"
+    );
+    assert_contiguous(&events, 1, 301);
+    let mut previous_ts = 0;
+    for (index, event) in events[..300].iter().enumerate() {
+        let body = &event.data["payload"]["body"];
+        assert_eq!(body["n"], index as u64 + 1);
+        assert_eq!(body["message"].as_str().unwrap().len(), 16);
+        let ts = body["ts_ns"].as_u64().unwrap();
+        assert!(ts >= previous_ts, "timestamps never go backwards");
+        previous_ts = ts;
+    }
+    assert_eq!(events[300].data["payload"]["result"]["emitted"], 300);
 }
