@@ -19,6 +19,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arcp_gateway::http::sse::STREAM_READ_LIMIT;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
@@ -217,6 +218,7 @@ struct Reader {
     pub events: u64,
     pub bytes: u64,
     pub first_event_at: Option<Instant>,
+    pub last_event_at: Option<Instant>,
     pub latencies_ns: Vec<u64>,
     pub raw: Option<BytesMut>,
 }
@@ -257,6 +259,7 @@ async fn connect(
         events: 0,
         bytes: 0,
         first_event_at: None,
+        last_event_at: None,
         latencies_ns: Vec::new(),
         raw: capture.then(BytesMut::new),
     }
@@ -281,7 +284,9 @@ impl Reader {
                     continue;
                 }
                 self.events += 1;
-                self.first_event_at.get_or_insert_with(Instant::now);
+                let now = Instant::now();
+                self.first_event_at.get_or_insert(now);
+                self.last_event_at = Some(now);
                 if let Some(raw) = &mut self.raw {
                     raw.extend_from_slice(&event);
                 }
@@ -411,8 +416,8 @@ async fn baseline_response(
             tokio::spawn(async move {
                 let mut offset = 0;
                 while offset < stored.len() {
-                    // The same 256 KiB chunking the gateway uses.
-                    let mut end = (offset + 256 * 1024).min(stored.len());
+                    // The same chunk size the gateway's streams use.
+                    let mut end = (offset + STREAM_READ_LIMIT.max_bytes).min(stored.len());
                     while end < stored.len() && !stored[..end].ends_with(b"\n\n") {
                         end += 1;
                     }
@@ -564,10 +569,10 @@ async fn scenario_replay(plan: &Plan, rows: &mut Vec<Row>) {
                 .submit(&session, json!({"count": count, "size": size}))
                 .await;
             api.wait_done(&session, &job).await;
-            // Best of three reads, for gateway and baseline alike.
+            // Best of five reads, for gateway and baseline alike.
             let mut best_gateway = (Duration::MAX, Duration::MAX, 0u64);
             let mut captured = Bytes::new();
-            for round in 0..3 {
+            for round in 0..5 {
                 let started = Instant::now();
                 let mut reader = connect(
                     gateway.address,
@@ -596,7 +601,7 @@ async fn scenario_replay(plan: &Plan, rows: &mut Vec<Row>) {
                 .await
                 .expect("upload");
             let mut best_baseline = (Duration::MAX, Duration::MAX);
-            for _ in 0..3 {
+            for _ in 0..5 {
                 let started = Instant::now();
                 let mut reader = connect(
                     baseline.address,
@@ -642,10 +647,10 @@ async fn scenario_replay(plan: &Plan, rows: &mut Vec<Row>) {
     }
 }
 
-/// Connects `count` readers, reads `events_each` from each, returns all
-/// latencies and the delivered rate.
+/// Reads `events_each` from every reader; returns all latencies and the
+/// delivered rate, counted from the first event anywhere to the last (so a
+/// job's start delay does not dilute it).
 async fn read_all(readers: Vec<Reader>, events_each: u64) -> (Vec<u64>, f64) {
-    let started = Instant::now();
     let tasks: Vec<_> = readers
         .into_iter()
         .map(|mut reader| {
@@ -655,21 +660,28 @@ async fn read_all(readers: Vec<Reader>, events_each: u64) -> (Vec<u64>, f64) {
                     reader.read_events(events_each, true),
                 )
                 .await;
-                (reader.events, reader.latencies_ns)
+                reader
             })
         })
         .collect();
     let mut latencies = Vec::new();
     let mut delivered = 0;
+    let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
     for task in tasks {
-        let (events, mut samples) = task.await.expect("reader");
-        delivered += events;
-        latencies.append(&mut samples);
+        let mut reader = task.await.expect("reader");
+        delivered += reader.events;
+        latencies.append(&mut reader.latencies_ns);
+        first = match (first, reader.first_event_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        last = last.max(reader.last_event_at);
     }
-    (
-        latencies,
-        delivered as f64 / started.elapsed().as_secs_f64(),
-    )
+    let span = match (first, last) {
+        (Some(first), Some(last)) if last > first => (last - first).as_secs_f64(),
+        _ => f64::INFINITY,
+    };
+    (latencies, delivered as f64 / span)
 }
 
 async fn scenario_live(plan: &Plan, rows: &mut Vec<Row>) {

@@ -242,6 +242,56 @@ impl EventLog for MemoryEventLog {
         Ok(batch)
     }
 
+    fn read_chunk_after(
+        &self,
+        session_id: &SessionId,
+        after: EventSeq,
+        limit: ReadLimit,
+    ) -> Result<Option<(EventSeq, bytes::Bytes)>, EventLogError> {
+        let log = self.session(session_id)?;
+        let log = lock(&log);
+        let bounds = log.bounds();
+        if after < bounds.floor {
+            return Err(EventLogError::CursorEvicted {
+                floor: bounds.floor,
+            });
+        }
+        if after > bounds.newest {
+            return Err(EventLogError::CursorAhead {
+                newest: bounds.newest,
+            });
+        }
+        let start = (after - log.floor) as usize;
+        let mut count = 0usize;
+        let mut size = 0usize;
+        for entry in log.entries.range(start..) {
+            if entry.seq > log.visible
+                || count >= limit.max_entries
+                || (count > 0 && size + entry.frame.len() > limit.max_bytes)
+            {
+                break;
+            }
+            count += 1;
+            size += entry.frame.len();
+        }
+        if count == 0 {
+            return Ok(None);
+        }
+        let last = after + count as EventSeq;
+        if count == 1 {
+            // One frame: share the stored bytes, no copy.
+            return Ok(log
+                .entries
+                .get(start)
+                .map(|entry| (last, entry.frame.clone())));
+        }
+        let mut chunk = bytes::BytesMut::with_capacity(size);
+        for entry in log.entries.range(start..start + count) {
+            chunk.extend_from_slice(&entry.frame);
+        }
+        Ok(Some((last, chunk.freeze())))
+    }
+
     fn bounds(&self, session_id: &SessionId) -> Result<LogBounds, EventLogError> {
         let log = self.session(session_id)?;
         let bounds = lock(&log).bounds();

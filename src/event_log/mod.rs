@@ -155,6 +155,30 @@ pub trait EventLog: Send + Sync + 'static {
         limit: ReadLimit,
     ) -> Result<Vec<LogEntry>, EventLogError>;
 
+    /// The frames of the entries after `after`, within `limit`, joined into
+    /// one chunk, with the last sequence number in it; `None` when caught
+    /// up. This is what streams write. Backends may override it to skip the
+    /// per-entry clones of [`EventLog::read_after`].
+    fn read_chunk_after(
+        &self,
+        session_id: &SessionId,
+        after: EventSeq,
+        limit: ReadLimit,
+    ) -> Result<Option<(EventSeq, Bytes)>, EventLogError> {
+        let batch = self.read_after(session_id, after, limit)?;
+        let Some(last) = batch.last().map(|entry| entry.seq) else {
+            return Ok(None);
+        };
+        if batch.len() == 1 {
+            return Ok(batch.into_iter().next().map(|entry| (last, entry.frame)));
+        }
+        let mut chunk = bytes::BytesMut::with_capacity(batch.iter().map(|e| e.frame.len()).sum());
+        for entry in &batch {
+            chunk.extend_from_slice(&entry.frame);
+        }
+        Ok(Some((last, chunk.freeze())))
+    }
+
     fn bounds(&self, session_id: &SessionId) -> Result<LogBounds, EventLogError>;
 
     /// Frees every entry with `seq <= up_to` (acknowledged, §6.5) and raises

@@ -21,7 +21,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::event_log::{EncodedFrame, EventDraft, EventLog, LogEntry, ReadLimit};
+use crate::event_log::{EncodedFrame, EventDraft, EventLog, ReadLimit};
 use crate::ids::{EventSeq, SessionId};
 use crate::protocol::Envelope;
 use crate::session::{Session, StreamId};
@@ -34,12 +34,20 @@ pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
 const FINAL_FRAME_WAIT: Duration = Duration::from_secs(1);
 
 /// Chunks buffered between a stream's pump and its response body.
-const STREAM_CHANNEL_CHUNKS: usize = 8;
+const STREAM_CHANNEL_CHUNKS: usize = 4;
+
+/// The first chunk of replay, sent with the welcome: small, so the first
+/// event leaves at once; later chunks are large so a long replay costs few
+/// writes.
+const FIRST_READ_LIMIT: ReadLimit = ReadLimit {
+    max_entries: 64,
+    max_bytes: 16 * 1024,
+};
 
 /// The largest chunk a stream writes at once.
 pub const STREAM_READ_LIMIT: ReadLimit = ReadLimit {
-    max_entries: 1024,
-    max_bytes: 256 * 1024,
+    max_entries: 4096,
+    max_bytes: 512 * 1024,
 };
 
 /// The [`crate::event_log::FrameEncoder`] for job events.
@@ -84,6 +92,8 @@ pub fn encode_retry(retry: Duration) -> Bytes {
 
 /// The response body of a stream: drains the pump's channel.
 pub struct SseBody {
+    /// The welcome and the first events, written with the response head.
+    initial: Option<Bytes>,
     receiver: mpsc::Receiver<Bytes>,
 }
 
@@ -95,6 +105,9 @@ impl Body for SseBody {
         mut self: Pin<&mut Self>,
         context: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(initial) = self.initial.take() {
+            return Poll::Ready(Some(Ok(Frame::data(initial))));
+        }
         self.receiver
             .poll_recv(context)
             .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
@@ -130,10 +143,24 @@ pub fn jittered(duration: Duration) -> Duration {
 }
 
 /// Starts the pump task and returns the body it feeds.
-pub fn open_stream(plan: StreamPlan) -> SseBody {
+/// The welcome and the first chunk of replay are read here, in the request's
+/// own task, so they leave with the response head instead of waiting for the
+/// pump task to be scheduled (time to first event).
+pub fn open_stream(mut plan: StreamPlan) -> SseBody {
+    let mut initial = BytesMut::from(&std::mem::take(&mut plan.prelude)[..]);
+    if let Ok(Some((last, chunk))) =
+        plan.log
+            .read_chunk_after(&plan.session.id, plan.cursor, FIRST_READ_LIMIT)
+    {
+        initial.extend_from_slice(&chunk);
+        plan.cursor = last;
+    }
     let (sender, receiver) = mpsc::channel(STREAM_CHANNEL_CHUNKS);
     tokio::spawn(pump(plan, sender));
-    SseBody { receiver }
+    SseBody {
+        initial: Some(initial.freeze()),
+        receiver,
+    }
 }
 
 /// Detaches the stream from its session however the pump ends.
@@ -203,11 +230,6 @@ async fn pump_until_stopped(plan: &mut StreamPlan, sender: &mpsc::Sender<Bytes>)
     let Ok(mut newest) = plan.log.watch_newest(session_id) else {
         return Stop::LogGone;
     };
-    // Sent once and not kept: idle streams should not carry their welcome.
-    let prelude = std::mem::take(&mut plan.prelude);
-    if sender.send(prelude).await.is_err() {
-        return Stop::ClientGone;
-    }
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -227,17 +249,19 @@ async fn pump_until_stopped(plan: &mut StreamPlan, sender: &mpsc::Sender<Bytes>)
         // lands after the read wakes the wait below.
         newest.borrow_and_update();
         loop {
-            let batch = match plan.log.read_after(session_id, cursor, STREAM_READ_LIMIT) {
-                Ok(batch) => batch,
+            let chunk = match plan
+                .log
+                .read_chunk_after(session_id, cursor, STREAM_READ_LIMIT)
+            {
+                Ok(Some((last, chunk))) => {
+                    cursor = last;
+                    chunk
+                }
+                Ok(None) => break,
                 // Evicted under a slow reader, or the session is gone: end the
                 // stream rather than skip; the reconnect gets an honest 410.
                 Err(_) => return Stop::LogGone,
             };
-            let Some(last) = batch.last() else {
-                break;
-            };
-            cursor = last.seq;
-            let chunk = coalesce(batch);
             tokio::select! {
                 biased;
                 () = plan.shutdown.cancelled() => return Stop::Shutdown,
@@ -290,29 +314,13 @@ async fn replaced(attached: &mut watch::Receiver<Option<StreamId>>, stream_id: S
     }
 }
 
-/// Joins a batch of frames into one chunk; a single frame is shared as is.
-fn coalesce(batch: Vec<LogEntry>) -> Bytes {
-    if batch.len() == 1 {
-        return batch
-            .into_iter()
-            .next()
-            .map(|entry| entry.frame)
-            .unwrap_or_default();
-    }
-    let total = batch.iter().map(|entry| entry.frame.len()).sum();
-    let mut chunk = BytesMut::with_capacity(total);
-    for entry in &batch {
-        chunk.extend_from_slice(&entry.frame);
-    }
-    chunk.freeze()
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
     use super::*;
+    use crate::event_log::LogEntry;
     use crate::ids::JobId;
 
     /// A parser that follows the WHATWG event-stream interpretation rules,
@@ -398,21 +406,5 @@ mod tests {
             let parsed: Value = serde_json::from_str(&events[0].2).unwrap();
             prop_assert_eq!(parsed, payload);
         }
-    }
-
-    #[test]
-    fn coalescing_preserves_frame_order() {
-        let entries: Vec<LogEntry> = (1..=3)
-            .map(|seq| LogEntry {
-                seq,
-                job_id: JobId::from_client("job_1"),
-                frame: Bytes::from(format!("id: {seq}\ndata: x\n\n")),
-                envelope: 0..0,
-            })
-            .collect();
-        assert_eq!(
-            coalesce(entries),
-            Bytes::from("id: 1\ndata: x\n\nid: 2\ndata: x\n\nid: 3\ndata: x\n\n")
-        );
     }
 }

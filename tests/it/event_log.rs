@@ -157,6 +157,58 @@ pub fn retention_limits_evict_the_oldest_and_raise_the_floor(
     );
 }
 
+pub fn chunks_join_exactly_the_frames_read_after_returns(log: Arc<dyn EventLog>) {
+    let sid = session("s");
+    log.create(&sid).unwrap();
+    assert_eq!(
+        log.read_chunk_after(&sid, 0, ALL).unwrap(),
+        None,
+        "nothing yet"
+    );
+    for n in 1..=30 {
+        log.append(&sid, &draft(n)).unwrap();
+    }
+    let entries = log
+        .read_after(
+            &sid,
+            10,
+            ReadLimit {
+                max_entries: 7,
+                max_bytes: usize::MAX,
+            },
+        )
+        .unwrap();
+    let joined: Vec<u8> = entries
+        .iter()
+        .flat_map(|entry| entry.frame.to_vec())
+        .collect();
+    let (last, chunk) = log
+        .read_chunk_after(
+            &sid,
+            10,
+            ReadLimit {
+                max_entries: 7,
+                max_bytes: usize::MAX,
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(last, 17);
+    assert_eq!(chunk.to_vec(), joined);
+    let (last, single) = log.read_chunk_after(&sid, 29, ALL).unwrap().unwrap();
+    assert_eq!(last, 30);
+    assert_eq!(single, log.read_after(&sid, 29, ALL).unwrap()[0].frame);
+    assert_eq!(
+        log.read_chunk_after(&sid, 30, ALL).unwrap(),
+        None,
+        "caught up"
+    );
+    assert_eq!(
+        log.read_chunk_after(&sid, 31, ALL),
+        Err(EventLogError::CursorAhead { newest: 30 })
+    );
+}
+
 pub fn release_frees_acknowledged_events(log: Arc<dyn EventLog>) {
     let sid = session("s");
     log.create(&sid).unwrap();
@@ -422,6 +474,11 @@ macro_rules! backend_conformance {
             #[test]
             fn retention_limits_evict_the_oldest_and_raise_the_floor() {
                 super::retention_limits_evict_the_oldest_and_raise_the_floor(make);
+            }
+
+            #[test]
+            fn chunks_join_exactly_the_frames_read_after_returns() {
+                super::chunks_join_exactly_the_frames_read_after_returns(unlimited());
             }
 
             #[test]
