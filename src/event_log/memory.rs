@@ -13,6 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
+use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
 use super::{
@@ -22,8 +23,9 @@ use super::{
 use crate::ids::{EventSeq, SessionId};
 
 /// Where a durable backend receives the log's writes, in the order they
-/// happened. Calls are made under the session's lock and must not block
-/// for long (queue the work).
+/// happened. Calls are made under the session's lock; they may wait for room
+/// in a bounded queue (back-pressure on producers), so a sink must never need
+/// that lock to make progress.
 pub trait LogSink: Send + Sync {
     fn created(&self, session_id: &SessionId);
     fn appended(&self, session_id: &SessionId, entry: &LogEntry);
@@ -33,10 +35,53 @@ pub trait LogSink: Send + Sync {
 }
 
 pub struct MemoryEventLog {
-    sessions: RwLock<HashMap<SessionId, Arc<Mutex<SessionLog>>>>,
+    sessions: RwLock<HashMap<SessionId, Arc<SessionSlot>>>,
     limits: RetentionLimits,
     encode: FrameEncoder,
     sink: OnceLock<Arc<dyn LogSink>>,
+}
+
+/// One session's log, and the newest event readers may see: `newest`
+/// without a sink, the newest durable one with. The watermark lives in the
+/// `watch` channel, outside the log's mutex, so the store's writer thread
+/// raises it without taking the log lock. (An appender waiting on a full
+/// write queue while holding that lock must never stall the writer.)
+struct SessionSlot {
+    log: Mutex<SessionLog>,
+    visible: watch::Sender<EventSeq>,
+}
+
+impl SessionSlot {
+    fn new(log: SessionLog) -> Self {
+        let (visible, _) = watch::channel(log.floor);
+        SessionSlot {
+            log: Mutex::new(log),
+            visible,
+        }
+    }
+
+    fn visible(&self) -> EventSeq {
+        *self.visible.borrow()
+    }
+
+    /// Raises the watermark; never lowers it.
+    fn publish(&self, seq: EventSeq) {
+        self.visible.send_if_modified(|visible| {
+            if seq > *visible {
+                *visible = seq;
+                return true;
+            }
+            false
+        });
+    }
+
+    /// Locks the log; a poisoned lock still holds consistent data because
+    /// every mutation below completes without panicking.
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionLog> {
+        self.log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 struct SessionLog {
@@ -44,31 +89,56 @@ struct SessionLog {
     entries: VecDeque<LogEntry>,
     floor: EventSeq,
     newest: EventSeq,
-    /// The newest event readers may see: `newest` without a sink, the newest
-    /// durable one with.
-    visible: EventSeq,
     retained_bytes: usize,
-    visible_sender: watch::Sender<EventSeq>,
 }
 
 impl SessionLog {
     fn new(floor: EventSeq) -> Self {
-        let (visible_sender, _) = watch::channel(floor);
         SessionLog {
             entries: VecDeque::new(),
             floor,
             newest: floor,
-            visible: floor,
             retained_bytes: 0,
-            visible_sender,
         }
     }
 
-    fn bounds(&self) -> LogBounds {
+    fn bounds(&self, visible: EventSeq) -> LogBounds {
         LogBounds {
             floor: self.floor,
-            newest: self.visible.max(self.floor),
+            newest: visible.min(self.newest).max(self.floor),
         }
+    }
+
+    /// Checks a cursor and returns the index of its first entry after it.
+    fn start_after(&self, after: EventSeq, visible: EventSeq) -> Result<usize, EventLogError> {
+        let bounds = self.bounds(visible);
+        if after < bounds.floor {
+            return Err(EventLogError::CursorEvicted {
+                floor: bounds.floor,
+            });
+        }
+        if after > bounds.newest {
+            return Err(EventLogError::CursorAhead {
+                newest: bounds.newest,
+            });
+        }
+        Ok((after - self.floor) as usize)
+    }
+
+    /// How many visible entries from `start` fit in `limit`, and their size.
+    fn span(&self, start: usize, visible: EventSeq, limit: ReadLimit) -> (usize, usize) {
+        let (mut count, mut size) = (0usize, 0usize);
+        for entry in self.entries.range(start..) {
+            if entry.seq > visible
+                || count >= limit.max_entries
+                || (count > 0 && size + entry.frame.len() > limit.max_bytes)
+            {
+                break;
+            }
+            count += 1;
+            size += entry.frame.len();
+        }
+        (count, size)
     }
 
     fn evict_front(&mut self) {
@@ -82,14 +152,6 @@ impl SessionLog {
         self.retained_bytes += entry.frame.len();
         self.newest = entry.seq;
         self.entries.push_back(entry);
-    }
-
-    fn publish(&mut self, visible: EventSeq) {
-        let visible = visible.min(self.newest);
-        if visible > self.visible {
-            self.visible = visible;
-            self.visible_sender.send_replace(visible);
-        }
     }
 }
 
@@ -112,10 +174,10 @@ impl MemoryEventLog {
         let _ = self.sink.set(sink);
     }
 
-    /// The sink confirmed events up to `seq` durable.
+    /// The sink confirmed events up to `seq` durable. Takes no log lock.
     pub fn mark_durable(&self, session_id: &SessionId, seq: EventSeq) {
-        if let Ok(log) = self.session(session_id) {
-            lock(&log).publish(seq);
+        if let Ok(slot) = self.session(session_id) {
+            slot.publish(seq);
         }
     }
 
@@ -130,15 +192,16 @@ impl MemoryEventLog {
             log.push(entry);
         }
         let newest = log.newest;
-        log.publish(newest);
+        let slot = SessionSlot::new(log);
+        slot.publish(newest);
         let mut sessions = self
             .sessions
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        sessions.insert(session_id.clone(), Arc::new(Mutex::new(log)));
+        sessions.insert(session_id.clone(), Arc::new(slot));
     }
 
-    fn session(&self, session_id: &SessionId) -> Result<Arc<Mutex<SessionLog>>, EventLogError> {
+    fn session(&self, session_id: &SessionId) -> Result<Arc<SessionSlot>, EventLogError> {
         let sessions = self
             .sessions
             .read()
@@ -150,12 +213,6 @@ impl MemoryEventLog {
     }
 }
 
-/// Locks a session log; a poisoned lock still holds consistent data because
-/// every mutation below completes without panicking.
-fn lock(log: &Mutex<SessionLog>) -> std::sync::MutexGuard<'_, SessionLog> {
-    log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl EventLog for MemoryEventLog {
     fn create(&self, session_id: &SessionId) -> Result<(), EventLogError> {
         let mut sessions = self
@@ -165,7 +222,10 @@ impl EventLog for MemoryEventLog {
         if sessions.contains_key(session_id) {
             return Err(EventLogError::SessionExists);
         }
-        sessions.insert(session_id.clone(), Arc::new(Mutex::new(SessionLog::new(0))));
+        sessions.insert(
+            session_id.clone(),
+            Arc::new(SessionSlot::new(SessionLog::new(0))),
+        );
         if let Some(sink) = self.sink.get() {
             sink.created(session_id);
         }
@@ -177,8 +237,8 @@ impl EventLog for MemoryEventLog {
         session_id: &SessionId,
         draft: &EventDraft,
     ) -> Result<EventSeq, EventLogError> {
-        let log = self.session(session_id)?;
-        let mut log = lock(&log);
+        let slot = self.session(session_id)?;
+        let mut log = slot.lock();
         let seq = log.newest + 1;
         let encoded = (self.encode)(session_id, seq, draft);
         log.push(LogEntry {
@@ -202,7 +262,7 @@ impl EventLog for MemoryEventLog {
                     sink.released(session_id, log.floor);
                 }
             }
-            None => log.publish(seq),
+            None => slot.publish(seq),
         }
         Ok(seq)
     }
@@ -213,33 +273,12 @@ impl EventLog for MemoryEventLog {
         after: EventSeq,
         limit: ReadLimit,
     ) -> Result<Vec<LogEntry>, EventLogError> {
-        let log = self.session(session_id)?;
-        let log = lock(&log);
-        let bounds = log.bounds();
-        if after < bounds.floor {
-            return Err(EventLogError::CursorEvicted {
-                floor: bounds.floor,
-            });
-        }
-        if after > bounds.newest {
-            return Err(EventLogError::CursorAhead {
-                newest: bounds.newest,
-            });
-        }
-        let start = (after - log.floor) as usize;
-        let mut taken_bytes = 0usize;
-        let mut batch = Vec::new();
-        for entry in log.entries.range(start..) {
-            if entry.seq > log.visible
-                || batch.len() >= limit.max_entries
-                || (!batch.is_empty() && taken_bytes + entry.frame.len() > limit.max_bytes)
-            {
-                break;
-            }
-            taken_bytes += entry.frame.len();
-            batch.push(entry.clone());
-        }
-        Ok(batch)
+        let slot = self.session(session_id)?;
+        let log = slot.lock();
+        let visible = slot.visible();
+        let start = log.start_after(after, visible)?;
+        let (count, _) = log.span(start, visible, limit);
+        Ok(log.entries.range(start..start + count).cloned().collect())
     }
 
     fn read_chunk_after(
@@ -247,33 +286,12 @@ impl EventLog for MemoryEventLog {
         session_id: &SessionId,
         after: EventSeq,
         limit: ReadLimit,
-    ) -> Result<Option<(EventSeq, bytes::Bytes)>, EventLogError> {
-        let log = self.session(session_id)?;
-        let log = lock(&log);
-        let bounds = log.bounds();
-        if after < bounds.floor {
-            return Err(EventLogError::CursorEvicted {
-                floor: bounds.floor,
-            });
-        }
-        if after > bounds.newest {
-            return Err(EventLogError::CursorAhead {
-                newest: bounds.newest,
-            });
-        }
-        let start = (after - log.floor) as usize;
-        let mut count = 0usize;
-        let mut size = 0usize;
-        for entry in log.entries.range(start..) {
-            if entry.seq > log.visible
-                || count >= limit.max_entries
-                || (count > 0 && size + entry.frame.len() > limit.max_bytes)
-            {
-                break;
-            }
-            count += 1;
-            size += entry.frame.len();
-        }
+    ) -> Result<Option<(EventSeq, Bytes)>, EventLogError> {
+        let slot = self.session(session_id)?;
+        let log = slot.lock();
+        let visible = slot.visible();
+        let start = log.start_after(after, visible)?;
+        let (count, size) = log.span(start, visible, limit);
         if count == 0 {
             return Ok(None);
         }
@@ -285,7 +303,7 @@ impl EventLog for MemoryEventLog {
                 .get(start)
                 .map(|entry| (last, entry.frame.clone())));
         }
-        let mut chunk = bytes::BytesMut::with_capacity(size);
+        let mut chunk = BytesMut::with_capacity(size);
         for entry in log.entries.range(start..start + count) {
             chunk.extend_from_slice(&entry.frame);
         }
@@ -293,8 +311,8 @@ impl EventLog for MemoryEventLog {
     }
 
     fn bounds(&self, session_id: &SessionId) -> Result<LogBounds, EventLogError> {
-        let log = self.session(session_id)?;
-        let bounds = lock(&log).bounds();
+        let slot = self.session(session_id)?;
+        let bounds = slot.lock().bounds(slot.visible());
         Ok(bounds)
     }
 
@@ -303,9 +321,9 @@ impl EventLog for MemoryEventLog {
         session_id: &SessionId,
         up_to: EventSeq,
     ) -> Result<LogBounds, EventLogError> {
-        let log = self.session(session_id)?;
-        let mut log = lock(&log);
-        let bounds = log.bounds();
+        let slot = self.session(session_id)?;
+        let mut log = slot.lock();
+        let bounds = log.bounds(slot.visible());
         if up_to > bounds.newest {
             return Err(EventLogError::CursorAhead {
                 newest: bounds.newest,
@@ -320,15 +338,15 @@ impl EventLog for MemoryEventLog {
         if let Some(sink) = self.sink.get() {
             sink.released(session_id, log.floor);
         }
-        Ok(log.bounds())
+        Ok(log.bounds(slot.visible()))
     }
 
     fn watch_newest(
         &self,
         session_id: &SessionId,
     ) -> Result<watch::Receiver<EventSeq>, EventLogError> {
-        let log = self.session(session_id)?;
-        let receiver = lock(&log).visible_sender.subscribe();
+        let slot = self.session(session_id)?;
+        let receiver = slot.visible.subscribe();
         Ok(receiver)
     }
 

@@ -395,6 +395,39 @@ fn the_durable_log_survives_a_reopen_with_floors_and_frames_intact() {
 }
 
 #[test]
+fn appending_far_beyond_the_write_queue_never_deadlocks() {
+    // The writer marks events durable while an appender may be waiting for
+    // room in the queue with the session's lock held; the two must never
+    // wait on each other.
+    let dir = tempfile::tempdir().unwrap();
+    let (log, store) = sqlite_backend_in(
+        dir.path(),
+        RetentionLimits {
+            max_events: 1_000_000,
+            max_bytes: usize::MAX,
+        },
+    );
+    let sid = session("s");
+    log.create(&sid).unwrap();
+    let (done_sender, done) = std::sync::mpsc::channel();
+    let appender = {
+        let log = log.clone();
+        let sid = sid.clone();
+        std::thread::spawn(move || {
+            for n in 1..=200_000 {
+                log.append(&sid, &draft(n)).unwrap();
+            }
+            let _ = done_sender.send(());
+        })
+    };
+    done.recv_timeout(std::time::Duration::from_secs(120))
+        .expect("200k appends finish (no deadlock)");
+    appender.join().unwrap();
+    store.flush().wait_blocking();
+    assert_eq!(log.bounds(&sid).unwrap().newest, 200_000);
+}
+
+#[test]
 fn events_are_invisible_until_durable() {
     let dir = tempfile::tempdir().unwrap();
     let (log, store) = sqlite_backend_in(
