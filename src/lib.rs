@@ -120,22 +120,30 @@ fn recover(state: &Arc<AppState>, recovered: Recovered) {
         }
         state.sessions.insert(Arc::new(session));
     }
+    let positions = job_positions(&recovered);
     let mut interrupted = 0;
     for record in &recovered.jobs {
-        let job = Job::restore(
+        let restored = Job::restore(
             record,
             |id| state.sessions.get(id),
             state.log.clone(),
             state.store.clone(),
         );
-        let Some(job) = job else {
+        let Some(job) = restored else {
+            // Its session is gone (or the record unreadable): nothing can
+            // ever observe it again, so the record goes too.
+            if let Some(id) = record.get("id").and_then(serde_json::Value::as_str) {
+                state.store.delete_job(&ids::JobId::from_client(id));
+            }
             continue;
         };
+        let position = positions.get(&job.spec.id);
+        job.set_recovered_position(position.map_or(0, |p| p.last_seq));
         let job = state.jobs.reinstate(job);
         if job.snapshot().status.is_terminal() {
             continue;
         }
-        if let Some(terminal) = terminal_in_log(state, &job) {
+        if let Some(terminal) = position.and_then(|p| p.terminal.clone()) {
             job.adopt_terminal(terminal);
             continue;
         }
@@ -154,33 +162,50 @@ fn recover(state: &Arc<AppState>, recovered: Recovered) {
     );
 }
 
-/// The terminal event of `job` in its session's log, if one was written.
-fn terminal_in_log(state: &AppState, job: &Job) -> Option<(JobStatus, serde_json::Value)> {
-    let limit = event_log::ReadLimit {
-        max_entries: usize::MAX,
-        max_bytes: usize::MAX,
-    };
-    let floor = state.log.bounds(&job.spec.session_id).ok()?.floor;
-    let entries = state
-        .log
-        .read_after(&job.spec.session_id, floor, limit)
-        .ok()?;
-    entries
+/// Where each job stands in its submitting session's recovered log.
+struct JobPosition {
+    last_seq: ids::EventSeq,
+    /// The terminal event, if the log holds one.
+    terminal: Option<(JobStatus, serde_json::Value)>,
+}
+
+/// One pass over every recovered log: each job's last event and terminal.
+/// Subscriber copies carry the same job id, so only a job's own session
+/// counts (its job record names it).
+fn job_positions(recovered: &Recovered) -> std::collections::HashMap<ids::JobId, JobPosition> {
+    let origin: std::collections::HashMap<&str, &str> = recovered
+        .jobs
         .iter()
-        .rev()
-        .filter(|entry| entry.job_id == job.spec.id)
-        .find_map(|entry| {
-            let draft = entry.to_draft()?;
-            if draft.message_type == "job.event" {
-                return None;
+        .filter_map(|job| Some((job.get("id")?.as_str()?, job.get("session_id")?.as_str()?)))
+        .collect();
+    let mut positions = std::collections::HashMap::new();
+    for (session_id, _, entries) in &recovered.logs {
+        for entry in entries {
+            if origin.get(entry.job_id.as_str()) != Some(&session_id.as_str()) {
+                continue;
             }
+            let position = positions
+                .entry(entry.job_id.clone())
+                .or_insert(JobPosition {
+                    last_seq: 0,
+                    terminal: None,
+                });
+            position.last_seq = entry.seq;
+            let Some(draft) = entry
+                .to_draft()
+                .filter(|draft| draft.message_type != "job.event")
+            else {
+                continue;
+            };
             let status = draft
                 .payload
                 .get("final_status")
                 .cloned()
-                .and_then(|s| serde_json::from_value(s).ok())?;
-            Some((status, draft.payload))
-        })
+                .and_then(|s| serde_json::from_value(s).ok());
+            position.terminal = status.map(|status| (status, draft.payload));
+        }
+    }
+    positions
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes, then ends
@@ -191,11 +216,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let state = build_state(config)?;
+    serve_state(state, listener, shutdown).await;
+    Ok(())
+}
+
+/// [`serve`] for state already built (so `main` can report a bad data
+/// directory before it announces anything).
+pub async fn serve_state(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
     let sweeper = tokio::spawn(sweep_expired_sessions(state.clone()));
     server::run(listener, state.clone(), shutdown).await;
     state.store.flush().wait().await;
     sweeper.abort();
-    Ok(())
 }
 
 /// Removes sessions whose resume window passed, their logs, and their

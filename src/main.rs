@@ -45,19 +45,24 @@ fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let address = listener.local_addr().context("reading the bound address")?;
+        let secret_was_generated = config.secret_was_generated;
+        let data_dir = config.data_dir.clone();
+        let dev_token = config.generated_dev_token.clone();
+        // Opens (and recovers) the data directory before announcing anything.
+        let state = arcp_gateway::build_state(config)?;
         println!("arcp-gateway listening on http://{address}");
-        if let Some(token) = &config.generated_dev_token {
+        if let Some(token) = &dev_token {
             println!("dev api token (principal `dev`): {token}");
             println!("  try: curl -s -X POST -H 'Authorization: Bearer {token}' http://{address}/v1/sessions");
         }
-        match &config.data_dir {
+        match &data_dir {
             Some(dir) => println!("durable store: {}", dir.display()),
-            None if config.secret_was_generated => tracing::warn!(
+            None if secret_was_generated => tracing::warn!(
                 "no --secret or --data-dir configured: generated a secret; resume tokens will not survive a restart"
             ),
             None => {}
         }
-        arcp_gateway::serve(config, listener, shutdown_signal()).await?;
+        arcp_gateway::serve_state(state, listener, shutdown_signal()).await;
         Ok(())
     })
 }

@@ -81,7 +81,7 @@ enum Operation {
         job_id: JobId,
     },
     Flush {
-        done: oneshot::Sender<()>,
+        done: Option<oneshot::Sender<()>>,
     },
 }
 
@@ -103,8 +103,9 @@ impl SqliteStore {
     /// Opens (or creates) the database in `data_dir`, checks it is ours, and
     /// reads everything back.
     pub fn open(data_dir: &Path) -> Result<(Connection, Recovered, PathBuf), StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| store_error(data_dir, e))?;
+        create_private_dir(data_dir)?;
         let path = data_dir.join("arcp-gateway.sqlite3");
+        create_private_file(&path)?;
         let connection = Connection::open(&path).map_err(|e| store_error(&path, e))?;
         prepare(&connection).map_err(|e| store_error(&path, e))?;
         let recovered = read_all(&connection).map_err(|e| store_error(&path, e))?;
@@ -277,29 +278,42 @@ fn write_loop(
             }
         }
         let mut durable: HashMap<SessionId, EventSeq> = HashMap::new();
-        let mut done = Vec::new();
-        let result = apply(&mut connection, batch, &mut durable, &mut done);
-        if let Err(error) = result {
-            // Nothing of this batch is marked durable; readers never see it.
-            tracing::error!(%error, "store commit failed");
-            continue;
+        let mut attempt: u32 = 0;
+        // A failed batch is retried until it commits, never skipped: a later
+        // commit must not make an earlier, lost event visible, and a gap on
+        // disk would cut the session's log short at recovery. Meanwhile
+        // nothing new becomes visible and producers wait on the full queue.
+        while let Err(error) = apply(&mut connection, &mut batch, &mut durable) {
+            attempt += 1;
+            if attempt == 1 || attempt.is_power_of_two() {
+                tracing::error!(%error, attempt, "store commit failed; retrying");
+            }
+            durable.clear();
+            std::thread::sleep(Duration::from_millis(100 * u64::from(attempt.min(50))));
         }
         if let Some(log) = log.upgrade() {
             for (session_id, seq) in &durable {
                 log.mark_durable(session_id, *seq);
             }
         }
-        for sender in done {
-            let _ = sender.send(());
+        for operation in &mut batch {
+            let waiter = match operation {
+                Operation::SaveSession { done, .. }
+                | Operation::SaveJob { done, .. }
+                | Operation::Flush { done } => done.take(),
+                _ => None,
+            };
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(());
+            }
         }
     }
 }
 
 fn apply(
     connection: &mut Connection,
-    batch: Vec<Operation>,
+    batch: &mut [Operation],
     durable: &mut HashMap<SessionId, EventSeq>,
-    done: &mut Vec<oneshot::Sender<()>>,
 ) -> rusqlite::Result<()> {
     let transaction = connection.transaction()?;
     {
@@ -307,7 +321,7 @@ fn apply(
             "INSERT OR REPLACE INTO events (session_id, seq, job_id, frame, envelope_start, envelope_end)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        for operation in batch {
+        for operation in batch.iter_mut() {
             match operation {
                 Operation::CreateLog { session_id } => {
                     transaction.execute(
@@ -324,16 +338,16 @@ fn apply(
                         entry.envelope.start as i64,
                         entry.envelope.end as i64,
                     ])?;
-                    durable.insert(session_id, entry.seq);
+                    durable.insert(session_id.clone(), entry.seq);
                 }
                 Operation::Release { session_id, floor } => {
                     transaction.execute(
                         "DELETE FROM events WHERE session_id = ?1 AND seq <= ?2",
-                        params![session_id.as_str(), floor as i64],
+                        params![session_id.as_str(), *floor as i64],
                     )?;
                     transaction.execute(
                         "UPDATE logs SET floor = max(floor, ?2) WHERE session_id = ?1",
-                        params![session_id.as_str(), floor as i64],
+                        params![session_id.as_str(), *floor as i64],
                     )?;
                 }
                 Operation::RemoveLog { session_id } => {
@@ -345,18 +359,15 @@ fn apply(
                         "DELETE FROM logs WHERE session_id = ?1",
                         params![session_id.as_str()],
                     )?;
-                    durable.remove(&session_id);
+                    durable.remove(session_id);
                 }
                 Operation::SaveSession {
-                    session_id,
-                    record,
-                    done: sender,
+                    session_id, record, ..
                 } => {
                     transaction.execute(
                         "INSERT OR REPLACE INTO sessions (id, record) VALUES (?1, ?2)",
-                        params![session_id.as_str(), record],
+                        params![session_id.as_str(), record.as_str()],
                     )?;
-                    done.extend(sender);
                 }
                 Operation::DeleteSession { session_id } => {
                     transaction.execute(
@@ -368,19 +379,18 @@ fn apply(
                     job_id,
                     session_id,
                     record,
-                    done: sender,
+                    ..
                 } => {
                     transaction.execute(
                         "INSERT OR REPLACE INTO jobs (id, session_id, record) VALUES (?1, ?2, ?3)",
-                        params![job_id.as_str(), session_id.as_str(), record],
+                        params![job_id.as_str(), session_id.as_str(), record.as_str()],
                     )?;
-                    done.extend(sender);
                 }
                 Operation::DeleteJob { job_id } => {
                     transaction
                         .execute("DELETE FROM jobs WHERE id = ?1", params![job_id.as_str()])?;
                 }
-                Operation::Flush { done: sender } => done.push(sender),
+                Operation::Flush { .. } => {}
             }
         }
     }
@@ -453,9 +463,44 @@ impl Persistence for SqliteStore {
 
     fn flush(&self) -> Durable {
         let (done, committed) = oneshot::channel();
-        self.enqueue(Operation::Flush { done });
+        self.enqueue(Operation::Flush { done: Some(done) });
         Durable::pending(committed)
     }
+}
+
+/// The data directory holds every event payload: readable by its owner only
+/// (0700) when this process creates it.
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|e| store_error(dir, e))
+}
+
+/// Creates the database file 0600 before SQLite opens it; SQLite gives its
+/// WAL and shared-memory files the same permissions.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .map(drop)
+        .map_err(|e| store_error(path, e))
 }
 
 /// Reads the token secret kept in the data dir, creating it (mode 0600) on
@@ -463,7 +508,7 @@ impl Persistence for SqliteStore {
 pub fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, StoreError> {
     use std::io::Write;
     let path = data_dir.join("token-secret");
-    std::fs::create_dir_all(data_dir).map_err(|e| store_error(data_dir, e))?;
+    create_private_dir(data_dir)?;
     if let Ok(existing) = std::fs::read(&path) {
         if existing.len() < 32 {
             return Err(store_error(

@@ -256,6 +256,12 @@ impl Job {
         }
     }
 
+    /// Sets the job's newest `event_seq` in its session, as found in the
+    /// recovered log.
+    pub fn set_recovered_position(&self, last_event_seq: EventSeq) {
+        self.state().last_event_seq = last_event_seq;
+    }
+
     /// Takes a terminal state found in the log at recovery, without writing
     /// another terminal event.
     pub fn adopt_terminal(&self, (status, payload): (JobStatus, Value)) {
@@ -375,11 +381,6 @@ impl Job {
                         .collect()
                 })
                 .unwrap_or_default();
-            state.last_event_seq = job
-                .log
-                .bounds(&job.spec.session_id)
-                .map(|b| b.newest)
-                .unwrap_or(0);
         }
         Some(job)
     }

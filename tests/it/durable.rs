@@ -148,6 +148,32 @@ async fn a_client_resumes_across_a_sigkill_with_nothing_lost_and_the_truth_about
     let events = stream.events_until(is_terminal_for(&next)).await;
     assert_contiguous(&events, last.seq() + 1, last.seq() + 4);
     assert_eq!(events.last().unwrap().event, "job.result");
+
+    // After one more restart each job still reports its own last event,
+    // not the session's newest.
+    drop(stream);
+    gateway.kill().await;
+    let gateway = start(dir.path()).await;
+    let first = get(&gateway.base, &format!("/v1/sessions/{sid}/jobs/{job}")).await;
+    assert_eq!(first["payload"]["last_event_seq"], last.seq());
+    let second = get(&gateway.base, &format!("/v1/sessions/{sid}/jobs/{next}")).await;
+    assert_eq!(second["payload"]["last_event_seq"], last.seq() + 4);
+    assert_eq!(second["payload"]["status"], "success");
+
+    // The store is private to the gateway's user.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |name: &str| {
+            std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("arcp-gateway.sqlite3"), 0o600);
+        assert_eq!(mode("token-secret"), 0o600);
+    }
 }
 
 #[tokio::test]
