@@ -711,12 +711,21 @@ async fn scenario_live(plan: &Plan, rows: &mut Vec<Row>) {
             );
             ids.push(session);
         }
-        for session in &ids {
-            api.submit(
-                session,
-                json!({"count": per_session, "size": 64, "rate": rate}),
-            )
-            .await;
+        // Every job starts after all are submitted, so the measurement is
+        // steady-state delivery, not submission traffic (the baseline has
+        // no submissions).
+        let start_at = Instant::now() + Duration::from_millis(1000 + 3 * sessions);
+        // Phases are spread evenly over one period, as independent streams'
+        // (and the baseline's) are, rather than all firing in one burst.
+        let period_ms = 1000 / rate.max(1);
+        for (index, session) in ids.iter().enumerate() {
+            let phase = index as u64 * period_ms / sessions;
+            let delay = start_at
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64
+                + phase;
+            let input = json!({"count": per_session, "size": 64, "rate": rate, "delay_ms": delay});
+            api.submit(session, input).await;
         }
         let (mut gateway_latency, gateway_rate) = read_all(readers, per_session).await;
         drop(gateway);

@@ -596,27 +596,25 @@ async fn run_firehose(context: &JobContext) -> Terminal {
     let started = tokio::time::Instant::now();
     let mut emitted = 0u64;
     while emitted < input.count {
-        // Paced: catch up to where the rate says we should be, then sleep
-        // a millisecond. Unpaced: yield now and then so others run.
-        let due = match input.rate {
-            Some(rate) => {
-                let elapsed = started.elapsed().as_secs_f64();
-                ((elapsed * rate as f64) as u64 + 1).min(input.count)
-            }
-            None => (emitted + 256).min(input.count),
-        };
-        while emitted < due {
-            emitted += 1;
-            let body = json!({ "level": "debug", "message": padding, "n": emitted, "ts_ns": unix_nanos() });
-            if context.event("log", body).is_err() {
-                return Terminal::Success {
-                    result: json!({ "emitted": emitted - 1 }),
-                };
-            }
-        }
+        emitted += 1;
         match input.rate {
-            Some(_) if emitted < input.count => tokio::time::sleep(Duration::from_millis(1)).await,
-            _ => tokio::task::yield_now().await,
+            // Paced: sleep until this event is due (one timer per event, so
+            // a thousand slow firehoses cost a thousand wakeups a second,
+            // not a million).
+            Some(rate) => {
+                let due = started + Duration::from_secs_f64((emitted - 1) as f64 / rate as f64);
+                tokio::time::sleep_until(due).await;
+            }
+            // Unpaced: yield now and then so other tasks run.
+            None if emitted % 256 == 0 => tokio::task::yield_now().await,
+            None => {}
+        }
+        let body =
+            json!({ "level": "debug", "message": padding, "n": emitted, "ts_ns": unix_nanos() });
+        if context.event("log", body).is_err() {
+            return Terminal::Success {
+                result: json!({ "emitted": emitted - 1 }),
+            };
         }
     }
     Terminal::Success {
