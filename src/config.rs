@@ -150,6 +150,15 @@ pub struct RawArgs {
     )]
     pub max_stream_duration_sec: u64,
 
+    /// Job records one session keeps; past it the oldest finished jobs are forgotten,
+    /// and a submission is refused (429) only when all of them are still running.
+    #[arg(
+        long,
+        env = "ARCP_GATEWAY_MAX_JOBS_PER_SESSION",
+        default_value_t = 10_000
+    )]
+    pub max_jobs_per_session: usize,
+
     /// Largest total streamed result per job (§8.4, §14).
     #[arg(long, env = "ARCP_GATEWAY_MAX_RESULT_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_result_bytes: u64,
@@ -193,6 +202,7 @@ pub struct Config {
     pub subscribe_policy: SubscribePolicy,
     pub max_result_chunk_bytes: u64,
     pub max_result_bytes: u64,
+    pub max_jobs_per_session: usize,
     pub max_sessions_per_principal: usize,
     /// Exact origins allowed by CORS; empty means no cross-origin access.
     pub cors_origins: Vec<String>,
@@ -261,6 +271,7 @@ impl Config {
             max_result_chunk_bytes: 1024 * 1024,
             max_result_bytes: 64 * 1024 * 1024,
             max_sessions_per_principal: 1_000,
+            max_jobs_per_session: 10_000,
             cors_origins: Vec::new(),
             cors_any_origin: false,
             cors_credentials: true,
@@ -398,6 +409,12 @@ impl Config {
             0 => None,
             seconds => Some(Duration::from_secs(seconds)),
         };
+        config.max_jobs_per_session = within(
+            "max-jobs-per-session",
+            raw.max_jobs_per_session as u64,
+            1,
+            1_000_000,
+        )? as usize;
         config.max_sessions_per_principal = within(
             "max-sessions-per-principal",
             raw.max_sessions_per_principal as u64,

@@ -29,6 +29,10 @@ pub enum ApiError {
     TooManySessions {
         limit: usize,
     },
+    /// The session holds its cap of jobs and every one is still running.
+    TooManyJobs {
+        limit: usize,
+    },
     JobAlreadyTerminal {
         status: &'static str,
     },
@@ -53,16 +57,18 @@ impl ApiError {
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::DuplicateKey | ApiError::JobAlreadyTerminal { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::TooManySessions { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManySessions { .. } | ApiError::TooManyJobs { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 
     pub fn code(&self) -> ErrorCode {
         match self {
             ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
-            ApiError::PermissionDenied(_) | ApiError::TooManySessions { .. } => {
-                ErrorCode::PermissionDenied
-            }
+            ApiError::PermissionDenied(_)
+            | ApiError::TooManySessions { .. }
+            | ApiError::TooManyJobs { .. } => ErrorCode::PermissionDenied,
             ApiError::ResumeWindowExpired(_) => ErrorCode::ResumeWindowExpired,
             ApiError::InvalidRequest(_)
             | ApiError::BodyTooLarge { .. }
@@ -97,6 +103,9 @@ impl ApiError {
                 format!("the job already ended with status {status:?}")
             }
             ApiError::RouteNotFound => "no such endpoint".into(),
+            ApiError::TooManyJobs { limit } => format!(
+                "this session already has {limit} jobs, all still running; wait for some to finish"
+            ),
             ApiError::TooManySessions { limit } => format!(
                 "this principal already holds {limit} sessions; close some or let them expire"
             ),

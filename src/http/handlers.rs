@@ -702,7 +702,7 @@ pub async fn submit_job(
             state.log.clone(),
             state.store.clone(),
         ),
-        submit.idempotency_key.as_deref(),
+        state.config.max_jobs_per_session,
     ) {
         Registration::Accepted(job) => {
             // Durable before the client hears "accepted" (nothing lost).
@@ -713,6 +713,11 @@ pub async fn submit_job(
         }
         Registration::Repeated(job) => job,
         Registration::ConflictingKey => return Err(ApiError::DuplicateKey),
+        Registration::SessionFull => {
+            return Err(ApiError::TooManyJobs {
+                limit: state.config.max_jobs_per_session,
+            })
+        }
     };
     // An idempotent repeat answers for the session that submitted the job.
     let mut envelope = Envelope::new("job.accepted", &job.spec.session_id, &job.accepted_payload);

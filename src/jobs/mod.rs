@@ -756,6 +756,8 @@ pub enum Registration {
     Repeated(Arc<Job>),
     /// Same idempotency key, different parameters (§7.2).
     ConflictingKey,
+    /// The session already holds its cap of jobs, all still running.
+    SessionFull,
 }
 
 /// Filters of a job listing (§6.6).
@@ -788,6 +790,68 @@ struct RegistryInner {
     next_index: u64,
     /// Idempotency keys are scoped per principal (§7.2).
     by_key: HashMap<(Principal, String), JobId>,
+    /// Each session's retained jobs, oldest first, for the per-session cap.
+    per_session: HashMap<SessionId, std::collections::BTreeSet<u64>>,
+}
+
+impl RegistryInner {
+    /// Drops a job's record, its listing slot, its key and its store row.
+    fn forget(&mut self, index: u64) {
+        let Some(id) = self.order.remove(&index) else {
+            return;
+        };
+        if let Some(job) = self.jobs.remove(&id) {
+            if let Some(key) = &job.spec.idempotency_key {
+                self.by_key
+                    .remove(&(job.spec.principal.clone(), key.clone()));
+            }
+            if let Some(indices) = self.per_session.get_mut(&job.spec.session_id) {
+                indices.remove(&index);
+                if indices.is_empty() {
+                    self.per_session.remove(&job.spec.session_id);
+                }
+            }
+            job.store.delete_job(&id);
+        }
+    }
+
+    /// Makes room for one more job of `session_id` under `cap` by forgetting
+    /// its oldest finished jobs. False when every retained job still runs.
+    fn make_room(&mut self, session_id: &SessionId, cap: usize) -> bool {
+        loop {
+            let Some(indices) = self.per_session.get(session_id) else {
+                return true;
+            };
+            if indices.len() < cap {
+                return true;
+            }
+            let oldest_finished = indices.iter().copied().find(|index| {
+                self.order
+                    .get(index)
+                    .and_then(|id| self.jobs.get(id))
+                    .is_some_and(|job| job.snapshot().status.is_terminal())
+            });
+            match oldest_finished {
+                Some(index) => self.forget(index),
+                None => return false,
+            }
+        }
+    }
+
+    fn insert(&mut self, job: Arc<Job>) {
+        self.order.insert(job.index, job.spec.id.clone());
+        self.per_session
+            .entry(job.spec.session_id.clone())
+            .or_default()
+            .insert(job.index);
+        if let Some(key) = &job.spec.idempotency_key {
+            self.by_key.insert(
+                (job.spec.principal.clone(), key.clone()),
+                job.spec.id.clone(),
+            );
+        }
+        self.jobs.insert(job.spec.id.clone(), job);
+    }
 }
 
 impl JobRegistry {
@@ -800,23 +864,27 @@ impl JobRegistry {
     /// Registers a job, or resolves its idempotency key to an earlier one.
     /// The key check and insert happen under one lock, so two racing
     /// submissions with the same key yield one job.
-    pub fn register(&self, mut job: Job, idempotency_key: Option<&str>) -> Registration {
+    pub fn register(&self, mut job: Job, max_jobs_per_session: usize) -> Registration {
         let mut inner = self.inner();
-        if let Some(key) = idempotency_key {
-            let scoped = (job.spec.principal.clone(), key.to_owned());
+        if let Some(key) = &job.spec.idempotency_key {
+            let scoped = (job.spec.principal.clone(), key.clone());
             if let Some(existing) = inner.by_key.get(&scoped).and_then(|id| inner.jobs.get(id)) {
                 if existing.spec.fingerprint == job.spec.fingerprint {
                     return Registration::Repeated(existing.clone());
                 }
                 return Registration::ConflictingKey;
             }
-            inner.by_key.insert(scoped, job.spec.id.clone());
+        }
+        // Bounded memory however long a session lives: past the cap the
+        // session's oldest finished jobs are forgotten (their events stay in
+        // the log until retention drops them).
+        if !inner.make_room(&job.spec.session_id, max_jobs_per_session) {
+            return Registration::SessionFull;
         }
         inner.next_index += 1;
         job.index = inner.next_index;
         let job = Arc::new(job);
-        inner.order.insert(job.index, job.spec.id.clone());
-        inner.jobs.insert(job.spec.id.clone(), job.clone());
+        inner.insert(job.clone());
         Registration::Accepted(job)
     }
 
@@ -825,14 +893,7 @@ impl JobRegistry {
         let mut inner = self.inner();
         inner.next_index = inner.next_index.max(job.index);
         let job = Arc::new(job);
-        if let Some(key) = &job.spec.idempotency_key {
-            inner.by_key.insert(
-                (job.spec.principal.clone(), key.clone()),
-                job.spec.id.clone(),
-            );
-        }
-        inner.order.insert(job.index, job.spec.id.clone());
-        inner.jobs.insert(job.spec.id.clone(), job.clone());
+        inner.insert(job.clone());
         job
     }
 
@@ -876,20 +937,15 @@ impl JobRegistry {
     /// Jobs still running are kept until a later sweep finds them finished.
     pub fn forget_finished_of(&self, is_gone: impl Fn(&SessionId) -> bool) {
         let mut inner = self.inner();
-        let finished: Vec<(u64, JobId)> = inner
+        let finished: Vec<u64> = inner
             .jobs
             .values()
             .filter(|job| is_gone(&job.spec.session_id) && job.snapshot().status.is_terminal())
-            .map(|job| (job.index, job.spec.id.clone()))
+            .map(|job| job.index)
             .collect();
-        for (index, id) in &finished {
-            if let Some(job) = inner.jobs.remove(id) {
-                job.store.delete_job(id);
-            }
-            inner.order.remove(index);
+        for index in finished {
+            inner.forget(index);
         }
-        let RegistryInner { jobs, by_key, .. } = &mut *inner;
-        by_key.retain(|_, id| jobs.contains_key(id));
     }
 
     pub fn len(&self) -> usize {

@@ -566,3 +566,77 @@ async fn the_firehose_emits_numbered_timestamped_events_at_the_asked_rate() {
     }
     assert_eq!(events[300].data["payload"]["result"]["emitted"], 300);
 }
+
+#[tokio::test]
+async fn a_session_keeps_a_bounded_number_of_job_records() {
+    let server = TestServer::with_config(|config| config.max_jobs_per_session = 3);
+    let session = server.create_session(ALICE_TOKEN).await;
+    let sid = &session.session_id;
+    let mut finished = Vec::new();
+    for n in 0..3 {
+        let job = server
+            .submit_ok(sid, ALICE_TOKEN, json!({"agent": "echo", "input": n}))
+            .await;
+        server
+            .wait_for_job(sid, &job, ALICE_TOKEN, |job| job["status"] == "success")
+            .await;
+        finished.push(job);
+    }
+    // A fourth job makes the oldest finished record go; its events stay.
+    let fourth = server
+        .submit_ok(
+            sid,
+            ALICE_TOKEN,
+            json!({"agent": "ticker", "input": {"count": 1000, "interval_ms": 50}}),
+        )
+        .await;
+    let (status, _) = server
+        .get_json(
+            &format!("/v1/sessions/{sid}/jobs/{}", finished[0]),
+            ALICE_TOKEN,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the oldest finished job was forgotten"
+    );
+    let (status, _) = server
+        .get_json(
+            &format!("/v1/sessions/{sid}/jobs/{}", finished[1]),
+            ALICE_TOKEN,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut stream = server.stream(sid, ALICE_TOKEN, Some(0)).await;
+    stream.welcome().await;
+    let first = stream.next_event().await.unwrap();
+    assert_eq!(
+        first.data["job_id"],
+        finished[0].as_str(),
+        "its events are still in the log"
+    );
+
+    // When every retained job is still running, a new one is refused.
+    for _ in 0..2 {
+        server
+            .submit_ok(
+                sid,
+                ALICE_TOKEN,
+                json!({"agent": "ticker", "input": {"count": 1000, "interval_ms": 50}}),
+            )
+            .await;
+    }
+    let (status, body) = server
+        .submit(sid, ALICE_TOKEN, json!({"agent": "echo"}))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["code"], "PERMISSION_DENIED");
+    // Cancelling one frees a slot.
+    let (status, _) = server.cancel(sid, &fourth, ALICE_TOKEN).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server
+        .submit(sid, ALICE_TOKEN, json!({"agent": "echo"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+}
