@@ -381,6 +381,35 @@ fn streaming(receiver: tokio::sync::mpsc::Receiver<Bytes>) -> hyper::Response<Ba
     response
 }
 
+/// A query parameter, or `default` when absent or unparsable.
+fn param<T: std::str::FromStr>(params: &HashMap<String, String>, name: &str, default: T) -> T {
+    params
+        .get(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Frame `number` of a paced stream, and when it is due.
+struct Paced {
+    number: u64,
+    due: Instant,
+}
+
+impl Paced {
+    async fn due(&self) {
+        tokio::time::sleep_until(self.due.into()).await;
+    }
+}
+
+/// `count` frames at `rate` per second from now.
+fn paced(rate: u64, count: u64) -> impl Iterator<Item = Paced> {
+    let started = Instant::now();
+    (1..=count).map(move |number| Paced {
+        number,
+        due: started + Duration::from_secs_f64(number as f64 / rate.max(1) as f64),
+    })
+}
+
 fn live_frame(seq: u64, size: usize) -> Bytes {
     let data = json!({"type": "job.event", "event_seq": seq, "payload": {"kind": "log", "body": {"n": seq, "ts_ns": now_ns(), "message": "x".repeat(size)}}});
     Bytes::from(format!("id: {seq}\nevent: job.event\ndata: {data}\n\n"))
@@ -430,24 +459,13 @@ async fn baseline_response(
             });
         }
         "/live" => {
-            let rate: u64 = params
-                .get("rate")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1000);
-            let count: u64 = params
-                .get("count")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1000);
-            let size: usize = params
-                .get("size")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(64);
+            let rate: u64 = param(&params, "rate", 1000);
+            let count: u64 = param(&params, "count", 1000);
+            let size: usize = param(&params, "size", 64);
             tokio::spawn(async move {
-                let started = Instant::now();
-                for seq in 1..=count {
-                    let due = started + Duration::from_secs_f64(seq as f64 / rate as f64);
-                    tokio::time::sleep_until(due.into()).await;
-                    if sender.send(live_frame(seq, size)).await.is_err() {
+                for seq in paced(rate, count) {
+                    seq.due().await;
+                    if sender.send(live_frame(seq.number, size)).await.is_err() {
                         return;
                     }
                 }
@@ -465,20 +483,12 @@ async fn baseline_response(
             });
         }
         "/fanout-start" => {
-            let rate: u64 = params
-                .get("rate")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1000);
-            let count: u64 = params
-                .get("count")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1000);
+            let rate: u64 = param(&params, "rate", 1000);
+            let count: u64 = param(&params, "count", 1000);
             tokio::spawn(async move {
-                let started = Instant::now();
-                for seq in 1..=count {
-                    let due = started + Duration::from_secs_f64(seq as f64 / rate as f64);
-                    tokio::time::sleep_until(due.into()).await;
-                    let _ = broadcast.send(live_frame(seq, 64));
+                for seq in paced(rate, count) {
+                    seq.due().await;
+                    let _ = broadcast.send(live_frame(seq.number, 64));
                 }
             });
             return hyper::Response::new(http_body_util::Full::new(Bytes::new()).boxed());

@@ -23,15 +23,20 @@ use crate::state::AppState;
 const MAX_LIST_LIMIT: usize = 1000;
 const DEFAULT_LIST_LIMIT: usize = 100;
 
-/// Authenticates the caller and loads the session for a plain request.
+/// Authenticates the caller and loads the session for a plain request;
+/// with `feature`, the session must have negotiated it (§6.2).
 fn caller_and_session(
     state: &AppState,
     parts: &Parts,
     session_id: &SessionId,
+    feature: Option<&str>,
 ) -> Result<(Caller, Arc<Session>), ApiError> {
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
     let session = session_for(state, &caller, session_id, false)?;
+    if let Some(feature) = feature {
+        require_feature(&session, feature)?;
+    }
     Ok((caller, session))
 }
 
@@ -68,8 +73,7 @@ pub async fn ack(
     body: Incoming,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (_, session) = caller_and_session(state, parts, session_id)?;
-    require_feature(&session, "ack")?;
+    let (_, session) = caller_and_session(state, parts, session_id, Some("ack"))?;
     let (ack, _): (AckPayload, _) = read_payload(state, body, "session.ack").await?;
     let bounds = state.log.bounds(session_id).map_err(cursor_error)?;
     if ack.last_processed_seq > bounds.newest {
@@ -112,8 +116,7 @@ pub async fn ping(
     body: Incoming,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (_, session) = caller_and_session(state, parts, session_id)?;
-    require_feature(&session, "heartbeat")?;
+    let (_, session) = caller_and_session(state, parts, session_id, Some("heartbeat"))?;
     let (ping, _): (PingPayload, _) = read_payload(state, body, "session.ping").await?;
     session.heard_from_client();
     let payload = json!({ "ping_nonce": ping.nonce, "received_at": now_rfc3339() });
@@ -138,8 +141,7 @@ pub async fn pong(
     body: Incoming,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (_, session) = caller_and_session(state, parts, session_id)?;
-    require_feature(&session, "heartbeat")?;
+    let (_, session) = caller_and_session(state, parts, session_id, Some("heartbeat"))?;
     let (pong, _): (PongPayload, _) = read_payload(state, body, "session.pong").await?;
     if pong.ping_nonce.is_empty() || pong.ping_nonce.len() > 128 {
         return Err(ApiError::InvalidRequest(
@@ -158,7 +160,7 @@ pub fn close_session(
     parts: &Parts,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (_, session) = caller_and_session(state, parts, session_id)?;
+    let (_, session) = caller_and_session(state, parts, session_id, None)?;
     session.close();
     let _ = state.store.save_session(&session.id, session.record());
     tracing::info!(session = %session.id, "session closed by its client");
@@ -226,8 +228,7 @@ pub fn list_jobs(
     parts: &Parts,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (caller, session) = caller_and_session(state, parts, session_id)?;
-    require_feature(&session, "list_jobs")?;
+    let (caller, session) = caller_and_session(state, parts, session_id, Some("list_jobs"))?;
     let (filter, limit, cursor) = list_parameters(parts.uri.query())?;
     let page = state.jobs.list(
         |job| may_observe(state, &caller.principal, job),
@@ -266,8 +267,7 @@ pub async fn subscribe(
     body: Incoming,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (caller, session) = caller_and_session(state, parts, session_id)?;
-    require_feature(&session, "subscribe")?;
+    let (caller, session) = caller_and_session(state, parts, session_id, Some("subscribe"))?;
     let (request, _): (SubscribePayload, _) = read_payload(state, body, "job.subscribe").await?;
     let job_id = JobId::from_client(&request.job_id);
     let job = state
@@ -332,8 +332,7 @@ pub fn unsubscribe(
     session_id: &SessionId,
     job_id: &JobId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (_, session) = caller_and_session(state, parts, session_id)?;
-    require_feature(&session, "subscribe")?;
+    let (_, session) = caller_and_session(state, parts, session_id, Some("subscribe"))?;
     if !session.remove_subscription(job_id) {
         return Err(ApiError::JobNotFound);
     }
@@ -358,7 +357,7 @@ pub fn session_status(
     parts: &Parts,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (_, session) = caller_and_session(state, parts, session_id)?;
+    let (_, session) = caller_and_session(state, parts, session_id, None)?;
     let bounds = state.log.bounds(session_id).map_err(cursor_error)?;
     let payload = json!({
         "principal": session.principal,
