@@ -31,7 +31,7 @@ pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
 
 /// How long a stream's last words (`session.closed`, a `retry:` hint) may
 /// wait for room in a slow client's buffer before the stream just ends.
-const FINAL_FRAME_WAIT: Duration = Duration::from_secs(1);
+pub const FINAL_FRAME_WAIT: Duration = Duration::from_secs(1);
 
 /// Chunks buffered between a stream's pump and its response body.
 const STREAM_CHANNEL_CHUNKS: usize = 4;
@@ -90,9 +90,256 @@ pub fn encode_retry(retry: Duration) -> Bytes {
     Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
 }
 
-/// The response body of a stream: drains the pump's channel.
-pub struct SseBody {
+/// Everything a stream needs to start.
+pub struct StreamPlan {
+    pub log: Arc<dyn EventLog>,
+    pub session: Arc<Session>,
+    pub stream_id: StreamId,
+    /// Replay starts after this sequence number.
+    pub cursor: EventSeq,
+    /// Written first: the `retry:` line and the welcome event.
+    pub prelude: Bytes,
+    pub heartbeat: Duration,
+    pub shutdown: CancellationToken,
+    /// The stream ends by itself after this long (already jittered), so
+    /// cookies refresh and proxies never hold a silent hour-long response.
+    pub max_duration: Option<Duration>,
+    /// The reconnect hint sent when the gateway ends a stream on purpose.
+    pub retry: Duration,
+}
+
+/// A duration cut by a random 0–10 %, so streams opened together do not all
+/// end (and reconnect) together.
+pub fn jittered(duration: Duration) -> Duration {
+    duration.mul_f64(1.0 - rand::random::<f64>() * 0.1)
+}
+
+/// Why a stream stopped. Not sent to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    ClientGone,
+    Replaced,
+    Shutdown,
+    LogGone,
+    MaxDuration,
+}
+
+impl Stop {
+    fn reason(self) -> &'static str {
+        match self {
+            Stop::ClientGone => "client disconnected",
+            Stop::Replaced => "replaced by a newer stream or closed",
+            Stop::Shutdown => "gateway shutting down",
+            Stop::LogGone => "log no longer covers the stream",
+            Stop::MaxDuration => "maximum stream duration reached",
+        }
+    }
+}
+
+/// What a stream writes next.
+pub enum Next {
+    /// Event frames or a heartbeat.
+    Chunk(Bytes),
+    /// The stream's last words (a `retry:` hint, `session.closed`): write
+    /// them within [`FINAL_FRAME_WAIT`], without interruption, then end.
+    Farewell(Bytes),
+    /// Nothing more; end the response.
+    End,
+}
+
+/// One attached stream, read by whoever writes the response: the
+/// connection's own task on the HTTP/1.1 fast path
+/// ([`crate::http::h1_stream`]), or a pump task feeding [`SseBody`] under
+/// hyper. It only reads the session's log (never writes it), holds no lock
+/// across an await, and detaches itself from the session when dropped.
+///
+/// The writer loop is: `next()`; write a `Chunk` while racing
+/// [`EventStream::interrupted`] (a slow client must not delay shutdown); on
+/// an interruption or a failed write call [`EventStream::end`]; write a
+/// `Farewell` with a timeout; stop at `End`.
+pub struct EventStream {
+    log: Arc<dyn EventLog>,
+    session: Arc<Session>,
+    stream_id: StreamId,
+    cursor: EventSeq,
     /// The welcome and the first events, written with the response head.
+    initial: Option<Bytes>,
+    attached: watch::Receiver<Option<StreamId>>,
+    /// `None` when the log was already gone at open.
+    newest: Option<watch::Receiver<EventSeq>>,
+    heartbeat: tokio::time::Interval,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    shutdown: CancellationToken,
+    retry: Duration,
+    /// Set once the stream must end; `next()` then says goodbye.
+    stopped: Option<Stop>,
+    finished: bool,
+}
+
+impl EventStream {
+    /// Opens the stream. The welcome and the first chunk of replay are read
+    /// here, in the request's own task, so they leave with the response
+    /// head (time to first event).
+    pub fn open(plan: StreamPlan) -> EventStream {
+        let mut initial = BytesMut::from(&plan.prelude[..]);
+        let mut cursor = plan.cursor;
+        if let Ok(Some((last, chunk))) =
+            plan.log
+                .read_chunk_after(&plan.session.id, plan.cursor, FIRST_READ_LIMIT)
+        {
+            initial.extend_from_slice(&chunk);
+            cursor = last;
+        }
+        let newest = plan.log.watch_newest(&plan.session.id).ok();
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        EventStream {
+            attached: plan.session.watch_attached_stream(),
+            log: plan.log,
+            session: plan.session,
+            stream_id: plan.stream_id,
+            cursor,
+            initial: Some(initial.freeze()),
+            newest,
+            heartbeat,
+            deadline: plan
+                .max_duration
+                .map(|duration| Box::pin(tokio::time::sleep(duration))),
+            shutdown: plan.shutdown,
+            retry: plan.retry,
+            stopped: None,
+            finished: false,
+        }
+    }
+
+    /// The next thing to write. Cancel-safe: dropping the future loses
+    /// nothing, because the cursor only moves when a chunk is returned.
+    pub async fn next(&mut self) -> Next {
+        if let Some(initial) = self.initial.take() {
+            return Next::Chunk(initial);
+        }
+        if self.stopped.is_none() {
+            match self.wait_for_chunk().await {
+                Ok(chunk) => return Next::Chunk(chunk),
+                Err(stop) => self.end(stop),
+            }
+        }
+        if self.finished {
+            return Next::End;
+        }
+        self.finished = true;
+        match self.stopped.and_then(|stop| self.farewell(stop)) {
+            Some(bytes) => Next::Farewell(bytes),
+            None => Next::End,
+        }
+    }
+
+    /// Records why the stream ends; the next `next()` returns its farewell.
+    /// The first reason wins.
+    pub fn end(&mut self, stop: Stop) {
+        if self.stopped.is_none() {
+            tracing::debug!(session = %self.session.id, reason = stop.reason(), "stream ended");
+            self.stopped = Some(stop);
+        }
+    }
+
+    /// Completes when the gateway ends the stream for a reason of its own
+    /// (shutdown, a newer stream, the duration limit). Raced against writes,
+    /// so a client that stopped reading cannot hold a stream open.
+    pub async fn interrupted(&mut self) -> Stop {
+        let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => Stop::Shutdown,
+            () = replaced(&mut self.attached, self.stream_id) => Stop::Replaced,
+            () = expired(deadline) => Stop::MaxDuration,
+        }
+    }
+
+    async fn wait_for_chunk(&mut self) -> Result<Bytes, Stop> {
+        let Some(newest) = self.newest.as_mut() else {
+            return Err(Stop::LogGone);
+        };
+        let session_id = &self.session.id;
+        loop {
+            // Mark the current newest as seen before reading, so an append
+            // that lands after the read wakes the wait below.
+            newest.borrow_and_update();
+            match self
+                .log
+                .read_chunk_after(session_id, self.cursor, STREAM_READ_LIMIT)
+            {
+                Ok(Some((last, chunk))) => {
+                    self.cursor = last;
+                    return Ok(chunk);
+                }
+                Ok(None) => {}
+                // Evicted under a slow reader, or the session is gone: end
+                // the stream rather than skip; the reconnect gets an honest
+                // 410.
+                Err(_) => return Err(Stop::LogGone),
+            }
+            let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                () = replaced(&mut self.attached, self.stream_id) => return Err(Stop::Replaced),
+                () = expired(deadline) => return Err(Stop::MaxDuration),
+                changed = newest.changed() => if changed.is_err() { return Err(Stop::LogGone) },
+                _ = self.heartbeat.tick() => return Ok(heartbeat_chunk(&self.session)),
+            }
+        }
+    }
+
+    /// The stream's last words, by why it ends.
+    fn farewell(&self, stop: Stop) -> Option<Bytes> {
+        match stop {
+            // Ask the client to come back soon (to this or another
+            // instance); its Last-Event-ID or cookie resumes it exactly
+            // where it was.
+            Stop::Shutdown | Stop::MaxDuration => {
+                let reason = if stop == Stop::Shutdown {
+                    "gateway shutting down"
+                } else {
+                    "stream duration limit"
+                };
+                Some(Bytes::from(format!(
+                    ": {reason}, reconnect\nretry: {}\n\n",
+                    self.retry.as_millis()
+                )))
+            }
+            // §6.7: tell the client why its stream ends.
+            Stop::Replaced if self.session.is_closed() => {
+                let payload = serde_json::json!({ "reason": "closed by client" });
+                let envelope =
+                    Envelope::new("session.closed", &self.session.id, &payload).to_json_bytes();
+                Some(encode_unsequenced_event("session.closed", &envelope))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.session.detach_stream(self.stream_id);
+    }
+}
+
+/// Completes at the deadline; never without one.
+async fn expired(deadline: Option<Pin<&mut tokio::time::Sleep>>) {
+    match deadline {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The response body of a stream served by hyper (HTTP/2, and HTTP/1.1
+/// requests the fast path passes on): a pump task drives the
+/// [`EventStream`] into a small bounded channel that this body drains, so a
+/// slow client holds at most a few chunks in memory.
+pub struct SseBody {
     initial: Option<Bytes>,
     receiver: mpsc::Receiver<Bytes>,
 }
@@ -118,172 +365,34 @@ impl Body for SseBody {
     }
 }
 
-/// Everything a stream's pump needs.
-pub struct StreamPlan {
-    pub log: Arc<dyn EventLog>,
-    pub session: Arc<Session>,
-    pub stream_id: StreamId,
-    /// Replay starts after this sequence number.
-    pub cursor: EventSeq,
-    /// Written first: the `retry:` line and the welcome event.
-    pub prelude: Bytes,
-    pub heartbeat: Duration,
-    pub shutdown: CancellationToken,
-    /// The stream ends by itself after this long (already jittered), so
-    /// cookies refresh and proxies never hold a silent hour-long response.
-    pub max_duration: Option<Duration>,
-    /// The reconnect hint sent when the gateway ends a stream on purpose.
-    pub retry: Duration,
-}
-
-/// A duration cut by a random 0–10 %, so streams opened together do not all
-/// end (and reconnect) together.
-pub fn jittered(duration: Duration) -> Duration {
-    duration.mul_f64(1.0 - rand::random::<f64>() * 0.1)
-}
-
 /// Starts the pump task and returns the body it feeds.
-/// The welcome and the first chunk of replay are read here, in the request's
-/// own task, so they leave with the response head instead of waiting for the
-/// pump task to be scheduled (time to first event).
-pub fn open_stream(mut plan: StreamPlan) -> SseBody {
-    let mut initial = BytesMut::from(&std::mem::take(&mut plan.prelude)[..]);
-    if let Ok(Some((last, chunk))) =
-        plan.log
-            .read_chunk_after(&plan.session.id, plan.cursor, FIRST_READ_LIMIT)
-    {
-        initial.extend_from_slice(&chunk);
-        plan.cursor = last;
-    }
+pub fn open_stream(plan: StreamPlan) -> SseBody {
+    let mut stream = EventStream::open(plan);
+    let initial = stream.initial.take();
     let (sender, receiver) = mpsc::channel(STREAM_CHANNEL_CHUNKS);
-    tokio::spawn(pump(plan, sender));
-    SseBody {
-        initial: Some(initial.freeze()),
-        receiver,
-    }
-}
-
-/// Detaches the stream from its session however the pump ends.
-struct DetachOnDrop {
-    session: Arc<Session>,
-    stream_id: StreamId,
-}
-
-impl Drop for DetachOnDrop {
-    fn drop(&mut self) {
-        self.session.detach_stream(self.stream_id);
-    }
-}
-
-/// Why a stream stopped before its client left. Not sent to the client.
-enum Stop {
-    ClientGone,
-    Replaced,
-    Shutdown,
-    LogGone,
-    MaxDuration,
-}
-
-async fn pump(mut plan: StreamPlan, sender: mpsc::Sender<Bytes>) {
-    let _detach = DetachOnDrop {
-        session: plan.session.clone(),
-        stream_id: plan.stream_id,
-    };
-    let stop = pump_until_stopped(&mut plan, &sender).await;
-    if matches!(stop, Stop::Shutdown | Stop::MaxDuration) {
-        // Ask the client to come back soon (to this or another instance);
-        // its Last-Event-ID or cookie resumes it exactly where it was.
-        let reason = if matches!(stop, Stop::Shutdown) {
-            "gateway shutting down"
-        } else {
-            "stream duration limit"
-        };
-        let hint = format!(
-            ": {reason}, reconnect\nretry: {}\n\n",
-            plan.retry.as_millis()
-        );
-        let _ = tokio::time::timeout(FINAL_FRAME_WAIT, sender.send(Bytes::from(hint))).await;
-    }
-    if matches!(stop, Stop::Replaced) && plan.session.is_closed() {
-        // §6.7: tell the client why its stream ends. Best effort.
-        let payload = serde_json::json!({ "reason": "closed by client" });
-        let envelope = Envelope::new("session.closed", &plan.session.id, &payload).to_json_bytes();
-        let _ = tokio::time::timeout(
-            FINAL_FRAME_WAIT,
-            sender.send(encode_unsequenced_event("session.closed", &envelope)),
-        )
-        .await;
-    }
-    let reason = match stop {
-        Stop::ClientGone => "client disconnected",
-        Stop::Replaced => "replaced by a newer stream or closed",
-        Stop::Shutdown => "gateway shutting down",
-        Stop::LogGone => "log no longer covers the stream",
-        Stop::MaxDuration => "maximum stream duration reached",
-    };
-    tracing::debug!(session = %plan.session.id, reason, "stream ended");
-}
-
-async fn pump_until_stopped(plan: &mut StreamPlan, sender: &mpsc::Sender<Bytes>) -> Stop {
-    let session_id = &plan.session.id;
-    let mut attached = plan.session.watch_attached_stream();
-    let Ok(mut newest) = plan.log.watch_newest(session_id) else {
-        return Stop::LogGone;
-    };
-    let mut heartbeat =
-        tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let deadline = plan
-        .max_duration
-        .map(|duration| tokio::time::Instant::now() + duration);
-    let expired = async move {
-        match deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(expired);
-    let mut cursor = plan.cursor;
-    loop {
-        // Mark the current newest as seen before reading, so an append that
-        // lands after the read wakes the wait below.
-        newest.borrow_and_update();
+    tokio::spawn(async move {
         loop {
-            let chunk = match plan
-                .log
-                .read_chunk_after(session_id, cursor, STREAM_READ_LIMIT)
-            {
-                Ok(Some((last, chunk))) => {
-                    cursor = last;
-                    chunk
-                }
-                Ok(None) => break,
-                // Evicted under a slow reader, or the session is gone: end the
-                // stream rather than skip; the reconnect gets an honest 410.
-                Err(_) => return Stop::LogGone,
-            };
-            tokio::select! {
+            let chunk = tokio::select! {
                 biased;
-                () = plan.shutdown.cancelled() => return Stop::Shutdown,
-                () = replaced(&mut attached, plan.stream_id) => return Stop::Replaced,
-                () = &mut expired => return Stop::MaxDuration,
-                sent = sender.send(chunk) => if sent.is_err() { return Stop::ClientGone },
-            }
-        }
-        tokio::select! {
-            biased;
-            () = plan.shutdown.cancelled() => return Stop::Shutdown,
-            () = replaced(&mut attached, plan.stream_id) => return Stop::Replaced,
-            () = sender.closed() => return Stop::ClientGone,
-            () = &mut expired => return Stop::MaxDuration,
-            changed = newest.changed() => if changed.is_err() { return Stop::LogGone },
-            _ = heartbeat.tick() => {
-                if sender.send(heartbeat_chunk(&plan.session)).await.is_err() {
-                    return Stop::ClientGone;
+                () = sender.closed() => { stream.end(Stop::ClientGone); return }
+                next = stream.next() => next,
+            };
+            match chunk {
+                Next::Chunk(chunk) => {
+                    tokio::select! {
+                        biased;
+                        stop = stream.interrupted() => stream.end(stop),
+                        sent = sender.send(chunk) => if sent.is_err() { stream.end(Stop::ClientGone) },
+                    }
                 }
+                Next::Farewell(bytes) => {
+                    let _ = tokio::time::timeout(FINAL_FRAME_WAIT, sender.send(bytes)).await;
+                }
+                Next::End => return,
             }
         }
-    }
+    });
+    SseBody { initial, receiver }
 }
 
 /// A keepalive comment, plus a `session.ping` (§6.4, no `id:`, no seq) when
