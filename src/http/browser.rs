@@ -99,7 +99,7 @@ const ALLOWED_REQUEST_HEADERS: &str = "authorization, content-type, last-event-i
 const ALLOWED_METHODS: &str = "GET, POST, DELETE, OPTIONS";
 
 /// Adds CORS headers to a response for an allowed origin.
-pub fn decorate(config: &Config, parts: &Parts, response: &mut Response<ResponseBody>) {
+pub fn decorate<B>(config: &Config, parts: &Parts, response: &mut Response<B>) {
     let headers = response.headers_mut();
     if parts.headers.contains_key(ORIGIN) {
         headers.append(VARY, HeaderValue::from_static("origin"));

@@ -173,13 +173,13 @@ fn welcome(
     (envelope, token)
 }
 
-fn with_cookie(
-    mut response: Response<ResponseBody>,
+fn with_cookie<B>(
+    mut response: Response<B>,
     state: &AppState,
     parts: &Parts,
     session_id: &SessionId,
     token: &str,
-) -> Response<ResponseBody> {
+) -> Response<B> {
     let cookie = resume_cookie(&state.config, parts, session_id, token);
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(SET_COOKIE, value);
@@ -393,12 +393,33 @@ fn requested_cursor(parts: &Parts, query: &Query) -> Result<Option<EventSeq>, Ap
     })
 }
 
-/// `GET /v1/sessions/{id}/events`: the session's SSE stream.
+/// `GET /v1/sessions/{id}/events` under hyper: the session's SSE stream as
+/// a response body.
 pub async fn session_events(
     state: &Arc<AppState>,
     parts: &Parts,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
+    let opened = open_event_stream(state, parts, session_id).await?;
+    let body = http_body_util::BodyExt::boxed(open_stream(opened.plan));
+    Ok(opened.head.map(|()| body))
+}
+
+/// An attached stream, not yet written: its response head and what it
+/// will carry.
+pub struct OpenedStream {
+    pub head: Response<()>,
+    pub plan: StreamPlan,
+}
+
+/// `GET /v1/sessions/{id}/events`: authenticates, checks the cursor,
+/// attaches the stream to the session (superseding any other, §6.3) and
+/// prepares the welcome. Shared by hyper and the HTTP/1.1 fast path.
+pub async fn open_event_stream(
+    state: &Arc<AppState>,
+    parts: &Parts,
+    session_id: &SessionId,
+) -> Result<OpenedStream, ApiError> {
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
     let session = session_for(state, &caller, session_id, true)?;
@@ -427,7 +448,7 @@ pub async fn session_events(
     ));
     tracing::info!(session = %session.id, cursor, "stream attached");
 
-    let body = open_stream(StreamPlan {
+    let plan = StreamPlan {
         log: state.log.clone(),
         session: session.clone(),
         stream_id,
@@ -437,16 +458,17 @@ pub async fn session_events(
         shutdown: state.shutdown.clone(),
         max_duration: state.config.max_stream_duration.map(jittered),
         retry: state.config.retry,
-    });
-    let mut response = Response::new(http_body_util::BodyExt::boxed(body));
-    let headers = response.headers_mut();
+    };
+    let mut head = Response::new(());
+    let headers = head.headers_mut();
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream; charset=utf-8"),
     );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(with_cookie(response, state, parts, session_id, &token))
+    let head = with_cookie(head, state, parts, session_id, &token);
+    Ok(OpenedStream { head, plan })
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@ pub mod body;
 pub mod browser;
 pub mod credentials;
 pub mod error;
+pub mod h1_stream;
 pub mod handlers;
 pub mod router;
 pub mod session_ops;
@@ -14,6 +15,7 @@ pub mod sse;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
+use hyper::http::request::Parts;
 use hyper::{Request, Response};
 
 use self::body::{error_response, ResponseBody};
@@ -53,13 +55,45 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
     };
     let mut response = match result {
         Ok(response) => response,
-        Err(error) => {
-            tracing::debug!(method = %parts.method, path = %full_path, code = error.code().as_str(), "request refused");
-            error_response(&error)
-        }
+        Err(error) => refused(&parts, &error),
     };
     browser::decorate(&state.config, &parts, &mut response);
     response
+}
+
+/// The error response for a refused request, logged at debug level.
+fn refused(parts: &Parts, error: &ApiError) -> Response<ResponseBody> {
+    tracing::debug!(method = %parts.method, path = %parts.uri.path(), code = error.code().as_str(), "request refused");
+    error_response(error)
+}
+
+/// What the HTTP/1.1 fast path ([`h1_stream`]) writes for
+/// `GET /v1/sessions/{id}/events`.
+pub enum EventStreamAnswer {
+    /// The stream is attached; write its head, then the stream.
+    Stream(handlers::OpenedStream),
+    /// The same error response [`handle`] would have given.
+    Refused(Response<ResponseBody>),
+}
+
+/// Answers an event-stream request exactly as [`handle`] would, without
+/// boxing the stream into a hyper body.
+pub async fn answer_event_stream(
+    state: &Arc<AppState>,
+    parts: &Parts,
+    session_id: &SessionId,
+) -> EventStreamAnswer {
+    match handlers::open_event_stream(state, parts, session_id).await {
+        Ok(mut opened) => {
+            browser::decorate(&state.config, parts, &mut opened.head);
+            EventStreamAnswer::Stream(opened)
+        }
+        Err(error) => {
+            let mut response = refused(parts, &error);
+            browser::decorate(&state.config, parts, &mut response);
+            EventStreamAnswer::Refused(response)
+        }
+    }
 }
 
 /// The one routing `match`: a route id and its captured path segments to a
@@ -68,7 +102,7 @@ async fn dispatch(
     state: &Arc<AppState>,
     route: RouteId,
     params: &[&str],
-    parts: &hyper::http::request::Parts,
+    parts: &Parts,
     body: Incoming,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let session_id = || SessionId::from_client(params[0]);

@@ -10,6 +10,7 @@ mod durable;
 mod errors;
 mod event_log;
 mod external_agents;
+mod fast_path;
 mod jobs;
 mod openapi;
 mod proxy;

@@ -1,0 +1,498 @@
+//! The HTTP/1.1 fast path for event streams, and the protocol sniffing that
+//! chooses it.
+//!
+//! Why it exists: an idle stream served by hyper's HTTP/1 connection costs
+//! about 11 KiB of resident memory, most of it two 8 KiB buffers (read and
+//! header write) that hyper allocates per connection and cannot be told to
+//! shrink, plus our pump task and its channel. A gateway holding tens of
+//! thousands of quiet browser tabs pays that per tab. (Measured with
+//! `cargo bench --bench gateway -- --only idle`; see docs/performance.md.)
+//!
+//! So when a connection opens with `GET <base>/v1/sessions/{id}/events`, the
+//! request head is parsed here with `httparse` (the parser hyper itself
+//! uses), answered by the same handler code as under hyper
+//! ([`super::answer_event_stream`]), and the stream is written by the
+//! connection's own task straight from the session's log: no per-connection
+//! buffers, no pump task, no channel, one wake-up per event.
+//!
+//! Sniffing only *peeks* at the socket. Anything this path does not fully
+//! handle (HTTP/2, any other route or method, a request with a body, a head
+//! split across packets or over 8 KiB, a malformed head) is handed to hyper
+//! untouched, so hyper's behaviour and error answers stay the rule; this path
+//! is the exception for one well-understood request shape.
+//!
+//! Responses are HTTP/1.1 with chunked transfer coding (RFC 9112 §7.1), so
+//! the connection can carry further requests once a stream ends on purpose;
+//! HTTP/1.0 clients get a close-delimited body (RFC 9112 §6.3).
+
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::http::request::Parts;
+use hyper::{Method, Response, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::body::ResponseBody;
+use super::browser::{strip_base_path, ConnectionInfo};
+use super::router::{match_route, RouteId, RouteMatch};
+use super::sse::{EventStream, Next, Stop, FINAL_FRAME_WAIT};
+use super::{answer_event_stream, EventStreamAnswer};
+use crate::config::Config;
+use crate::ids::SessionId;
+use crate::state::AppState;
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a connection may take to show its first request head.
+const SNIFF_WAIT: Duration = Duration::from_secs(10);
+
+/// Between peeks at a head that has not fully arrived.
+const SNIFF_RETRY: Duration = Duration::from_millis(2);
+
+/// The largest request head this path parses; bigger ones go to hyper.
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+
+/// The most header fields this path parses; more go to hyper.
+const MAX_HEADER_FIELDS: usize = 64;
+
+/// How a connection opens.
+pub enum Opening {
+    /// The HTTP/2 preface (h2c with prior knowledge).
+    Http2,
+    /// An HTTP/1.x event-stream request this path serves (boxed: the
+    /// connection's task keeps only a pointer to it).
+    EventStream(Box<EventStreamRequest>),
+    /// Anything else: hyper's HTTP/1 server.
+    Http1,
+    /// Closed (or failed) before sending anything.
+    Closed,
+}
+
+/// A parsed `GET .../events` request head, still unread on the socket.
+pub struct EventStreamRequest {
+    head_bytes: usize,
+    parts: Parts,
+    session_id: SessionId,
+    keep_alive: bool,
+    chunked: bool,
+}
+
+/// Peeks at a connection's first bytes and says who should serve it.
+pub async fn sniff(stream: &TcpStream, config: &Config) -> Opening {
+    let detect = async {
+        // On the heap and dropped before serving, so a long-lived
+        // connection's task does not carry it.
+        let mut seen = vec![0u8; MAX_HEAD_BYTES];
+        loop {
+            let read = match stream.peek(&mut seen).await {
+                Ok(0) | Err(_) => return Opening::Closed,
+                Ok(read) => read,
+            };
+            let bytes = &seen[..read];
+            if bytes.starts_with(HTTP2_PREFACE) {
+                return Opening::Http2;
+            }
+            if !HTTP2_PREFACE.starts_with(bytes) {
+                match parse_head(bytes, config) {
+                    Head::EventStream(request) => return Opening::EventStream(request),
+                    Head::Other => return Opening::Http1,
+                    Head::Partial if read == MAX_HEAD_BYTES => return Opening::Http1,
+                    Head::Partial => {}
+                }
+            }
+            // A prefix of the preface or of a head so far: wait for more.
+            tokio::time::sleep(SNIFF_RETRY).await;
+        }
+    };
+    tokio::time::timeout(SNIFF_WAIT, detect)
+        .await
+        .unwrap_or(Opening::Http1)
+}
+
+enum Head {
+    EventStream(Box<EventStreamRequest>),
+    Partial,
+    Other,
+}
+
+fn parse_head(bytes: &[u8], config: &Config) -> Head {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
+    let mut request = httparse::Request::new(&mut fields);
+    let head_bytes = match request.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Other,
+    };
+    if request.method != Some("GET") {
+        return Head::Other;
+    }
+    let version = match request.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => return Head::Other,
+    };
+    let mut builder = hyper::Request::builder()
+        .method(Method::GET)
+        .uri(request.path.unwrap_or_default())
+        .version(version);
+    for field in request.headers.iter() {
+        builder = builder.header(field.name, field.value);
+    }
+    let Ok(built) = builder.body(()) else {
+        return Head::Other;
+    };
+    let (parts, ()) = built.into_parts();
+    // A GET with a body is legal but odd; hyper knows how to skip it.
+    let has_body = parts.headers.contains_key(TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .any(|length| length.as_bytes() != b"0");
+    if has_body {
+        return Head::Other;
+    }
+    let Some(path) = strip_base_path(config, parts.uri.path()) else {
+        return Head::Other;
+    };
+    let session_id = match match_route(&Method::GET, path) {
+        RouteMatch::Found {
+            id: RouteId::SessionEvents,
+            params,
+        } => SessionId::from_client(params[0]),
+        _ => return Head::Other,
+    };
+    let wants_close = parts.headers.get_all(CONNECTION).iter().any(|value| {
+        value.to_str().is_ok_and(|text| {
+            text.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        })
+    });
+    let chunked = version == Version::HTTP_11;
+    Head::EventStream(Box::new(EventStreamRequest {
+        head_bytes,
+        parts,
+        session_id,
+        keep_alive: chunked && !wants_close,
+        chunked,
+    }))
+}
+
+/// Serves one event-stream request on `stream`. Returns the connection when
+/// it may carry another request (the stream ended on purpose and both sides
+/// keep the connection alive), `None` when it must close.
+pub async fn serve(
+    state: Arc<AppState>,
+    mut stream: TcpStream,
+    request: Box<EventStreamRequest>,
+    info: ConnectionInfo,
+) -> Option<TcpStream> {
+    // The head is already in the socket's queue (it was peeked): consume it.
+    let mut head = vec![0u8; request.head_bytes];
+    stream.read_exact(&mut head).await.ok()?;
+    drop(head);
+    let EventStreamRequest {
+        mut parts,
+        session_id,
+        keep_alive,
+        chunked,
+        ..
+    } = *request;
+    parts.extensions.insert(info);
+    match answer_event_stream(&state, &parts, &session_id).await {
+        EventStreamAnswer::Refused(response) => {
+            let written = write_full_response(&mut stream, response, keep_alive).await;
+            (written.is_ok() && keep_alive).then_some(stream)
+        }
+        EventStreamAnswer::Stream(opened) => {
+            drop(parts);
+            let framing = if chunked {
+                Framing::Chunked
+            } else {
+                Framing::UntilClose
+            };
+            let head = encode_head(&opened.head, framing);
+            stream.write_all(&head).await.ok()?;
+            drop(head);
+            let events = EventStream::open(opened.plan);
+            let ended_cleanly = write_stream(&mut stream, events, chunked).await;
+            (ended_cleanly && keep_alive).then_some(stream)
+        }
+    }
+}
+
+/// How a response body is delimited.
+#[derive(Clone, Copy)]
+enum Framing {
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+/// The status line and header fields of a response.
+fn encode_head(response: &Response<()>, framing: Framing) -> Vec<u8> {
+    let status = response.status();
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in response.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"date: ");
+    head.extend_from_slice(http_date().as_bytes());
+    head.extend_from_slice(b"\r\n");
+    match framing {
+        Framing::Length(length) => {
+            head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
+        }
+        Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::UntilClose => head.extend_from_slice(b"connection: close\r\n"),
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Now as an IMF-fixdate (RFC 9110 §5.6.7), for the `Date` field.
+fn http_date() -> String {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default()
+}
+
+/// Writes a complete (non-stream) response, such as an ARCP error.
+async fn write_full_response(
+    stream: &mut TcpStream,
+    response: Response<ResponseBody>,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let (head, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .unwrap_or_default();
+    let mut head = Response::from_parts(head, ());
+    if !keep_alive {
+        head.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    let mut bytes = encode_head(&head, Framing::Length(body.len()));
+    bytes.extend_from_slice(&body);
+    stream.write_all(&bytes).await
+}
+
+/// Writes the stream until it ends. True when it ended on purpose with its
+/// farewell and final chunk written, so the connection is still usable.
+async fn write_stream(stream: &mut TcpStream, mut events: EventStream, chunked: bool) -> bool {
+    let mut watch_client = true;
+    loop {
+        let next = tokio::select! {
+            biased;
+            gone = client_left(stream), if watch_client => {
+                if gone {
+                    events.end(Stop::ClientGone);
+                    return false;
+                }
+                // The client sent more bytes (a pipelined request): leave
+                // them for after the stream; write failures still notice a
+                // departed client.
+                watch_client = false;
+                continue;
+            }
+            next = events.next() => next,
+        };
+        match next {
+            Next::Chunk(chunk) => {
+                // A stop already due skips the chunk, so the farewell still
+                // goes out on a well-framed stream.
+                if let Some(stop) = interrupted_now(&mut events).await {
+                    events.end(stop);
+                    continue;
+                }
+                let written = tokio::select! {
+                    biased;
+                    stop = events.interrupted() => Err(stop),
+                    written = write_body(stream, &chunk, chunked) => Ok(written),
+                };
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        events.end(Stop::ClientGone);
+                        return false;
+                    }
+                    // Interrupted mid-write: the framing is torn, so close.
+                    Err(stop) => {
+                        events.end(stop);
+                        return false;
+                    }
+                }
+            }
+            Next::Farewell(bytes) => {
+                let written =
+                    tokio::time::timeout(FINAL_FRAME_WAIT, write_body(stream, &bytes, chunked))
+                        .await;
+                if !matches!(written, Ok(Ok(()))) {
+                    return false;
+                }
+            }
+            Next::End => {
+                if !chunked {
+                    return false;
+                }
+                let written =
+                    tokio::time::timeout(FINAL_FRAME_WAIT, stream.write_all(b"0\r\n\r\n")).await;
+                return matches!(written, Ok(Ok(())));
+            }
+        }
+    }
+}
+
+/// A stop that is already due, without waiting.
+async fn interrupted_now(events: &mut EventStream) -> Option<Stop> {
+    tokio::select! {
+        biased;
+        stop = events.interrupted() => Some(stop),
+        () = std::future::ready(()) => None,
+    }
+}
+
+/// Completes when the client closed its side (true) or sent bytes (false).
+/// Only peeks, so pipelined bytes stay for the next request.
+async fn client_left(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.peek(&mut probe).await, Ok(0) | Err(_))
+}
+
+/// Writes one body chunk, framed for chunked transfer coding when asked.
+async fn write_body(stream: &mut TcpStream, data: &Bytes, chunked: bool) -> std::io::Result<()> {
+    if data.is_empty() {
+        // An empty chunk would end a chunked body.
+        return Ok(());
+    }
+    if !chunked {
+        return stream.write_all(data).await;
+    }
+    let size_line = format!("{:x}\r\n", data.len());
+    let mut slices = [
+        IoSlice::new(size_line.as_bytes()),
+        IoSlice::new(data),
+        IoSlice::new(b"\r\n"),
+    ];
+    let mut remaining = &mut slices[..];
+    while !remaining.is_empty() {
+        let written = stream.write_vectored(remaining).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut remaining, written);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::development()
+    }
+
+    fn parsed(head: &str) -> Option<Box<EventStreamRequest>> {
+        match parse_head(head.as_bytes(), &config()) {
+            Head::EventStream(request) => Some(request),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_plain_event_stream_request_takes_the_fast_path() {
+        let head =
+            "GET /v1/sessions/sess_a/events?x=1 HTTP/1.1\r\nHost: h\r\nLast-Event-ID: 7\r\n\r\n";
+        let request = parsed(head).expect("fast path");
+        assert_eq!(request.head_bytes, head.len());
+        assert_eq!(request.session_id.as_str(), "sess_a");
+        assert!(request.keep_alive && request.chunked);
+        assert_eq!(request.parts.headers["last-event-id"], "7");
+        assert_eq!(request.parts.uri.query(), Some("x=1"));
+    }
+
+    #[test]
+    fn http_1_0_and_connection_close_turn_off_keep_alive() {
+        let old = parsed("GET /v1/sessions/s/events HTTP/1.0\r\n\r\n").expect("fast path");
+        assert!(!old.keep_alive && !old.chunked);
+        let close =
+            parsed("GET /v1/sessions/s/events HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n")
+                .expect("fast path");
+        assert!(!close.keep_alive && close.chunked);
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        for head in [
+            "POST /v1/sessions/s/events HTTP/1.1\r\n\r\n",
+            "GET /v1/sessions/s HTTP/1.1\r\n\r\n",
+            "GET /healthz HTTP/1.1\r\n\r\n",
+            "GET /v1/sessions/s/events HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            "GET /v1/sessions/s/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /v1/sessions/s/events HTTP/1.1\r\nBad Header\r\n\r\n",
+            "NONSENSE\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_head(head.as_bytes(), &config()), Head::Other),
+                "{head:?}"
+            );
+        }
+        assert!(matches!(
+            parse_head(b"GET /v1/sessions/s/events HTTP/1.1\r\nHost:", &config()),
+            Head::Partial
+        ));
+    }
+
+    #[test]
+    fn the_base_path_applies() {
+        let mut config = config();
+        config.base_path = "/arcp".into();
+        let inside = "GET /arcp/v1/sessions/s/events HTTP/1.1\r\n\r\n";
+        assert!(matches!(
+            parse_head(inside.as_bytes(), &config),
+            Head::EventStream(_)
+        ));
+        let outside = "GET /v1/sessions/s/events HTTP/1.1\r\n\r\n";
+        assert!(matches!(
+            parse_head(outside.as_bytes(), &config),
+            Head::Other
+        ));
+    }
+
+    #[test]
+    fn heads_carry_framing_and_a_date() {
+        let mut response = Response::new(());
+        response.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        let head = String::from_utf8(encode_head(&response, Framing::Chunked)).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ndate: "));
+        assert!(
+            head.ends_with(" GMT\r\ntransfer-encoding: chunked\r\n\r\n"),
+            "{head}"
+        );
+        let head = String::from_utf8(encode_head(&response, Framing::Length(12))).unwrap();
+        assert!(head.ends_with("content-length: 12\r\n\r\n"));
+    }
+}
