@@ -3,7 +3,16 @@
 //! Run: `cargo bench --bench event_log` (add `-- --events N --payload BYTES`).
 //! Appends N events of a given payload size to one session, waits until they
 //! are durable (a no-op for memory), then replays the whole log from cursor 0
-//! in stream-sized reads. Reports events/s and MB/s; no pass/fail.
+//! in stream-sized reads: with `read_chunk_after` (one `Bytes` per read:
+//! what streams write; the last four chunks are kept alive, as a stream's
+//! channel does) and with `read_after` (one entry per event: what
+//! subscriptions use). Each replay runs five times and the median is
+//! reported. Reports events/s and MB/s; no pass/fail.
+//!
+//! For the memory backend it also runs the live pattern: a reader reads
+//! after every append (as an attached stream does), then a full chunked
+//! replay of that same log, which shows what reading while appending does
+//! to a later replay.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,43 +27,136 @@ use serde_json::json;
 struct Measured {
     backend: &'static str,
     append: Duration,
-    replay: Duration,
+    /// Full replay with `read_chunk_after`, and how many chunks it took.
+    replay_chunks: Duration,
+    chunks: usize,
+    /// Full replay with `read_after`.
+    replay_entries: Duration,
     bytes: usize,
 }
 
-fn workload(
-    log: &dyn EventLog,
-    settle: &dyn Fn(),
-    events: u64,
-    payload: usize,
-) -> (Duration, Duration, usize) {
-    let session = SessionId::from_client("sess_bench");
-    log.create(&session).expect("create");
-    let text = "x".repeat(payload);
-    let started = Instant::now();
-    for n in 1..=events {
-        let draft = EventDraft {
-            message_type: "job.event",
-            job_id: JobId::from_client("job_bench"),
-            trace_id: None,
-            payload: json!({"kind": "progress", "body": {"current": n, "data": text}}),
-        };
-        log.append(&session, &draft).expect("append");
+fn draft(n: u64, text: &str) -> EventDraft {
+    EventDraft {
+        message_type: "job.event",
+        job_id: JobId::from_client("job_bench"),
+        trace_id: None,
+        payload: json!({"kind": "progress", "body": {"current": n, "data": text}}),
     }
-    settle();
-    let append = started.elapsed();
+}
+
+/// How many times each replay runs; the median time is reported.
+const REPLAYS: usize = 5;
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// Replays the whole log from cursor 0 in stream-sized chunks, keeping the
+/// last four alive: the time, the number of chunks, and the bytes.
+fn replay_chunks(log: &dyn EventLog, session: &SessionId, events: u64) -> (Duration, usize, usize) {
+    let started = Instant::now();
+    let (mut cursor, mut chunks, mut bytes) = (0, 0, 0);
+    let mut in_flight = std::collections::VecDeque::new();
+    while let Some((last, chunk)) = log
+        .read_chunk_after(session, cursor, STREAM_READ_LIMIT)
+        .expect("read chunk")
+    {
+        cursor = last;
+        chunks += 1;
+        bytes += chunk.len();
+        in_flight.push_back(chunk);
+        if in_flight.len() > 4 {
+            in_flight.pop_front();
+        }
+    }
+    assert_eq!(cursor, events, "the chunked replay saw every event");
+    (started.elapsed(), chunks, bytes)
+}
+
+/// Replays the whole log from cursor 0 with `read_after`: the time and the
+/// bytes.
+fn replay_entries(log: &dyn EventLog, session: &SessionId, events: u64) -> (Duration, usize) {
     let started = Instant::now();
     let (mut cursor, mut bytes) = (0, 0);
     loop {
         let batch = log
-            .read_after(&session, cursor, STREAM_READ_LIMIT)
+            .read_after(session, cursor, STREAM_READ_LIMIT)
             .expect("read");
         let Some(last) = batch.last() else { break };
         cursor = last.seq;
         bytes += batch.iter().map(|entry| entry.frame.len()).sum::<usize>();
     }
     assert_eq!(cursor, events, "the replay saw every event");
-    (append, started.elapsed(), bytes)
+    (started.elapsed(), bytes)
+}
+
+fn workload(log: &dyn EventLog, settle: &dyn Fn(), events: u64, payload: usize) -> Measured {
+    let session = SessionId::from_client("sess_bench");
+    log.create(&session).expect("create");
+    let text = "x".repeat(payload);
+    let started = Instant::now();
+    for n in 1..=events {
+        log.append(&session, &draft(n, &text)).expect("append");
+    }
+    settle();
+    let append = started.elapsed();
+    let (mut chunk_times, mut entry_times) = (Vec::new(), Vec::new());
+    let (mut chunks, mut bytes) = (0, 0);
+    for _ in 0..REPLAYS {
+        let (time, count, chunk_bytes) = replay_chunks(log, &session, events);
+        chunk_times.push(time);
+        chunks = count;
+        let (time, entry_bytes) = replay_entries(log, &session, events);
+        entry_times.push(time);
+        assert_eq!(
+            entry_bytes, chunk_bytes,
+            "both replays carry the same bytes"
+        );
+        bytes = entry_bytes;
+    }
+    Measured {
+        backend: "",
+        append,
+        replay_chunks: median(chunk_times),
+        chunks,
+        replay_entries: median(entry_times),
+        bytes,
+    }
+}
+
+/// The live pattern on a fresh session: read after every append, as an
+/// attached stream does; then a full chunked replay of the result.
+/// Returns (append + read time, replay time, replay chunks).
+fn live_then_replay(
+    log: &dyn EventLog,
+    events: u64,
+    payload: usize,
+) -> (Duration, Duration, usize) {
+    let session = SessionId::from_client("sess_live");
+    log.create(&session).expect("create");
+    let text = "x".repeat(payload);
+    let started = Instant::now();
+    let mut cursor = 0;
+    for n in 1..=events {
+        log.append(&session, &draft(n, &text)).expect("append");
+        let (last, _) = log
+            .read_chunk_after(&session, cursor, STREAM_READ_LIMIT)
+            .expect("live read")
+            .expect("the new event");
+        cursor = last;
+    }
+    let live = started.elapsed();
+    let mut times = Vec::new();
+    let mut chunks = 0;
+    for _ in 0..REPLAYS {
+        let (time, count, _) = replay_chunks(log, &session, events);
+        times.push(time);
+        chunks = count;
+    }
+    let replay = median(times);
+    log.remove(&session);
+    (live, replay, chunks)
 }
 
 fn argument(name: &str, default: u64) -> u64 {
@@ -90,30 +192,26 @@ fn main() {
     let mut results = Vec::new();
 
     let memory = MemoryEventLog::new(limits, encode_job_event);
-    let (append, replay, bytes) = workload(&memory, &|| {}, events, payload);
     results.push(Measured {
         backend: "memory",
-        append,
-        replay,
-        bytes,
+        ..workload(&memory, &|| {}, events, payload)
     });
+    let live = live_then_replay(&memory, events, payload);
+    drop(memory);
 
     let dir = std::env::temp_dir().join(format!("arcp-bench-{}", std::process::id()));
     let (connection, _, path) = SqliteStore::open(&dir).expect("open store");
     let durable = Arc::new(MemoryEventLog::new(limits, encode_job_event));
     let store = SqliteStore::start(connection, path, Arc::downgrade(&durable));
     durable.attach_sink(store.clone());
-    let (append, replay, bytes) = workload(
-        durable.as_ref(),
-        &|| store.flush().wait_blocking(),
-        events,
-        payload,
-    );
     results.push(Measured {
         backend: "sqlite (WAL, synchronous=FULL)",
-        append,
-        replay,
-        bytes,
+        ..workload(
+            durable.as_ref(),
+            &|| store.flush().wait_blocking(),
+            events,
+            payload,
+        )
     });
     drop(store);
     drop(durable);
@@ -132,19 +230,29 @@ fn main() {
     println!("command: cargo bench --bench event_log -- --events {events} --payload {payload}");
     println!("machine: {}", machine());
     println!();
-    println!("| backend | append events/s | append MB/s | replay events/s | replay MB/s |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| backend | append events/s | append MB/s | replay chunks events/s | replay chunks MB/s | chunks | replay entries events/s | replay entries MB/s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for result in &results {
         let mb = result.bytes as f64 / 1e6;
         println!(
-            "| {} | {:.0} | {:.1} | {:.0} | {:.1} |",
+            "| {} | {:.0} | {:.1} | {:.0} | {:.1} | {} | {:.0} | {:.1} |",
             result.backend,
             events as f64 / result.append.as_secs_f64(),
             mb / result.append.as_secs_f64(),
-            events as f64 / result.replay.as_secs_f64(),
-            mb / result.replay.as_secs_f64(),
+            events as f64 / result.replay_chunks.as_secs_f64(),
+            mb / result.replay_chunks.as_secs_f64(),
+            result.chunks,
+            events as f64 / result.replay_entries.as_secs_f64(),
+            mb / result.replay_entries.as_secs_f64(),
         );
     }
+    println!();
+    let (live, replay, chunks) = live;
+    println!(
+        "memory, live pattern (a chunked read after every append): {:.0} events/s; then a full chunked replay: {:.0} events/s in {chunks} chunks",
+        events as f64 / live.as_secs_f64(),
+        events as f64 / replay.as_secs_f64(),
+    );
     println!();
     println!(
         "sqlite recovery (cold read of all {events} events from disk at start-up): {:.0} events/s ({:.2} s)",

@@ -259,6 +259,244 @@ pub fn watchers_see_appends_and_removal(log: Arc<dyn EventLog>) {
     assert_eq!(log.bounds(&sid), Err(EventLogError::UnknownSession));
 }
 
+/// Limits a stream uses, and some awkward ones.
+const LIMITS: [ReadLimit; 5] = [
+    ALL,
+    ReadLimit {
+        max_entries: 4096,
+        max_bytes: 512 * 1024,
+    },
+    ReadLimit {
+        max_entries: 64,
+        max_bytes: 16 * 1024,
+    },
+    ReadLimit {
+        max_entries: 7,
+        max_bytes: usize::MAX,
+    },
+    ReadLimit {
+        max_entries: usize::MAX,
+        max_bytes: 1000,
+    },
+];
+
+/// A draft whose payload carries `len` bytes of text.
+fn sized_draft(n: u64, len: usize) -> EventDraft {
+    EventDraft {
+        message_type: "job.event",
+        job_id: JobId::from_client("job_1"),
+        trace_id: None,
+        payload: json!({"kind": "progress", "body": {"current": n, "data": "x".repeat(len)}}),
+    }
+}
+
+/// Checks that `bytes` are exactly the whole frames of events `after + 1
+/// ..= last`, in order: no gap, no duplicate, no torn frame.
+fn assert_frames(bytes: &[u8], after: u64, last: u64) {
+    let text = std::str::from_utf8(bytes).expect("frames are UTF-8");
+    assert!(text.ends_with("\n\n"), "ends with a whole frame");
+    let frames: Vec<&str> = text[..text.len() - 2].split("\n\n").collect();
+    assert_eq!(frames.len() as u64, last - after, "one frame per event");
+    for (frame, seq) in frames.iter().zip(after + 1..) {
+        let head = format!("id: {seq}\nevent: job.event\ndata: ");
+        assert!(frame.starts_with(&head), "frame {seq}: {:.80}", frame);
+        let envelope: serde_json::Value =
+            serde_json::from_str(&frame[head.len()..]).expect("the envelope is whole JSON");
+        assert_eq!(envelope["event_seq"], seq);
+        assert_eq!(envelope["payload"]["body"]["current"], seq);
+    }
+}
+
+/// Reads everything after `after` with `read_chunk_after` in `limit`-sized
+/// chunks, checking every chunk; returns the joined bytes and the chunk count.
+fn replay(log: &dyn EventLog, sid: &SessionId, after: u64, limit: ReadLimit) -> (Vec<u8>, usize) {
+    let (mut joined, mut chunks, mut cursor) = (Vec::new(), 0, after);
+    while let Some((last, chunk)) = log.read_chunk_after(sid, cursor, limit).unwrap() {
+        assert!(last > cursor, "a chunk moves the cursor");
+        assert_frames(&chunk, cursor, last);
+        if limit.max_entries < usize::MAX {
+            assert!(last - cursor <= limit.max_entries as u64);
+        }
+        if last - cursor > 1 {
+            assert!(chunk.len() <= limit.max_bytes, "within the byte limit");
+        }
+        joined.extend_from_slice(&chunk);
+        cursor = last;
+        chunks += 1;
+    }
+    assert_eq!(cursor, log.bounds(sid).unwrap().newest, "caught up");
+    (joined, chunks)
+}
+
+/// The frames `read_after` gives for everything after `after`, joined, with
+/// each entry checked against its frame.
+fn joined_entries(log: &dyn EventLog, sid: &SessionId, after: u64) -> Vec<u8> {
+    let entries = log.read_after(sid, after, ALL).unwrap();
+    let mut joined = Vec::new();
+    for (entry, seq) in entries.iter().zip(after + 1..) {
+        assert_eq!(entry.seq, seq);
+        let draft = entry.to_draft().expect("the envelope span is right");
+        assert_eq!(draft.payload["body"]["current"], seq);
+        joined.extend_from_slice(&entry.frame);
+    }
+    assert_frames(&joined, after, after + entries.len() as u64);
+    joined
+}
+
+pub fn reads_across_many_blocks_return_exactly_the_frames(log: Arc<dyn EventLog>) {
+    let sid = session("s");
+    log.create(&sid).unwrap();
+    // About 1.5 MB of frames of many sizes: many blocks.
+    for n in 1..=1500 {
+        log.append(&sid, &sized_draft(n, (n as usize * 37) % 1500))
+            .unwrap();
+    }
+    let all = joined_entries(log.as_ref(), &sid, 0);
+    for limit in LIMITS {
+        assert_eq!(replay(log.as_ref(), &sid, 0, limit).0, all, "{limit:?}");
+    }
+    for after in [1, 617, 1499] {
+        let expected = joined_entries(log.as_ref(), &sid, after);
+        assert!(all.ends_with(&expected));
+        for limit in LIMITS {
+            assert_eq!(replay(log.as_ref(), &sid, after, limit).0, expected);
+        }
+    }
+    let (_, chunks) = replay(log.as_ref(), &sid, 0, LIMITS[1]);
+    assert!(chunks >= 3, "1.5 MB in chunks of at most 512 KiB");
+}
+
+pub fn live_reads_then_a_full_replay_give_the_same_bytes(log: Arc<dyn EventLog>) {
+    let sid = session("s");
+    log.create(&sid).unwrap();
+    let mut live = Vec::new();
+    let mut cursor = 0;
+    for n in 1..=600 {
+        log.append(&sid, &sized_draft(n, (n as usize * 13) % 700))
+            .unwrap();
+        // Mostly a read after every append, as an attached stream does;
+        // sometimes after two, sometimes with a small limit.
+        if n % 5 == 3 {
+            continue;
+        }
+        let limit = if n % 7 == 0 { LIMITS[3] } else { LIMITS[1] };
+        while let Some((last, chunk)) = log.read_chunk_after(&sid, cursor, limit).unwrap() {
+            assert_frames(&chunk, cursor, last);
+            live.extend_from_slice(&chunk);
+            cursor = last;
+        }
+        assert_eq!(cursor, n);
+    }
+    assert_eq!(joined_entries(log.as_ref(), &sid, 0), live);
+    for limit in LIMITS {
+        assert_eq!(replay(log.as_ref(), &sid, 0, limit).0, live, "{limit:?}");
+    }
+}
+
+pub fn eviction_across_blocks_keeps_reads_correct(
+    log_for: impl Fn(RetentionLimits) -> Arc<dyn EventLog>,
+) {
+    let frame_len = |n: u64| {
+        encode_job_event(&session("s"), n, &sized_draft(n, 300))
+            .frame
+            .len()
+    };
+    for limits in [
+        RetentionLimits {
+            max_events: 40,
+            max_bytes: usize::MAX,
+        },
+        RetentionLimits {
+            max_events: usize::MAX,
+            max_bytes: 25 * frame_len(1000),
+        },
+    ] {
+        let log = log_for(limits);
+        let sid = session("s");
+        log.create(&sid).unwrap();
+        let mut cursor = 0;
+        for n in 1..=400 {
+            log.append(&sid, &sized_draft(n, 300)).unwrap();
+            // A live reader on some stretches only: blocks of every size.
+            // (In between, eviction may overtake it; it then resumes at
+            // the floor.)
+            cursor = cursor.max(log.bounds(&sid).unwrap().floor);
+            if (n / 50) % 2 == 0 {
+                let (last, chunk) = log
+                    .read_chunk_after(&sid, cursor, LIMITS[1])
+                    .unwrap()
+                    .unwrap();
+                assert_frames(&chunk, cursor, last);
+                cursor = last;
+            }
+            if n % 37 == 0 {
+                let floor = log.bounds(&sid).unwrap().floor;
+                let retained = joined_entries(log.as_ref(), &sid, floor);
+                for limit in LIMITS {
+                    assert_eq!(replay(log.as_ref(), &sid, floor, limit).0, retained);
+                }
+            }
+        }
+        let bounds = log.bounds(&sid).unwrap();
+        assert_eq!(bounds.newest, 400);
+        assert!(
+            (20..=40).contains(&(bounds.newest - bounds.floor)),
+            "{bounds:?}"
+        );
+        // Acknowledge most of it, across block boundaries, in odd steps.
+        for up_to in [bounds.floor + 3, bounds.floor + 11, 395] {
+            log.release_through(&sid, up_to).unwrap();
+            let retained = joined_entries(log.as_ref(), &sid, up_to);
+            assert_eq!(retained.is_empty(), up_to == 400);
+            for limit in LIMITS {
+                assert_eq!(replay(log.as_ref(), &sid, up_to, limit).0, retained);
+            }
+        }
+        log.release_through(&sid, 400).unwrap();
+        assert_eq!(log.read_chunk_after(&sid, 400, ALL).unwrap(), None);
+        assert_eq!(log.append(&sid, &sized_draft(401, 300)).unwrap(), 401);
+        assert_eq!(
+            replay(log.as_ref(), &sid, 400, ALL).0,
+            joined_entries(log.as_ref(), &sid, 400)
+        );
+    }
+}
+
+pub fn a_frame_larger_than_a_block_is_read_whole(log: Arc<dyn EventLog>) {
+    let sid = session("s");
+    log.create(&sid).unwrap();
+    let sizes = [100, 300 * 1024, 50, 70, 600 * 1024, 10, 256 * 1024, 20];
+    let mut cursor = 0;
+    for (n, size) in (1..).zip(sizes) {
+        log.append(&sid, &sized_draft(n, size)).unwrap();
+        if n == 3 {
+            // A live reader in the middle, too.
+            while let Some((last, chunk)) = log.read_chunk_after(&sid, cursor, ALL).unwrap() {
+                assert_frames(&chunk, cursor, last);
+                cursor = last;
+            }
+        }
+    }
+    assert_eq!(cursor, 3);
+    let all = joined_entries(log.as_ref(), &sid, 0);
+    assert!(all.len() > 1_150_000);
+    for limit in LIMITS {
+        assert_eq!(replay(log.as_ref(), &sid, 0, limit).0, all, "{limit:?}");
+    }
+    // A small byte limit still returns the large frame, alone and whole.
+    let (last, chunk) = log.read_chunk_after(&sid, 1, LIMITS[2]).unwrap().unwrap();
+    assert_eq!(last, 2);
+    assert_frames(&chunk, 1, 2);
+    let big = log.read_after(&sid, 4, LIMITS[2]).unwrap();
+    assert_eq!(big.len(), 1);
+    assert_eq!(big[0].seq, 5);
+    assert!(big[0].frame.len() > 600 * 1024);
+    assert_eq!(
+        big[0].to_draft().unwrap().payload,
+        sized_draft(5, 600 * 1024).payload
+    );
+}
+
 /// A backend under test: the log, and how to wait until its writes are
 /// visible (durable backends show events only once committed).
 struct Settling {
@@ -286,6 +524,17 @@ impl EventLog for Settling {
         limit: ReadLimit,
     ) -> Result<Vec<LogEntry>, EventLogError> {
         self.log.read_after(session_id, after, limit)
+    }
+
+    /// Forwarded, so the suite checks the backend's own chunking rather
+    /// than the trait's default.
+    fn read_chunk_after(
+        &self,
+        session_id: &SessionId,
+        after: u64,
+        limit: ReadLimit,
+    ) -> Result<Option<(u64, bytes::Bytes)>, EventLogError> {
+        self.log.read_chunk_after(session_id, after, limit)
     }
 
     fn bounds(&self, session_id: &SessionId) -> Result<LogBounds, EventLogError> {
@@ -517,6 +766,26 @@ macro_rules! backend_conformance {
             #[test]
             fn release_frees_acknowledged_events() {
                 super::release_frees_acknowledged_events(unlimited());
+            }
+
+            #[test]
+            fn reads_across_many_blocks_return_exactly_the_frames() {
+                super::reads_across_many_blocks_return_exactly_the_frames(unlimited());
+            }
+
+            #[test]
+            fn live_reads_then_a_full_replay_give_the_same_bytes() {
+                super::live_reads_then_a_full_replay_give_the_same_bytes(unlimited());
+            }
+
+            #[test]
+            fn eviction_across_blocks_keeps_reads_correct() {
+                super::eviction_across_blocks_keeps_reads_correct(make);
+            }
+
+            #[test]
+            fn a_frame_larger_than_a_block_is_read_whole() {
+                super::a_frame_larger_than_a_block_is_read_whole(unlimited());
             }
 
             #[test]
