@@ -36,12 +36,12 @@ struct Measured {
 }
 
 fn draft(n: u64, text: &str) -> EventDraft {
-    EventDraft {
-        message_type: "job.event",
-        job_id: JobId::from_client("job_bench"),
-        trace_id: None,
-        payload: json!({"kind": "progress", "body": {"current": n, "data": text}}),
-    }
+    EventDraft::new(
+        "job.event",
+        JobId::from_client("job_bench"),
+        None,
+        json!({"kind": "progress", "body": {"current": n, "data": text}}),
+    )
 }
 
 /// How many times each replay runs; the median time is reported.

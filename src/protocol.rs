@@ -183,6 +183,65 @@ impl<'a> Envelope<'a> {
     }
 }
 
+/// The fields of a job event's envelope that do not depend on the session it
+/// is delivered in, as the end of a JSON object: `"trace_id":…,"job_id":…,
+/// "payload":…}`. [`job_envelope_head`] writes the rest before it.
+pub fn job_envelope_tail(trace_id: Option<&str>, job_id: &JobId, payload: &Value) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Tail<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        trace_id: Option<&'a str>,
+        job_id: &'a JobId,
+        payload: &'a Value,
+    }
+    let mut json = serde_json::to_vec(&Tail {
+        trace_id,
+        job_id,
+        payload,
+    })
+    .unwrap_or_else(|_| br#"{"payload":null}"#.to_vec());
+    // Drop the opening brace; the head supplies it.
+    json.remove(0);
+    json
+}
+
+/// The session-specific start of a job event's envelope (§5), up to and
+/// including the comma before [`job_envelope_tail`]:
+/// `{"arcp":"1.1","id":…,"type":…,"session_id":…,"event_seq":…,`.
+pub fn job_envelope_head(
+    out: &mut Vec<u8>,
+    message_type: &str,
+    session_id: &SessionId,
+    event_seq: EventSeq,
+) {
+    #[derive(Serialize)]
+    struct Head<'a> {
+        arcp: &'static str,
+        id: MessageId,
+        #[serde(rename = "type")]
+        message_type: &'a str,
+        session_id: &'a SessionId,
+        event_seq: EventSeq,
+    }
+    let head = Head {
+        arcp: ARCP_VERSION,
+        id: MessageId::generate(),
+        message_type,
+        session_id,
+        event_seq,
+    };
+    let start = out.len();
+    if serde_json::to_writer(&mut *out, &head).is_err() {
+        out.truncate(start);
+        out.push(b'{');
+        return;
+    }
+    // Turn the closing brace into the comma before the tail.
+    if let Some(last) = out.last_mut() {
+        *last = b',';
+    }
+}
+
 /// Now, as an RFC 3339 UTC timestamp with millisecond precision.
 pub fn now_rfc3339() -> String {
     format_rfc3339(OffsetDateTime::now_utc())

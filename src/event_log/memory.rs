@@ -700,12 +700,12 @@ mod tests {
     }
 
     fn draft(len: usize) -> EventDraft {
-        EventDraft {
-            message_type: "job.event",
-            job_id: JobId::from_client("job_1"),
-            trace_id: None,
-            payload: serde_json::json!({ "len": len }),
-        }
+        EventDraft::new(
+            "job.event",
+            JobId::from_client("job_1"),
+            None,
+            serde_json::json!({ "len": len }),
+        )
     }
 
     const ALL: ReadLimit = ReadLimit {

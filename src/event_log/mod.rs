@@ -14,6 +14,8 @@
 pub mod memory;
 pub mod sqlite;
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -30,6 +32,40 @@ pub struct EventDraft {
     pub job_id: JobId,
     pub trace_id: Option<String>,
     pub payload: Value,
+    /// The part of the envelope JSON that is the same in every session,
+    /// serialized on first use. A job's event goes to its own session and to
+    /// every subscribed one (§7.6), each with its own `session_id` and
+    /// `event_seq`; the payload is serialized once, not once per session.
+    shared_envelope: OnceLock<Bytes>,
+}
+
+impl EventDraft {
+    pub fn new(
+        message_type: &'static str,
+        job_id: JobId,
+        trace_id: Option<String>,
+        payload: Value,
+    ) -> Self {
+        EventDraft {
+            message_type,
+            job_id,
+            trace_id,
+            payload,
+            shared_envelope: OnceLock::new(),
+        }
+    }
+
+    /// The session-independent end of this event's envelope
+    /// ([`crate::protocol::job_envelope_tail`]), serialized once.
+    pub fn shared_envelope(&self) -> &Bytes {
+        self.shared_envelope.get_or_init(|| {
+            Bytes::from(crate::protocol::job_envelope_tail(
+                self.trace_id.as_deref(),
+                &self.job_id,
+                &self.payload,
+            ))
+        })
+    }
 }
 
 /// The bytes a reader writes for one event, and where inside them the
@@ -71,15 +107,17 @@ impl LogEntry {
             "job.error" => "job.error",
             _ => return None,
         };
-        Some(EventDraft {
+        let trace_id = envelope
+            .get("trace_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let payload = envelope.get("payload")?.clone();
+        Some(EventDraft::new(
             message_type,
-            job_id: self.job_id.clone(),
-            trace_id: envelope
-                .get("trace_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            payload: envelope.get("payload")?.clone(),
-        })
+            self.job_id.clone(),
+            trace_id,
+            payload,
+        ))
     }
 }
 

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event_log::{EncodedFrame, EventDraft, EventLog, ReadLimit};
 use crate::ids::{EventSeq, SessionId};
-use crate::protocol::Envelope;
+use crate::protocol::{job_envelope_head, Envelope};
 use crate::session::{Session, StreamId};
 
 /// A keepalive comment (§6.4 heartbeats are not events and use no seq).
@@ -50,25 +50,25 @@ pub const STREAM_READ_LIMIT: ReadLimit = ReadLimit {
     max_bytes: 512 * 1024,
 };
 
-/// The [`crate::event_log::FrameEncoder`] for job events.
+/// The [`crate::event_log::FrameEncoder`] for job events. The session's own
+/// envelope fields are written here; the rest (payload included) is the
+/// draft's shared serialization, copied, so fanning one event out to many
+/// sessions serializes its payload once.
 pub fn encode_job_event(session_id: &SessionId, seq: EventSeq, draft: &EventDraft) -> EncodedFrame {
-    let mut envelope = Envelope::new(draft.message_type, session_id, &draft.payload);
-    envelope.job_id = Some(&draft.job_id);
-    envelope.trace_id = draft.trace_id.as_deref();
-    envelope.event_seq = Some(seq);
-    let data = envelope.to_json_bytes();
-    let mut frame = BytesMut::with_capacity(data.len() + draft.message_type.len() + 40);
+    let shared = draft.shared_envelope();
+    let mut frame = Vec::with_capacity(shared.len() + 160);
     frame.extend_from_slice(b"id: ");
     frame.extend_from_slice(seq.to_string().as_bytes());
     frame.extend_from_slice(b"\nevent: ");
     frame.extend_from_slice(draft.message_type.as_bytes());
     frame.extend_from_slice(b"\ndata: ");
     let start = frame.len();
-    frame.extend_from_slice(&data);
+    job_envelope_head(&mut frame, draft.message_type, session_id, seq);
+    frame.extend_from_slice(shared);
     let envelope = start..frame.len();
     frame.extend_from_slice(b"\n\n");
     EncodedFrame {
-        frame: frame.freeze(),
+        frame: Bytes::from(frame),
         envelope,
     }
 }
@@ -477,16 +477,38 @@ mod tests {
         })
     }
 
+    #[test]
+    fn one_draft_fans_out_with_each_sessions_own_envelope_fields() {
+        let draft = EventDraft::new(
+            "job.result",
+            JobId::from_client("job_f"),
+            None,
+            json!({"final_status": "success", "result": {"text": "a\nb"}}),
+        );
+        let mut ids = std::collections::HashSet::new();
+        for (n, session) in ["sess_a", "sess_b", "sess_c"].into_iter().enumerate() {
+            let seq = 10 + n as u64;
+            let encoded = encode_job_event(&SessionId::from_client(session), seq, &draft);
+            let envelope: Value =
+                serde_json::from_slice(&encoded.frame[encoded.envelope.clone()]).unwrap();
+            assert_eq!(envelope["session_id"], json!(session));
+            assert_eq!(envelope["event_seq"], json!(seq));
+            assert_eq!(envelope["type"], json!("job.result"));
+            assert_eq!(envelope["job_id"], json!("job_f"));
+            assert_eq!(envelope["payload"], draft.payload);
+            assert!(envelope.get("trace_id").is_none());
+            assert!(
+                ids.insert(envelope["id"].as_str().unwrap().to_owned()),
+                "message ids differ"
+            );
+        }
+    }
+
     proptest! {
         #[test]
         fn job_event_frames_parse_back_to_one_event(payload in arbitrary_json(), seq in 1u64..u64::MAX) {
             let session_id = SessionId::from_client("sess_x");
-            let draft = EventDraft {
-                message_type: "job.event",
-                job_id: JobId::from_client("job_y"),
-                trace_id: Some("trace".into()),
-                payload: payload.clone(),
-            };
+            let draft = EventDraft::new("job.event", JobId::from_client("job_y"), Some("trace".into()), payload.clone());
             let encoded = encode_job_event(&session_id, seq, &draft);
             let text = std::str::from_utf8(&encoded.frame).unwrap();
             let entry = LogEntry { seq, job_id: draft.job_id.clone(), frame: encoded.frame.clone(), envelope: encoded.envelope };

@@ -587,12 +587,12 @@ impl Job {
     }
 
     fn append(&self, state: &mut JobState, message_type: &'static str, payload: Value) -> EventSeq {
-        let draft = EventDraft {
+        let draft = EventDraft::new(
             message_type,
-            job_id: self.spec.id.clone(),
-            trace_id: Some(self.spec.trace_id.clone()),
+            self.spec.id.clone(),
+            Some(self.spec.trace_id.clone()),
             payload,
-        };
+        );
         // A session whose window passed has no log any more; the job still
         // runs to its end, but nobody can resume to see it.
         if let Ok(seq) = self.log.append(&self.spec.session_id, &draft) {
@@ -625,12 +625,12 @@ impl Job {
                 "message": format!("consumer is {lag} events behind its last acknowledgement"),
             },
         });
-        let draft = EventDraft {
-            message_type: "job.event",
-            job_id: self.spec.id.clone(),
-            trace_id: Some(self.spec.trace_id.clone()),
+        let draft = EventDraft::new(
+            "job.event",
+            self.spec.id.clone(),
+            Some(self.spec.trace_id.clone()),
             payload,
-        };
+        );
         let _ = self.log.append(&session.id, &draft);
     }
 

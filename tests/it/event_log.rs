@@ -19,12 +19,12 @@ const ALL: ReadLimit = ReadLimit {
 };
 
 fn draft(n: u64) -> EventDraft {
-    EventDraft {
-        message_type: "job.event",
-        job_id: JobId::from_client("job_1"),
-        trace_id: None,
-        payload: json!({"kind": "progress", "body": {"current": n}}),
-    }
+    EventDraft::new(
+        "job.event",
+        JobId::from_client("job_1"),
+        None,
+        json!({"kind": "progress", "body": {"current": n}}),
+    )
 }
 
 fn session(name: &str) -> SessionId {
@@ -282,12 +282,12 @@ const LIMITS: [ReadLimit; 5] = [
 
 /// A draft whose payload carries `len` bytes of text.
 fn sized_draft(n: u64, len: usize) -> EventDraft {
-    EventDraft {
-        message_type: "job.event",
-        job_id: JobId::from_client("job_1"),
-        trace_id: None,
-        payload: json!({"kind": "progress", "body": {"current": n, "data": "x".repeat(len)}}),
-    }
+    EventDraft::new(
+        "job.event",
+        JobId::from_client("job_1"),
+        None,
+        json!({"kind": "progress", "body": {"current": n, "data": "x".repeat(len)}}),
+    )
 }
 
 /// Checks that `bytes` are exactly the whole frames of events `after + 1
