@@ -15,11 +15,12 @@
 //! connection's own task straight from the session's log: no per-connection
 //! buffers, no pump task, no channel, one wake-up per event.
 //!
-//! Sniffing only *peeks* at the socket. Anything this path does not fully
-//! handle (HTTP/2, any other route or method, a request with a body, a head
-//! split across packets or over 8 KiB, a malformed head) is handed to hyper
-//! untouched, so hyper's behaviour and error answers stay the rule; this path
-//! is the exception for one well-understood request shape.
+//! Sniffing only *peeks* at the socket (re-peeking every 2 ms while a head
+//! arrives in pieces). Anything this path does not fully handle (HTTP/2, any
+//! other route or method, a request with a body, a head over 8 KiB or not
+//! complete within 10 s, a malformed head) is handed to hyper untouched, so
+//! hyper's behaviour and error answers stay the rule; this path is the
+//! exception for one well-understood request shape.
 //!
 //! Responses are HTTP/1.1 with chunked transfer coding (RFC 9112 §7.1), so
 //! the connection can carry further requests once a stream ends on purpose;

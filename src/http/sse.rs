@@ -1,4 +1,4 @@
-//! Server-Sent Events: frame encoding and the per-stream pump.
+//! Server-Sent Events: frame encoding and the attached stream.
 //!
 //! A job event is one SSE event, `id: <event_seq>`, `event: <type>`,
 //! `data: <envelope JSON on one line>`. The frame is encoded once, when the
@@ -6,9 +6,11 @@
 //! events (`session.welcome`) carry no `id:` so they never move a browser's
 //! `Last-Event-ID`. Keepalives are comments.
 //!
-//! Each stream is one task that reads the session's log from its cursor and
-//! pushes coalesced chunks into a small bounded channel that the response
-//! body drains; a slow client therefore holds at most a few chunks in memory.
+//! An [`EventStream`] reads the session's log from its cursor in coalesced
+//! chunks and yields them to its writer: the connection's own task on the
+//! HTTP/1.1 fast path (`h1_stream.rs`), or, under hyper, a pump task feeding
+//! a small bounded channel that [`SseBody`] drains. Either way a slow client
+//! holds at most a few chunks in memory.
 
 use std::convert::Infallible;
 use std::pin::Pin;

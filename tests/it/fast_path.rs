@@ -239,12 +239,13 @@ async fn a_request_pipelined_behind_a_stream_is_answered_after_it() {
 }
 
 #[tokio::test]
-async fn heads_the_fast_path_leaves_to_hyper_still_stream() {
+async fn oversized_and_split_heads_still_stream() {
     let server = TestServer::start();
     let session = server.create_session(ALICE_TOKEN).await;
     // Over 8 KiB of head: too big to sniff, so hyper serves it.
     let padding = format!("X-Padding: {}\r\n", "p".repeat(9000));
-    // Split across two writes: the sniffer waits for the rest.
+    // Split across two writes: the sniffer re-peeks until the head is whole
+    // and serves it on the fast path.
     let request = stream_request(&session.session_id, "HTTP/1.1", "");
     let (first, second) = request.split_at(20);
     for (name, parts) in [
