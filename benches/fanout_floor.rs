@@ -12,7 +12,9 @@
 //! Run: `cargo bench --bench fanout_floor` (options after `--`:
 //! `--subscribers N` to measure one count, default 100 and 1,000).
 //! Prints p50/p99/max emit-to-client latency at 10,000 deliveries per
-//! second in total, as in the gateway bench. It asserts nothing.
+//! second in total, as in the gateway bench, and how long one writer
+//! thread's sends to its share of the sockets took per event (the kernel's
+//! cost alone). It asserts nothing.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -62,6 +64,7 @@ fn serve(subscribers: usize) {
         .map(|mut group| {
             let barrier = barrier.clone();
             std::thread::spawn(move || {
+                let mut bursts = Vec::with_capacity(events as usize);
                 let start = std::time::Instant::now() + Duration::from_millis(500);
                 for seq in 1..=events {
                     let due = start + Duration::from_nanos(seq * 1_000_000_000 / rate);
@@ -72,34 +75,43 @@ fn serve(subscribers: usize) {
                         now_ns(),
                         "x".repeat(64)
                     );
+                    let burst = std::time::Instant::now();
                     for socket in &mut group {
                         if socket.write_all(frame.as_bytes()).is_err() {
-                            return;
+                            return bursts;
                         }
                     }
+                    bursts.push(burst.elapsed().as_nanos() as u64);
                 }
+                bursts
             })
         })
         .collect();
-    for writer in writers {
-        let _ = writer.join();
-    }
+    // How long one thread's writes to its share of the sockets took, per
+    // event: the kernel's cost of the sends alone.
+    let mut bursts: Vec<u64> = writers
+        .into_iter()
+        .flat_map(|writer| writer.join().unwrap_or_default())
+        .collect();
+    bursts.sort_unstable();
+    println!(
+        "{:.2} {:.2}",
+        percentile_ms(&bursts, 0.5),
+        percentile_ms(&bursts, 0.99)
+    );
 }
 
 /// Connects `subscribers` clients, one tokio task each, and collects every
 /// frame's latency.
-async fn measure(subscribers: usize) -> Vec<u64> {
+async fn measure(subscribers: usize) -> (Vec<u64>, String) {
     let mut server = Command::new(std::env::current_exe().expect("own path"))
         .args(["--serve", &subscribers.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the floor server");
+    let mut server_output = std::io::BufReader::new(server.stdout.take().expect("stdout"));
     let mut address = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().expect("stdout")),
-        &mut address,
-    )
-    .expect("server address");
+    std::io::BufRead::read_line(&mut server_output, &mut address).expect("server address");
     let address = address.trim().to_owned();
     let events = TOTAL_RATE / subscribers as u64 * SECONDS;
     let mut readers = Vec::with_capacity(subscribers);
@@ -144,8 +156,10 @@ async fn measure(subscribers: usize) -> Vec<u64> {
     for reader in readers {
         all.extend(reader.await.expect("reader"));
     }
+    let mut bursts = String::new();
+    let _ = std::io::BufRead::read_line(&mut server_output, &mut bursts);
     let _ = server.wait();
-    all
+    (all, bursts.trim().replace(' ', " ms / ") + " ms")
 }
 
 fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
@@ -181,13 +195,15 @@ fn main() {
         "raw-socket floor: {} writer threads, {TOTAL_RATE} deliveries/s in total, {SECONDS} s",
         cores()
     );
-    println!("| subscribers | frames | p50 | p99 | max |");
-    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| subscribers | frames | p50 | p99 | max | one thread's sends per event, p50 / p99 |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
     for subscribers in counts {
-        let mut latencies = runtime.block_on(measure(subscribers));
+        let (mut latencies, sends) = runtime.block_on(measure(subscribers));
         latencies.sort_unstable();
         println!(
-            "| {subscribers} | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            "| {subscribers} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {sends} |",
             latencies.len(),
             percentile_ms(&latencies, 0.5),
             percentile_ms(&latencies, 0.99),
