@@ -18,7 +18,8 @@
 //! Sniffing only *peeks* at the socket (re-peeking every 2 ms while a head
 //! arrives in pieces). Anything this path does not fully handle (HTTP/2, any
 //! other route or method, a request with a body, a head over 8 KiB or not
-//! complete within 10 s, a malformed head) is handed to hyper untouched, so
+//! complete within 100 ms of its first byte, a malformed head) is handed to
+//! hyper untouched, so
 //! hyper's behaviour and error answers stay the rule; this path is the
 //! exception for one well-understood request shape.
 //!
@@ -50,11 +51,15 @@ use crate::state::AppState;
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// How long a connection may take to show its first request head.
+/// How long a connection may stay silent before hyper takes it over.
 const SNIFF_WAIT: Duration = Duration::from_secs(10);
 
 /// Between peeks at a head that has not fully arrived.
 const SNIFF_RETRY: Duration = Duration::from_millis(2);
+
+/// How long a head may take to arrive in pieces before hyper takes it
+/// over, so a client that trickles bytes cannot keep this loop waking.
+const PARTIAL_HEAD_WAIT: Duration = Duration::from_millis(100);
 
 /// The largest request head this path parses; bigger ones go to hyper.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -90,6 +95,7 @@ pub async fn sniff(stream: &TcpStream, config: &Config) -> Opening {
         // On the heap and dropped before serving, so a long-lived
         // connection's task does not carry it.
         let mut seen = vec![0u8; MAX_HEAD_BYTES];
+        let mut give_up_at = None;
         loop {
             let read = match stream.peek(&mut seen).await {
                 Ok(0) | Err(_) => return Opening::Closed,
@@ -107,7 +113,13 @@ pub async fn sniff(stream: &TcpStream, config: &Config) -> Opening {
                     Head::Partial => {}
                 }
             }
-            // A prefix of the preface or of a head so far: wait for more.
+            // A prefix of the preface or of a head so far: wait for more,
+            // briefly.
+            let give_up_at =
+                *give_up_at.get_or_insert_with(|| tokio::time::Instant::now() + PARTIAL_HEAD_WAIT);
+            if tokio::time::Instant::now() >= give_up_at {
+                return Opening::Http1;
+            }
             tokio::time::sleep(SNIFF_RETRY).await;
         }
     };

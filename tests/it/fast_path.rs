@@ -239,26 +239,30 @@ async fn a_request_pipelined_behind_a_stream_is_answered_after_it() {
 }
 
 #[tokio::test]
-async fn oversized_and_split_heads_still_stream() {
+async fn oversized_split_and_trickled_heads_still_stream() {
     let server = TestServer::start();
     let session = server.create_session(ALICE_TOKEN).await;
+    let request = stream_request(&session.session_id, "HTTP/1.1", "");
     // Over 8 KiB of head: too big to sniff, so hyper serves it.
     let padding = format!("X-Padding: {}\r\n", "p".repeat(9000));
+    let big = vec![stream_request(&session.session_id, "HTTP/1.1", &padding)];
     // Split across two writes: the sniffer re-peeks until the head is whole
     // and serves it on the fast path.
-    let request = stream_request(&session.session_id, "HTTP/1.1", "");
-    let (first, second) = request.split_at(20);
-    for (name, parts) in [
-        (
-            "big head",
-            vec![stream_request(&session.session_id, "HTTP/1.1", &padding)],
-        ),
-        ("split head", vec![first.to_owned(), second.to_owned()]),
+    let (first, rest) = request.split_at(20);
+    let split = vec![first.to_owned(), rest.to_owned()];
+    // Trickled over more than 100 ms: the sniffer stops waiting and hyper
+    // reads the rest.
+    let (second, third) = rest.split_at(20);
+    let trickled = vec![first.to_owned(), second.to_owned(), third.to_owned()];
+    for (name, parts, pause) in [
+        ("big head", big, 0),
+        ("split head", split, 30),
+        ("trickled head", trickled, 80),
     ] {
         let mut connection = TcpStream::connect(server.address).await.unwrap();
         for part in parts {
             connection.write_all(part.as_bytes()).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         let mut buffer = Vec::new();
         within(name, async {
