@@ -251,12 +251,7 @@ impl EventStream {
     /// so a client that stopped reading cannot hold a stream open.
     pub async fn interrupted(&mut self) -> Stop {
         let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
-        tokio::select! {
-            biased;
-            () = self.shutdown.cancelled() => Stop::Shutdown,
-            () = replaced(&mut self.attached, self.stream_id) => Stop::Replaced,
-            () = expired(deadline) => Stop::MaxDuration,
-        }
+        gateway_stop(&self.shutdown, &mut self.attached, self.stream_id, deadline).await
     }
 
     async fn wait_for_chunk(&mut self) -> Result<Bytes, Stop> {
@@ -285,9 +280,7 @@ impl EventStream {
             let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
-                () = replaced(&mut self.attached, self.stream_id) => return Err(Stop::Replaced),
-                () = expired(deadline) => return Err(Stop::MaxDuration),
+                stop = gateway_stop(&self.shutdown, &mut self.attached, self.stream_id, deadline) => return Err(stop),
                 changed = newest.changed() => if changed.is_err() { return Err(Stop::LogGone) },
                 _ = self.heartbeat.tick() => return Ok(heartbeat_chunk(&self.session)),
             }
@@ -326,6 +319,22 @@ impl EventStream {
 impl Drop for EventStream {
     fn drop(&mut self) {
         self.session.detach_stream(self.stream_id);
+    }
+}
+
+/// The gateway's own reasons to end a stream, whichever comes first: shutdown,
+/// a newer stream (or a close), the duration limit.
+async fn gateway_stop(
+    shutdown: &CancellationToken,
+    attached: &mut watch::Receiver<Option<StreamId>>,
+    stream_id: StreamId,
+    deadline: Option<Pin<&mut tokio::time::Sleep>>,
+) -> Stop {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => Stop::Shutdown,
+        () = replaced(attached, stream_id) => Stop::Replaced,
+        () = expired(deadline) => Stop::MaxDuration,
     }
 }
 
