@@ -27,7 +27,7 @@
 //! the connection can carry further requests once a stream ends on purpose;
 //! HTTP/1.0 clients get a close-delimited body (RFC 9112 §6.3).
 
-use std::io::IoSlice;
+use std::io::{IoSlice, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -400,9 +400,15 @@ async fn write_body(stream: &mut TcpStream, data: &Bytes, chunked: bool) -> std:
     if !chunked {
         return stream.write_all(data).await;
     }
-    let size_line = format!("{:x}\r\n", data.len());
+    // The size line, hex digits and CRLF, on the stack: at most 16 + 2 bytes.
+    let mut size_line = [0u8; 18];
+    let size_line_length = {
+        let mut cursor = std::io::Cursor::new(&mut size_line[..]);
+        write!(cursor, "{:x}\r\n", data.len())?;
+        cursor.position() as usize
+    };
     let mut slices = [
-        IoSlice::new(size_line.as_bytes()),
+        IoSlice::new(&size_line[..size_line_length]),
         IoSlice::new(data),
         IoSlice::new(b"\r\n"),
     ];

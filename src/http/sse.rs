@@ -13,6 +13,7 @@
 //! holds at most a few chunks in memory.
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -59,11 +60,8 @@ pub const STREAM_READ_LIMIT: ReadLimit = ReadLimit {
 pub fn encode_job_event(session_id: &SessionId, seq: EventSeq, draft: &EventDraft) -> EncodedFrame {
     let shared = draft.shared_envelope();
     let mut frame = Vec::with_capacity(shared.len() + 160);
-    frame.extend_from_slice(b"id: ");
-    frame.extend_from_slice(seq.to_string().as_bytes());
-    frame.extend_from_slice(b"\nevent: ");
-    frame.extend_from_slice(draft.message_type.as_bytes());
-    frame.extend_from_slice(b"\ndata: ");
+    // Writing to a `Vec` cannot fail.
+    let _ = write!(frame, "id: {seq}\nevent: {}\ndata: ", draft.message_type);
     let start = frame.len();
     job_envelope_head(&mut frame, draft.message_type, session_id, seq);
     frame.extend_from_slice(shared);
