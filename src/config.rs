@@ -166,6 +166,33 @@ pub struct RawArgs {
     /// A TOML file of external agents (commands or HTTP upstreams) to serve beside the built-in ones.
     #[arg(long = "agents", env = "ARCP_GATEWAY_AGENTS")]
     pub agents: Option<std::path::PathBuf>,
+
+    /// Time a client has to send a complete request head, from its connection (or, on a kept-alive
+    /// connection, from the head's first byte); then 408 and close.
+    #[arg(long, env = "ARCP_GATEWAY_HEADER_TIMEOUT_SEC", default_value_t = 10)]
+    pub header_timeout_sec: u64,
+
+    /// How long a connection with no request in progress (no open stream either) stays open.
+    #[arg(long, env = "ARCP_GATEWAY_IDLE_TIMEOUT_SEC", default_value_t = 60)]
+    pub idle_timeout_sec: u64,
+
+    /// Time a request body has to arrive completely once its handler starts reading it; then 408.
+    #[arg(long, env = "ARCP_GATEWAY_BODY_TIMEOUT_SEC", default_value_t = 20)]
+    pub body_timeout_sec: u64,
+
+    /// Open connections the gateway serves at once; past it new ones get 503 and are closed.
+    /// Lowered at start-up to leave file descriptors in reserve below the open-file limit.
+    #[arg(long, env = "ARCP_GATEWAY_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
+    /// Open connections one client IP may hold (peers inside a --trusted-proxy network are exempt);
+    /// past it new ones get 429 and are closed. 0 disables the cap.
+    #[arg(
+        long,
+        env = "ARCP_GATEWAY_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 1_000
+    )]
+    pub max_connections_per_ip: usize,
 }
 
 /// Who may observe (list, subscribe to) a job besides its submitter (§14).
@@ -219,6 +246,20 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     /// External agents from `--agents` (tests set them directly).
     pub agents: Vec<crate::agents_file::AgentDefinition>,
+    /// Connection, head and body limits (docs/limits.md).
+    pub connections: ConnectionLimits,
+}
+
+/// Deadlines and caps on connections, request heads and request bodies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+    /// Before the start-up check against the open-file limit.
+    pub max_connections: usize,
+    /// `None` disables the per-IP cap.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -281,6 +322,13 @@ impl Config {
             max_stream_duration: Some(Duration::from_secs(300)),
             data_dir: None,
             agents: Vec::new(),
+            connections: ConnectionLimits {
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+                body_timeout: Duration::from_secs(20),
+                max_connections: 50_000,
+                max_connections_per_ip: Some(1_000),
+            },
         }
     }
 
@@ -421,6 +469,37 @@ impl Config {
             1,
             1_000_000,
         )? as usize;
+        config.connections = ConnectionLimits {
+            header_timeout: Duration::from_secs(within(
+                "header-timeout-sec",
+                raw.header_timeout_sec,
+                1,
+                3600,
+            )?),
+            idle_timeout: Duration::from_secs(within(
+                "idle-timeout-sec",
+                raw.idle_timeout_sec,
+                1,
+                86_400,
+            )?),
+            body_timeout: Duration::from_secs(within(
+                "body-timeout-sec",
+                raw.body_timeout_sec,
+                1,
+                3600,
+            )?),
+            max_connections: within("max-connections", raw.max_connections as u64, 1, 10_000_000)?
+                as usize,
+            max_connections_per_ip: match within(
+                "max-connections-per-ip",
+                raw.max_connections_per_ip as u64,
+                0,
+                10_000_000,
+            )? {
+                0 => None,
+                limit => Some(limit as usize),
+            },
+        };
         Ok(config)
     }
 }
@@ -582,5 +661,33 @@ mod tests {
         );
         let any = Config::from_raw(raw(&["--subscribe-policy", "any"])).unwrap();
         assert_eq!(any.subscribe_policy, SubscribePolicy::AnyPrincipal);
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_bounds() {
+        let defaults = Config::from_raw(raw(&[])).unwrap();
+        assert_eq!(defaults.connections, Config::development().connections);
+        let set = Config::from_raw(raw(&[
+            "--header-timeout-sec",
+            "3",
+            "--idle-timeout-sec",
+            "7",
+            "--body-timeout-sec",
+            "5",
+            "--max-connections",
+            "100",
+            "--max-connections-per-ip",
+            "0",
+        ]))
+        .unwrap()
+        .connections;
+        assert_eq!(set.header_timeout, Duration::from_secs(3));
+        assert_eq!(set.idle_timeout, Duration::from_secs(7));
+        assert_eq!(set.body_timeout, Duration::from_secs(5));
+        assert_eq!(set.max_connections, 100);
+        assert_eq!(set.max_connections_per_ip, None);
+        assert!(Config::from_raw(raw(&["--header-timeout-sec", "0"])).is_err());
+        assert!(Config::from_raw(raw(&["--body-timeout-sec", "0"])).is_err());
+        assert!(Config::from_raw(raw(&["--max-connections", "0"])).is_err());
     }
 }

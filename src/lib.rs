@@ -9,6 +9,7 @@
 pub mod agents_file;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod event_log;
 pub mod http;
 pub mod ids;

@@ -1,12 +1,13 @@
-//! Request and response bodies: bounded JSON reading, JSON responses, and the
+//! Request and response bodies: bounded, deadlined JSON reading, JSON responses, and the
 //! boxed body type every handler returns.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
@@ -20,29 +21,59 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
     Full::new(bytes.into()).boxed()
 }
 
-/// Reads the whole body, refusing more than `limit` bytes, and parses it as
-/// JSON. An empty body reads as `null`.
-pub async fn read_json(body: Incoming, limit: usize) -> Result<Value, ApiError> {
-    let collected = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) => {
-            if error
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return Err(ApiError::BodyTooLarge { limit });
-            }
-            return Err(ApiError::InvalidRequest(
-                "could not read the request body".into(),
-            ));
-        }
-    };
+/// Reads the whole body, refusing more than `limit` bytes or taking longer
+/// than `deadline`, and parses it as JSON. An empty body reads as `null`.
+pub async fn read_json(
+    body: Incoming,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Value, ApiError> {
+    let collected = read_body_bytes(body, limit, deadline).await?;
     if collected.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
     serde_json::from_slice(&collected).map_err(|error| {
         ApiError::InvalidRequest(format!("request body is not valid JSON: {error}"))
     })
+}
+
+/// Reads a whole request body into one buffer of at most `limit` bytes,
+/// within `deadline` from now.
+///
+/// A body announcing more than `limit` (its `Content-Length`) is refused
+/// before anything is read. Each received frame is copied and dropped at
+/// once: keeping frames would keep the connection's read buffer they were
+/// cut from, several KiB for a frame of one byte.
+pub async fn read_body_bytes(
+    body: impl Body<Data = Bytes, Error = hyper::Error>,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Vec<u8>, ApiError> {
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let deadline = tokio::time::Instant::now() + deadline;
+    let mut body = std::pin::pin!(body);
+    let mut collected = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(ApiError::BodyTimeout),
+            Ok(None) => return Ok(collected),
+            Ok(Some(Err(_))) => {
+                return Err(ApiError::InvalidRequest(
+                    "could not read the request body".into(),
+                ))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if collected.len() + data.len() > limit {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        collected.extend_from_slice(&data);
+    }
 }
 
 pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response<ResponseBody> {

@@ -40,6 +40,22 @@ pub enum ApiError {
     MethodNotAllowed {
         allowed: Vec<&'static str>,
     },
+    /// A request head the HTTP/1 parser refuses (RFC 9112 §2.2, §3, §5).
+    MalformedHead(String),
+    /// A request head over the size or field-count limit.
+    HeadTooLarge {
+        limit: usize,
+    },
+    /// The request head did not arrive within the header timeout.
+    HeadTimeout,
+    /// The request body did not arrive within the body timeout.
+    BodyTimeout,
+    /// The gateway holds its cap of open connections.
+    TooManyConnections,
+    /// This client address holds its cap of open connections.
+    TooManyConnectionsFromPeer {
+        limit: usize,
+    },
 }
 
 impl ApiError {
@@ -57,9 +73,13 @@ impl ApiError {
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::DuplicateKey | ApiError::JobAlreadyTerminal { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::TooManySessions { .. } | ApiError::TooManyJobs { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::TooManySessions { .. }
+            | ApiError::TooManyJobs { .. }
+            | ApiError::TooManyConnectionsFromPeer { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::MalformedHead(_) => StatusCode::BAD_REQUEST,
+            ApiError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::HeadTimeout | ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -68,7 +88,14 @@ impl ApiError {
             ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             ApiError::PermissionDenied(_)
             | ApiError::TooManySessions { .. }
-            | ApiError::TooManyJobs { .. } => ErrorCode::PermissionDenied,
+            | ApiError::TooManyJobs { .. }
+            | ApiError::TooManyConnectionsFromPeer { .. } => ErrorCode::PermissionDenied,
+            ApiError::MalformedHead(_)
+            | ApiError::HeadTooLarge { .. }
+            | ApiError::HeadTimeout
+            | ApiError::BodyTimeout => ErrorCode::InvalidRequest,
+            // §12: overload is a runtime condition the client may retry.
+            ApiError::TooManyConnections => ErrorCode::InternalError,
             ApiError::ResumeWindowExpired(_) => ErrorCode::ResumeWindowExpired,
             ApiError::InvalidRequest(_)
             | ApiError::BodyTooLarge { .. }
@@ -112,6 +139,31 @@ impl ApiError {
             ApiError::MethodNotAllowed { allowed } => {
                 format!("method not allowed; allowed: {}", allowed.join(", "))
             }
+            ApiError::MalformedHead(reason) => format!("malformed request head: {reason}"),
+            ApiError::HeadTooLarge { limit } => {
+                format!("request head exceeds {limit} bytes or too many header fields")
+            }
+            ApiError::HeadTimeout => "the request head did not arrive in time".into(),
+            ApiError::BodyTimeout => "the request body did not arrive in time".into(),
+            ApiError::TooManyConnections => {
+                "the gateway is at its connection limit; retry later".into()
+            }
+            ApiError::TooManyConnectionsFromPeer { limit } => {
+                format!("this client address already holds {limit} connections; close some first")
+            }
+        }
+    }
+
+    /// Whether retrying the same request later may succeed (§12).
+    fn retryable(&self) -> bool {
+        match self.code().forced_retryable() {
+            Some(forced) => forced,
+            None => matches!(
+                self,
+                ApiError::HeadTimeout
+                    | ApiError::BodyTimeout
+                    | ApiError::TooManyConnectionsFromPeer { .. }
+            ),
         }
     }
 
@@ -119,7 +171,7 @@ impl ApiError {
         ErrorPayload {
             code: self.code(),
             message: self.message(),
-            retryable: false,
+            retryable: self.retryable(),
         }
     }
 }

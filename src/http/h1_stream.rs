@@ -1,5 +1,4 @@
-//! The HTTP/1.1 fast path for event streams, and the protocol sniffing that
-//! chooses it.
+//! The HTTP/1.1 fast path for event streams ([`super::detect`] chooses it).
 //!
 //! Why it exists: an idle stream served by hyper's HTTP/1 connection costs
 //! about 11 KiB of resident memory, most of it two 8 KiB buffers (read and
@@ -9,19 +8,16 @@
 //! `cargo bench --bench gateway -- --only idle`; see docs/performance.md.)
 //!
 //! So when a connection opens with `GET <base>/v1/sessions/{id}/events`, the
-//! request head is parsed here with `httparse` (the parser hyper itself
-//! uses), answered by the same handler code as under hyper
+//! request head (read and parsed with `httparse`, the parser hyper itself
+//! uses, by [`super::detect`]) is answered by the same handler code as under hyper
 //! ([`super::answer_event_stream`]), and the stream is written by the
 //! connection's own task straight from the session's log: no per-connection
 //! buffers, no pump task, no channel, one wake-up per event.
 //!
-//! Sniffing only *peeks* at the socket (re-peeking every 2 ms while a head
-//! arrives in pieces). Anything this path does not fully handle (HTTP/2, any
-//! other route or method, a request with a body, a head over 8 KiB or not
-//! complete within 100 ms of its first byte, a malformed head) is handed to
-//! hyper untouched, so
-//! hyper's behaviour and error answers stay the rule; this path is the
-//! exception for one well-understood request shape.
+//! Anything this path does not fully handle (HTTP/2, any other route or
+//! method, a request with a body, bytes pipelined after the head) goes to
+//! hyper with the bytes already read, so hyper's behaviour stays the rule;
+//! this path is the exception for one well-understood request shape.
 //!
 //! Responses are HTTP/1.1 with chunked transfer coding (RFC 9112 §7.1), so
 //! the connection can carry further requests once a stream ends on purpose;
@@ -29,14 +25,13 @@
 
 use std::io::{IoSlice, Write};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::http::request::Parts;
 use hyper::{Method, Response, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::body::ResponseBody;
@@ -48,107 +43,27 @@ use crate::config::Config;
 use crate::ids::SessionId;
 use crate::state::AppState;
 
-/// The HTTP/2 client connection preface (RFC 9113 §3.4).
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// How long a connection may stay silent before hyper takes it over.
-const SNIFF_WAIT: Duration = Duration::from_secs(10);
-
-/// Between peeks at a head that has not fully arrived.
-const SNIFF_RETRY: Duration = Duration::from_millis(2);
-
-/// How long a head may take to arrive in pieces before hyper takes it
-/// over, so a client that trickles bytes cannot keep this loop waking.
-const PARTIAL_HEAD_WAIT: Duration = Duration::from_millis(100);
-
-/// The largest request head this path parses; bigger ones go to hyper.
-const MAX_HEAD_BYTES: usize = 8 * 1024;
-
-/// The most header fields this path parses; more go to hyper.
-const MAX_HEADER_FIELDS: usize = 64;
-
-/// How a connection opens.
-pub enum Opening {
-    /// The HTTP/2 preface (h2c with prior knowledge).
-    Http2,
-    /// An HTTP/1.x event-stream request this path serves (boxed: the
-    /// connection's task keeps only a pointer to it).
-    EventStream(Box<EventStreamRequest>),
-    /// Anything else: hyper's HTTP/1 server.
-    Http1,
-    /// Closed (or failed) before sending anything.
-    Closed,
-}
-
-/// A parsed `GET .../events` request head, still unread on the socket.
+/// A parsed `GET .../events` request head, already read from the socket.
 pub struct EventStreamRequest {
-    head_bytes: usize,
     parts: Parts,
     session_id: SessionId,
     keep_alive: bool,
     chunked: bool,
 }
 
-/// Peeks at a connection's first bytes and says who should serve it.
-pub async fn sniff(stream: &TcpStream, config: &Config) -> Opening {
-    let detect = async {
-        // On the heap and dropped before serving, so a long-lived
-        // connection's task does not carry it.
-        let mut seen = vec![0u8; MAX_HEAD_BYTES];
-        let mut give_up_at = None;
-        loop {
-            let read = match stream.peek(&mut seen).await {
-                Ok(0) | Err(_) => return Opening::Closed,
-                Ok(read) => read,
-            };
-            let bytes = &seen[..read];
-            if bytes.starts_with(HTTP2_PREFACE) {
-                return Opening::Http2;
-            }
-            if !HTTP2_PREFACE.starts_with(bytes) {
-                match parse_head(bytes, config) {
-                    Head::EventStream(request) => return Opening::EventStream(request),
-                    Head::Other => return Opening::Http1,
-                    Head::Partial if read == MAX_HEAD_BYTES => return Opening::Http1,
-                    Head::Partial => {}
-                }
-            }
-            // A prefix of the preface or of a head so far: wait for more,
-            // briefly.
-            let give_up_at =
-                *give_up_at.get_or_insert_with(|| tokio::time::Instant::now() + PARTIAL_HEAD_WAIT);
-            if tokio::time::Instant::now() >= give_up_at {
-                return Opening::Http1;
-            }
-            tokio::time::sleep(SNIFF_RETRY).await;
-        }
-    };
-    tokio::time::timeout(SNIFF_WAIT, detect)
-        .await
-        .unwrap_or(Opening::Http1)
-}
-
-enum Head {
-    EventStream(Box<EventStreamRequest>),
-    Partial,
-    Other,
-}
-
-fn parse_head(bytes: &[u8], config: &Config) -> Head {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
-    let mut request = httparse::Request::new(&mut fields);
-    let head_bytes = match request.parse(bytes) {
-        Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial) => return Head::Partial,
-        Err(_) => return Head::Other,
-    };
+/// The fast-path request for a complete, valid head ([`super::detect`]
+/// parsed it), or `None` when hyper should serve it.
+pub(super) fn event_stream_request(
+    request: &httparse::Request<'_, '_>,
+    config: &Config,
+) -> Option<Box<EventStreamRequest>> {
     if request.method != Some("GET") {
-        return Head::Other;
+        return None;
     }
     let version = match request.version {
         Some(1) => Version::HTTP_11,
         Some(0) => Version::HTTP_10,
-        _ => return Head::Other,
+        _ => return None,
     };
     let mut builder = hyper::Request::builder()
         .method(Method::GET)
@@ -157,10 +72,7 @@ fn parse_head(bytes: &[u8], config: &Config) -> Head {
     for field in request.headers.iter() {
         builder = builder.header(field.name, field.value);
     }
-    let Ok(built) = builder.body(()) else {
-        return Head::Other;
-    };
-    let (parts, ()) = built.into_parts();
+    let (parts, ()) = builder.body(()).ok()?.into_parts();
     // A GET with a body is legal but odd; hyper knows how to skip it.
     let has_body = parts.headers.contains_key(TRANSFER_ENCODING)
         || parts
@@ -169,17 +81,15 @@ fn parse_head(bytes: &[u8], config: &Config) -> Head {
             .iter()
             .any(|length| length.as_bytes() != b"0");
     if has_body {
-        return Head::Other;
+        return None;
     }
-    let Some(path) = strip_base_path(config, parts.uri.path()) else {
-        return Head::Other;
-    };
+    let path = strip_base_path(config, parts.uri.path())?;
     let session_id = match match_route(&Method::GET, path) {
         RouteMatch::Found {
             id: RouteId::SessionEvents,
             params,
         } => SessionId::from_client(params[0]),
-        _ => return Head::Other,
+        _ => return None,
     };
     let wants_close = parts.headers.get_all(CONNECTION).iter().any(|value| {
         value.to_str().is_ok_and(|text| {
@@ -188,8 +98,7 @@ fn parse_head(bytes: &[u8], config: &Config) -> Head {
         })
     });
     let chunked = version == Version::HTTP_11;
-    Head::EventStream(Box::new(EventStreamRequest {
-        head_bytes,
+    Some(Box::new(EventStreamRequest {
         parts,
         session_id,
         keep_alive: chunked && !wants_close,
@@ -206,16 +115,11 @@ pub async fn serve(
     request: Box<EventStreamRequest>,
     info: ConnectionInfo,
 ) -> Option<TcpStream> {
-    // The head is already in the socket's queue (it was peeked): consume it.
-    let mut head = vec![0u8; request.head_bytes];
-    stream.read_exact(&mut head).await.ok()?;
-    drop(head);
     let EventStreamRequest {
         mut parts,
         session_id,
         keep_alive,
         chunked,
-        ..
     } = *request;
     parts.extensions.insert(info);
     match answer_event_stream(&state, &parts, &session_id).await {
@@ -288,7 +192,7 @@ fn http_date() -> String {
 }
 
 /// Writes a complete (non-stream) response, such as an ARCP error.
-async fn write_full_response(
+pub(super) async fn write_full_response(
     stream: &mut TcpStream,
     response: Response<ResponseBody>,
     keep_alive: bool,
@@ -431,11 +335,17 @@ mod tests {
         Config::development()
     }
 
-    fn parsed(head: &str) -> Option<Box<EventStreamRequest>> {
-        match parse_head(head.as_bytes(), &config()) {
-            Head::EventStream(request) => Some(request),
+    fn parse(head: &str, config: &Config) -> Option<Box<EventStreamRequest>> {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut request = httparse::Request::new(&mut fields);
+        match request.parse(head.as_bytes()) {
+            Ok(httparse::Status::Complete(_)) => event_stream_request(&request, config),
             _ => None,
         }
+    }
+
+    fn parsed(head: &str) -> Option<Box<EventStreamRequest>> {
+        parse(head, &config())
     }
 
     #[test]
@@ -443,7 +353,6 @@ mod tests {
         let head =
             "GET /v1/sessions/sess_a/events?x=1 HTTP/1.1\r\nHost: h\r\nLast-Event-ID: 7\r\n\r\n";
         let request = parsed(head).expect("fast path");
-        assert_eq!(request.head_bytes, head.len());
         assert_eq!(request.session_id.as_str(), "sess_a");
         assert!(request.keep_alive && request.chunked);
         assert_eq!(request.parts.headers["last-event-id"], "7");
@@ -466,20 +375,11 @@ mod tests {
             "POST /v1/sessions/s/events HTTP/1.1\r\n\r\n",
             "GET /v1/sessions/s HTTP/1.1\r\n\r\n",
             "GET /healthz HTTP/1.1\r\n\r\n",
-            "GET /v1/sessions/s/events HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            "GET /v1/sessions/s/events HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
             "GET /v1/sessions/s/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET /v1/sessions/s/events HTTP/1.1\r\nBad Header\r\n\r\n",
-            "NONSENSE\r\n\r\n",
         ] {
-            assert!(
-                matches!(parse_head(head.as_bytes(), &config()), Head::Other),
-                "{head:?}"
-            );
+            assert!(parsed(head).is_none(), "{head:?}");
         }
-        assert!(matches!(
-            parse_head(b"GET /v1/sessions/s/events HTTP/1.1\r\nHost:", &config()),
-            Head::Partial
-        ));
     }
 
     #[test]
@@ -487,15 +387,9 @@ mod tests {
         let mut config = config();
         config.base_path = "/arcp".into();
         let inside = "GET /arcp/v1/sessions/s/events HTTP/1.1\r\n\r\n";
-        assert!(matches!(
-            parse_head(inside.as_bytes(), &config),
-            Head::EventStream(_)
-        ));
+        assert!(parse(inside, &config).is_some());
         let outside = "GET /v1/sessions/s/events HTTP/1.1\r\n\r\n";
-        assert!(matches!(
-            parse_head(outside.as_bytes(), &config),
-            Head::Other
-        ));
+        assert!(parse(outside, &config).is_none());
     }
 
     #[test]

@@ -81,7 +81,12 @@ pub(super) async fn read_payload<T: for<'de> Deserialize<'de>>(
     body: Incoming,
     expected_type: &str,
 ) -> Result<(T, Option<String>), ApiError> {
-    let body = read_json(body, state.config.max_body_bytes).await?;
+    let body = read_json(
+        body,
+        state.config.max_body_bytes,
+        state.config.connections.body_timeout,
+    )
+    .await?;
     let (payload, trace_id) = unwrap_envelope(body, expected_type)?;
     let parsed = parse_payload(payload, &format!("{expected_type} payload"))?;
     Ok((parsed, trace_id))
@@ -193,9 +198,21 @@ pub async fn create_session(
     parts: &Parts,
     body: Incoming,
 ) -> Result<Response<ResponseBody>, ApiError> {
+    // A token in `Authorization` is checked before the body is read, so an
+    // unauthenticated client cannot make the gateway wait for a body; only a
+    // hello carrying its token in the payload (§6.1) needs the body first.
+    let header_principal = match bearer_token(parts)? {
+        Some(_) => Some(authenticate_api_token(state, parts, None)?),
+        None => None,
+    };
     let (hello, _): (HelloPayload, _) = read_payload(state, body, "session.hello").await?;
-    let payload_token = hello.auth.as_ref().and_then(|auth| auth.token.as_deref());
-    let principal = authenticate_api_token(state, parts, payload_token)?;
+    let principal = match header_principal {
+        Some(principal) => principal,
+        None => {
+            let payload_token = hello.auth.as_ref().and_then(|auth| auth.token.as_deref());
+            authenticate_api_token(state, parts, payload_token)?
+        }
+    };
 
     let capabilities = hello.capabilities.unwrap_or(HelloCapabilities {
         encodings: None,
@@ -314,8 +331,18 @@ pub async fn resume_session(
     parts: &Parts,
     body: Incoming,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (resume, _): (ResumePayload, _) = read_payload(state, body, "session.resume").await?;
     let bearer = bearer_token(parts)?;
+    // An api token in `Authorization` is checked before the body is read.
+    let api_principal = match bearer {
+        Some(token) if !is_resume_token(token) => Some(
+            state
+                .api_tokens
+                .authenticate(token)
+                .ok_or_else(|| ApiError::Unauthenticated("unknown api token".into()))?,
+        ),
+        _ => None,
+    };
+    let (resume, _): (ResumePayload, _) = read_payload(state, body, "session.resume").await?;
     let presented_token = match (&resume.resume_token, bearer) {
         (Some(token), _) => token.as_str(),
         (None, Some(token)) if is_resume_token(token) => token,
@@ -329,17 +356,11 @@ pub async fn resume_session(
         .token_keys
         .verify(presented_token, now_unix())
         .map_err(token_error)?;
-    if let Some(token) = bearer {
-        if !is_resume_token(token) {
-            let principal = state
-                .api_tokens
-                .authenticate(token)
-                .ok_or_else(|| ApiError::Unauthenticated("unknown api token".into()))?;
-            if principal != claims.principal {
-                return Err(ApiError::PermissionDenied(
-                    "the resume token belongs to a different principal than the api token".into(),
-                ));
-            }
+    if let Some(principal) = api_principal {
+        if principal != claims.principal {
+            return Err(ApiError::PermissionDenied(
+                "the resume token belongs to a different principal than the api token".into(),
+            ));
         }
     }
     let session_id = claims.session_id.clone();

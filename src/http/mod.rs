@@ -5,6 +5,7 @@ pub mod assets;
 pub mod body;
 pub mod browser;
 pub mod credentials;
+pub mod detect;
 pub mod error;
 pub mod h1_stream;
 pub mod handlers;
