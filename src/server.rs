@@ -52,9 +52,10 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// HTTP/2: concurrent streams one connection may open.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 
-/// Refusals (503/429) written at once; past this many in flight, excess
-/// connections are closed without an answer.
-const MAX_REFUSALS_IN_FLIGHT: usize = 32;
+/// Refusals (503/429) being written at once (each holds its descriptor for
+/// at most about a second); past this many, excess connections are closed
+/// without an answer. Kept well under the reserved descriptors.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 
 /// The first and the longest pause after a failed `accept`.
 const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(5);

@@ -337,7 +337,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 /// lingers (reading and discarding) so the client sees the answer rather
 /// than a reset.
 const REFUSAL_WRITE_WAIT: Duration = Duration::from_secs(1);
-const REFUSAL_LINGER: Duration = Duration::from_millis(250);
+const REFUSAL_LINGER: Duration = Duration::from_millis(100);
 const REFUSAL_LINGER_BYTES: usize = 64 * 1024;
 
 /// Writes `error` as an ARCP error response with `Connection: close`, then

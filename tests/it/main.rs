@@ -11,6 +11,7 @@ mod errors;
 mod event_log;
 mod external_agents;
 mod fast_path;
+mod hardening;
 mod jobs;
 mod openapi;
 mod proxy;
