@@ -124,6 +124,9 @@ async fn start_gateway(extra: &[&str]) -> Server {
             "20000",
             "--max-stream-duration-sec",
             "0",
+            // Every benchmark client connects from 127.0.0.1.
+            "--max-connections-per-ip",
+            "0",
         ])
         .args(extra)
         .env("ARCP_GATEWAY_LOG", "warn");

@@ -243,15 +243,13 @@ async fn oversized_split_and_trickled_heads_still_stream() {
     let server = TestServer::start();
     let session = server.create_session(ALICE_TOKEN).await;
     let request = stream_request(&session.session_id, "HTTP/1.1", "");
-    // Over 8 KiB of head: too big to sniff, so hyper serves it.
+    // Over 8 KiB of head: detection grows its buffer for it.
     let padding = format!("X-Padding: {}\r\n", "p".repeat(9000));
     let big = vec![stream_request(&session.session_id, "HTTP/1.1", &padding)];
-    // Split across two writes: the sniffer re-peeks until the head is whole
-    // and serves it on the fast path.
+    // Split across two writes: detection reads until the head is whole.
     let (first, rest) = request.split_at(20);
     let split = vec![first.to_owned(), rest.to_owned()];
-    // Trickled over more than 100 ms: the sniffer stops waiting and hyper
-    // reads the rest.
+    // Trickled over more than 100 ms, well within the header timeout.
     let (second, third) = rest.split_at(20);
     let trickled = vec![first.to_owned(), second.to_owned(), third.to_owned()];
     for (name, parts, pause) in [

@@ -328,6 +328,12 @@ fn every_api_error_code_and_status_is_mentioned() {
         ApiError::MethodNotAllowed {
             allowed: vec!["GET"],
         },
+        ApiError::MalformedHead(String::new()),
+        ApiError::HeadTooLarge { limit: 1 },
+        ApiError::HeadTimeout,
+        ApiError::BodyTimeout,
+        ApiError::TooManyConnections,
+        ApiError::TooManyConnectionsFromPeer { limit: 1 },
     ];
     for error in &errors {
         let code = error.code().as_str();
