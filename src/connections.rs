@@ -82,6 +82,8 @@ impl ConnectionLimiter {
 
     /// Counts a new connection from `peer`, or says why it is refused.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<ConnectionPermit, ApiError> {
+        // An IPv4 client of a dual-stack listener counts as its IPv4 address.
+        let peer = peer.to_canonical();
         let per_ip = self
             .max_per_ip
             .filter(|_| !self.exempt.iter().any(|network| network.contains(&peer)));
