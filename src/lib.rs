@@ -13,6 +13,7 @@ pub mod event_log;
 pub mod http;
 pub mod ids;
 pub mod jobs;
+pub mod json;
 pub mod protocol;
 pub mod server;
 pub mod session;
@@ -111,7 +112,13 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
 fn recover(state: &Arc<AppState>, recovered: Recovered) {
     for record in &recovered.sessions {
         let Some(session) = Session::restore(record) else {
-            tracing::warn!("skipping an unreadable session record");
+            tracing::error!(
+                session = record
+                    .get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("?"),
+                "skipping a session record recovery cannot use"
+            );
             continue;
         };
         if state.log.bounds(&session.id).is_err() {
@@ -132,7 +139,20 @@ fn recover(state: &Arc<AppState>, recovered: Recovered) {
         let Some(job) = restored else {
             // Its session is gone (or the record unreadable): nothing can
             // ever observe it again, so the record goes too.
-            if let Some(id) = record.get("id").and_then(serde_json::Value::as_str) {
+            let id = record.get("id").and_then(serde_json::Value::as_str);
+            let session = record.get("session_id").and_then(serde_json::Value::as_str);
+            if session.is_some_and(|s| {
+                state
+                    .sessions
+                    .get(&ids::SessionId::from_client(s))
+                    .is_some()
+            }) {
+                tracing::error!(
+                    job = id.unwrap_or("?"),
+                    "dropping a job record recovery cannot use (its session is still there)"
+                );
+            }
+            if let Some(id) = id {
                 state.store.delete_job(&ids::JobId::from_client(id));
             }
             continue;
@@ -191,12 +211,18 @@ fn job_positions(recovered: &Recovered) -> std::collections::HashMap<ids::JobId,
                     terminal: None,
                 });
             position.last_seq = entry.seq;
-            let Some(draft) = entry
-                .to_draft()
-                .filter(|draft| draft.message_type != "job.event")
-            else {
+            let Some(draft) = entry.to_draft() else {
+                tracing::error!(
+                    session = %session_id,
+                    seq = entry.seq,
+                    job = %entry.job_id,
+                    "a recovered event cannot be re-read; it still replays as stored"
+                );
                 continue;
             };
+            if draft.message_type == "job.event" {
+                continue;
+            }
             let status = draft
                 .payload
                 .get("final_status")

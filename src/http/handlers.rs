@@ -88,10 +88,16 @@ pub(super) async fn read_payload<T: for<'de> Deserialize<'de>>(
 }
 
 fn parse_payload<T: for<'de> Deserialize<'de>>(payload: Value, what: &str) -> Result<T, ApiError> {
-    let payload = if payload.is_null() {
-        Value::Object(Map::new())
-    } else {
-        payload
+    // serde's derived structs also accept an array, read by position; a
+    // payload is an object (§5) or absent, nothing else.
+    let payload = match payload {
+        Value::Null => Value::Object(Map::new()),
+        Value::Object(object) => Value::Object(object),
+        _ => {
+            return Err(ApiError::InvalidRequest(format!(
+                "invalid {what}: expected a JSON object"
+            )))
+        }
     };
     serde_json::from_value(payload)
         .map_err(|error| ApiError::InvalidRequest(format!("invalid {what}: {error}")))
@@ -123,9 +129,9 @@ fn authenticate_api_token(
 
 #[derive(Deserialize, Default)]
 struct HelloPayload {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::optional_object")]
     auth: Option<HelloAuth>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::optional_object")]
     capabilities: Option<HelloCapabilities>,
 }
 
@@ -479,7 +485,7 @@ struct JobSubmitPayload {
     input: Value,
     #[serde(default)]
     lease_request: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::optional_object")]
     lease_constraints: Option<LeaseConstraints>,
     #[serde(default)]
     idempotency_key: Option<String>,

@@ -706,7 +706,19 @@ impl Job {
                 batch
                     .iter()
                     .filter(|entry| entry.job_id == self.spec.id)
-                    .filter_map(|entry| entry.to_draft()),
+                    .filter_map(|entry| {
+                        let draft = entry.to_draft();
+                        if draft.is_none() {
+                            // Cannot happen for what the edge accepts
+                            // (crate::json); say so loudly if it does.
+                            tracing::error!(
+                                job = %self.spec.id,
+                                seq = entry.seq,
+                                "a stored event cannot be re-read; it is left out of the history"
+                            );
+                        }
+                        draft
+                    }),
             );
         }
         Ok(drafts)

@@ -393,7 +393,7 @@ impl<'a> AgentOutput<'a> {
 
     fn parse(&mut self, line: &[u8]) -> Result<ControlFlow<Finished>, String> {
         let value: Value =
-            serde_json::from_slice(line).map_err(|error| format!("not JSON ({error})"))?;
+            crate::json::parse(line).map_err(|error| format!("refused ({error})"))?;
         let Value::Object(mut message) = value else {
             return Err("not a JSON object".into());
         };
