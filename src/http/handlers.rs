@@ -381,7 +381,6 @@ fn requested_cursor(parts: &Parts, query: &Query) -> Result<Option<EventSeq>, Ap
         value
             .to_str()
             .map_err(|_| ApiError::InvalidRequest("Last-Event-ID is not valid text".into()))
-            .map(str::trim)
             .map(str::to_owned)
     });
     let text = match header {
@@ -392,9 +391,10 @@ fn requested_cursor(parts: &Parts, query: &Query) -> Result<Option<EventSeq>, Ap
     let Some(text) = text else {
         return Ok(None);
     };
-    text.parse::<EventSeq>().map(Some).map_err(|_| {
+    crate::ids::parse_cursor(&text).map(Some).ok_or_else(|| {
         ApiError::InvalidRequest(format!(
-            "event cursor {text:?} is not a non-negative integer"
+            "event cursor {text:?} is not an event_seq: 1 to {} ASCII digits",
+            crate::ids::MAX_CURSOR_DIGITS
         ))
     })
 }

@@ -83,6 +83,9 @@ struct JobState {
     status: JobStatus,
     /// The newest `event_seq` of this job in the submitting session.
     last_event_seq: EventSeq,
+    /// The first one (`None` before any): history from a cursor was lost
+    /// only if the log's floor passed one of this job's events (§7.6).
+    first_event_seq: Option<EventSeq>,
     terminal_payload: Option<Value>,
     /// Sessions that receive this job's events besides the submitter.
     subscribers: Vec<Arc<Session>>,
@@ -197,6 +200,14 @@ impl Terminal {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JobFinished(pub JobStatus);
 
+/// Whether a subscription's history after `after` lost events of this job:
+/// the origin log's floor passed `after`, and the job had an event at or
+/// below the floor. Events of other jobs below the floor do not count
+/// (§7.6: `from_event_seq: 0` works as long as this job's events remain).
+fn history_lost(after: EventSeq, floor: EventSeq, state: &JobState) -> bool {
+    after < floor && state.first_event_seq.is_some_and(|first| first <= floor)
+}
+
 /// Why a subscription could not be set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubscribeError {
@@ -245,6 +256,7 @@ impl Job {
             state: Mutex::new(JobState {
                 status: JobStatus::Pending,
                 last_event_seq: 0,
+                first_event_seq: None,
                 terminal_payload: None,
                 subscribers: Vec::new(),
                 budget_remaining,
@@ -301,6 +313,7 @@ impl Job {
                 "back_pressure_lag_events": spec.limits.back_pressure_lag_events,
             },
             "status": state.status,
+            "first_event_seq": state.first_event_seq,
             "terminal_payload": state.terminal_payload,
             "budget_remaining": state.budget_remaining,
             "subscribers": state.subscribers.iter().map(|s| &s.id).collect::<Vec<_>>(),
@@ -363,6 +376,13 @@ impl Job {
         {
             let mut state = job.state();
             state.status = serde_json::from_value(record.get("status")?.clone()).ok()?;
+            // Records written before this field existed: assume the job's
+            // events may start anywhere (history checks stay conservative).
+            state.first_event_seq = match record.get("first_event_seq") {
+                Some(Value::Null) => None,
+                Some(seq) => Some(seq.as_u64().unwrap_or(1)),
+                None => Some(1),
+            };
             state.terminal_payload = record
                 .get("terminal_payload")
                 .filter(|v| !v.is_null())
@@ -597,6 +617,12 @@ impl Job {
         // runs to its end, but nobody can resume to see it.
         if let Ok(seq) = self.log.append(&self.spec.session_id, &draft) {
             state.last_event_seq = seq;
+            if state.first_event_seq.is_none() {
+                state.first_event_seq = Some(seq);
+                // Queued behind the event itself, in the same ordered store
+                // stream: a durable event implies a durable first_event_seq.
+                let _ = self.persist_locked(state);
+            }
             self.signal_back_pressure(&self.origin, seq);
         }
         state
@@ -655,7 +681,7 @@ impl Job {
         }
         let mut replayed = false;
         if let Some(after) = history_after {
-            let drafts = self.history_after(after)?;
+            let drafts = self.history_after(after, &state)?;
             replayed = !drafts.is_empty();
             for draft in &drafts {
                 let _ = self.log.append(&subscriber.id, draft);
@@ -672,14 +698,18 @@ impl Job {
     }
 
     /// Retained events of this job in the submitter's log after `after`.
-    fn history_after(&self, after: EventSeq) -> Result<Vec<EventDraft>, SubscribeError> {
+    fn history_after(
+        &self,
+        after: EventSeq,
+        state: &JobState,
+    ) -> Result<Vec<EventDraft>, SubscribeError> {
         let origin = &self.spec.session_id;
         let Ok(bounds) = self.log.bounds(origin) else {
             return Err(SubscribeError::HistoryEvicted {
                 floor: EventSeq::MAX,
             });
         };
-        if after < bounds.floor {
+        if history_lost(after, bounds.floor, state) {
             return Err(SubscribeError::HistoryEvicted {
                 floor: bounds.floor,
             });
@@ -689,7 +719,8 @@ impl Job {
             max_bytes: 4 * 1024 * 1024,
         };
         let mut drafts = Vec::new();
-        let mut cursor = after.min(bounds.newest);
+        // Below the floor only other jobs' events were evicted; start there.
+        let mut cursor = after.max(bounds.floor).min(bounds.newest);
         loop {
             let batch = match self.log.read_after(origin, cursor, limit) {
                 Ok(batch) => batch,
