@@ -107,6 +107,30 @@ pub struct RawArgs {
     )]
     pub max_sessions_per_principal: usize,
 
+    /// Jobs one principal may have running at once, over all its sessions;
+    /// past it a submission is refused (429) until one ends.
+    #[arg(
+        long,
+        env = "ARCP_GATEWAY_MAX_RUNNING_JOBS_PER_PRINCIPAL",
+        default_value_t = 1_000
+    )]
+    pub max_running_jobs_per_principal: usize,
+
+    /// Encoded event bytes all sessions together retain. Past it, appending
+    /// sessions evict their own oldest events and submissions get 503.
+    #[arg(long, env = "ARCP_GATEWAY_MAX_RETAINED_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub max_retained_bytes: usize,
+
+    /// Encoded event bytes one principal's sessions together retain. Past
+    /// it, its appending sessions evict their own oldest events and its
+    /// submissions get 429.
+    #[arg(
+        long,
+        env = "ARCP_GATEWAY_MAX_RETAINED_BYTES_PER_PRINCIPAL",
+        default_value_t = 256 * 1024 * 1024
+    )]
+    pub max_retained_bytes_per_principal: usize,
+
     /// Origin allowed to call the API from a browser (repeatable). Exact
     /// origins such as `https://app.example.com`; `*` only without credentials.
     #[arg(
@@ -204,6 +228,10 @@ pub struct Config {
     pub max_result_bytes: u64,
     pub max_jobs_per_session: usize,
     pub max_sessions_per_principal: usize,
+    pub max_running_jobs_per_principal: usize,
+    /// Gateway-wide budget of retained event bytes (see `event_log::budget`).
+    pub max_retained_bytes: usize,
+    pub max_retained_bytes_per_principal: usize,
     /// Exact origins allowed by CORS; empty means no cross-origin access.
     pub cors_origins: Vec<String>,
     /// `*` was configured (only allowed without credentials).
@@ -272,6 +300,9 @@ impl Config {
             max_result_bytes: 64 * 1024 * 1024,
             max_sessions_per_principal: 1_000,
             max_jobs_per_session: 10_000,
+            max_running_jobs_per_principal: 1_000,
+            max_retained_bytes: 1024 * 1024 * 1024,
+            max_retained_bytes_per_principal: 256 * 1024 * 1024,
             cors_origins: Vec::new(),
             cors_any_origin: false,
             cors_credentials: true,
@@ -420,6 +451,24 @@ impl Config {
             raw.max_sessions_per_principal as u64,
             1,
             1_000_000,
+        )? as usize;
+        config.max_running_jobs_per_principal = within(
+            "max-running-jobs-per-principal",
+            raw.max_running_jobs_per_principal as u64,
+            1,
+            1_000_000,
+        )? as usize;
+        config.max_retained_bytes = within(
+            "max-retained-bytes",
+            raw.max_retained_bytes as u64,
+            1024 * 1024,
+            1 << 40,
+        )? as usize;
+        config.max_retained_bytes_per_principal = within(
+            "max-retained-bytes-per-principal",
+            raw.max_retained_bytes_per_principal as u64,
+            1024,
+            1 << 40,
         )? as usize;
         Ok(config)
     }

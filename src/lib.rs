@@ -70,16 +70,31 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
         config.secret_was_generated = false;
     }
     let token_keys = ResumeTokenKeys::new(config.secrets.clone()).ok_or(ServeError::NoSecret)?;
-    let memory = Arc::new(MemoryEventLog::new(
+    let retention = Arc::new(event_log::budget::RetentionBudget::new(
+        config.max_retained_bytes,
+        config.max_retained_bytes_per_principal,
+    ));
+    let memory = Arc::new(MemoryEventLog::with_budget(
         config.retention,
         http::sse::encode_job_event,
+        retention.clone(),
     ));
     let (store, recovered): (Arc<dyn Persistence>, Option<Recovered>) = match &config.data_dir {
         None => (Arc::new(Ephemeral), None),
         Some(data_dir) => {
             let (connection, recovered, path) = SqliteStore::open(data_dir).map_err(storage)?;
+            // Each log is charged to its session's principal.
+            let owners: std::collections::HashMap<&str, ids::Principal> = recovered
+                .sessions
+                .iter()
+                .filter_map(|record| {
+                    let id = record.get("id")?.as_str()?;
+                    Some((id, ids::Principal::new(record.get("principal")?.as_str()?)))
+                })
+                .collect();
             for (session_id, floor, entries) in &recovered.logs {
-                memory.restore(session_id, *floor, entries.clone());
+                let owner = owners.get(session_id.as_str());
+                memory.restore_owned(session_id, owner, *floor, entries.clone());
             }
             let store = SqliteStore::start(connection, path, Arc::downgrade(&memory));
             memory.attach_sink(store.clone());
@@ -94,6 +109,7 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
         jobs: JobRegistry::default(),
         agents: AgentRegistry::with_external(&config.agents),
         log,
+        retention,
         store,
         shutdown: CancellationToken::new(),
         config,

@@ -33,6 +33,17 @@ pub enum ApiError {
     TooManyJobs {
         limit: usize,
     },
+    /// The principal already runs its cap of jobs (all sessions together).
+    TooManyRunningJobs {
+        limit: usize,
+    },
+    /// The principal's sessions already retain its cap of event bytes.
+    RetainedBytesPerPrincipal {
+        limit: usize,
+    },
+    /// The gateway-wide retained-bytes budget is used up: new work waits
+    /// until clients acknowledge, close or abandon sessions.
+    RetainedBytesFull,
     JobAlreadyTerminal {
         status: &'static str,
     },
@@ -57,9 +68,11 @@ impl ApiError {
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::DuplicateKey | ApiError::JobAlreadyTerminal { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::TooManySessions { .. } | ApiError::TooManyJobs { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::TooManySessions { .. }
+            | ApiError::TooManyJobs { .. }
+            | ApiError::TooManyRunningJobs { .. }
+            | ApiError::RetainedBytesPerPrincipal { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RetainedBytesFull => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -68,7 +81,12 @@ impl ApiError {
             ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             ApiError::PermissionDenied(_)
             | ApiError::TooManySessions { .. }
-            | ApiError::TooManyJobs { .. } => ErrorCode::PermissionDenied,
+            | ApiError::TooManyJobs { .. }
+            | ApiError::TooManyRunningJobs { .. }
+            | ApiError::RetainedBytesPerPrincipal { .. } => ErrorCode::PermissionDenied,
+            // §12: INTERNAL_ERROR is the code for a runtime fault, and is
+            // always retryable.
+            ApiError::RetainedBytesFull => ErrorCode::InternalError,
             ApiError::ResumeWindowExpired(_) => ErrorCode::ResumeWindowExpired,
             ApiError::InvalidRequest(_)
             | ApiError::BodyTooLarge { .. }
@@ -106,6 +124,15 @@ impl ApiError {
             ApiError::TooManyJobs { limit } => format!(
                 "this session already has {limit} jobs, all still running; wait for some to finish"
             ),
+            ApiError::TooManyRunningJobs { limit } => format!(
+                "this principal already runs {limit} jobs; wait for some to finish"
+            ),
+            ApiError::RetainedBytesPerPrincipal { limit } => format!(
+                "this principal's sessions retain nearly their limit of {limit} bytes of events; acknowledge events (session.ack) or close sessions first"
+            ),
+            ApiError::RetainedBytesFull => {
+                "the gateway's memory for retained events is full; retry later".into()
+            }
             ApiError::TooManySessions { limit } => format!(
                 "this principal already holds {limit} sessions; close some or let them expire"
             ),
@@ -119,8 +146,19 @@ impl ApiError {
         ErrorPayload {
             code: self.code(),
             message: self.message(),
-            retryable: false,
+            retryable: self.retryable(),
         }
+    }
+
+    /// Whether the same request may succeed later without changes: only
+    /// for caps that free themselves (jobs end, events are acknowledged).
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ApiError::TooManyRunningJobs { .. }
+                | ApiError::RetainedBytesPerPrincipal { .. }
+                | ApiError::RetainedBytesFull
+        )
     }
 }
 

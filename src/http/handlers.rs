@@ -240,7 +240,7 @@ pub async fn create_session(
     ));
     state
         .log
-        .create(&session.id)
+        .create_owned(&session.id, &session.principal)
         .map_err(|_| ApiError::InvalidRequest("session id collision; retry".into()))?;
     state.sessions.insert(session.clone());
     let generation = session.welcome_new().generation;
@@ -723,6 +723,7 @@ pub async fn submit_job(
             back_pressure_lag_events: state.config.back_pressure_lag_events,
         },
     };
+    admit_retention(state, &session.principal)?;
     let job = match state.jobs.register(
         Job::new(
             spec,
@@ -731,6 +732,7 @@ pub async fn submit_job(
             state.store.clone(),
         ),
         state.config.max_jobs_per_session,
+        state.config.max_running_jobs_per_principal,
     ) {
         Registration::Accepted(job) => {
             // Durable before the client hears "accepted" (nothing lost).
@@ -746,12 +748,39 @@ pub async fn submit_job(
                 limit: state.config.max_jobs_per_session,
             })
         }
+        Registration::PrincipalBusy => {
+            return Err(ApiError::TooManyRunningJobs {
+                limit: state.config.max_running_jobs_per_principal,
+            })
+        }
     };
     // An idempotent repeat answers for the session that submitted the job.
     let mut envelope = Envelope::new("job.accepted", &job.spec.session_id, &job.accepted_payload);
     envelope.job_id = Some(&job.spec.id);
     envelope.trace_id = Some(&job.spec.trace_id);
     Ok(json_response(StatusCode::ACCEPTED, &envelope))
+}
+
+/// Refuses new work while the retained-event budgets are (7/8) used up: the
+/// principal's (429, until it acknowledges or closes sessions) or the whole
+/// gateway's (503, retryable). Running jobs are not stopped; their sessions
+/// evict their own oldest events instead (`event_log::budget`).
+fn admit_retention(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+    let budget = &state.retention;
+    if budget.principal_at_high_water(principal) {
+        return Err(ApiError::RetainedBytesPerPrincipal {
+            limit: budget.per_principal_limit(),
+        });
+    }
+    if budget.global().at_high_water() {
+        tracing::warn!(
+            used = budget.global().used(),
+            limit = budget.global().limit(),
+            "job refused: the gateway-wide retained-bytes budget is full"
+        );
+        return Err(ApiError::RetainedBytesFull);
+    }
+    Ok(())
 }
 
 /// Whether `principal` may observe `job` (§6.6, §14): its submitter always;

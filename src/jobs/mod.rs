@@ -89,6 +89,8 @@ struct JobState {
     terminal_payload: Option<Value>,
     /// Sessions that receive this job's events besides the submitter.
     subscribers: Vec<Arc<Session>>,
+    /// Counts this job among its principal's running jobs until it ends.
+    running_slot: Option<RunningSlot>,
     /// Remaining budget per currency (§9.6).
     budget_remaining: BTreeMap<String, f64>,
     streamed_result: Option<StreamedResult>,
@@ -259,6 +261,7 @@ impl Job {
                 first_event_seq: None,
                 terminal_payload: None,
                 subscribers: Vec::new(),
+                running_slot: None,
                 budget_remaining,
                 streamed_result: None,
             }),
@@ -279,6 +282,7 @@ impl Job {
     pub fn adopt_terminal(&self, (status, payload): (JobStatus, Value)) {
         let mut state = self.state();
         state.status = status;
+        state.running_slot = None;
         state.terminal_payload = Some(payload);
         let _ = self.persist_locked(&state);
     }
@@ -592,6 +596,7 @@ impl Job {
         };
         let (message_type, payload) = terminal.message_type_and_payload();
         state.status = terminal.status();
+        state.running_slot = None;
         state.terminal_payload = Some(payload.clone());
         self.append(state, message_type, payload);
         let _ = self.persist_locked(state);
@@ -801,6 +806,18 @@ pub enum Registration {
     ConflictingKey,
     /// The session already holds its cap of jobs, all still running.
     SessionFull,
+    /// The principal already runs its cap of jobs.
+    PrincipalBusy,
+}
+
+/// One of a principal's running jobs; the count drops when the job ends
+/// (the slot is dropped with its terminal state).
+struct RunningSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for RunningSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Filters of a job listing (§6.6).
@@ -835,6 +852,9 @@ struct RegistryInner {
     by_key: HashMap<(Principal, String), JobId>,
     /// Each session's retained jobs, oldest first, for the per-session cap.
     per_session: HashMap<SessionId, std::collections::BTreeSet<u64>>,
+    /// Each principal's running jobs, for the per-principal cap. Principals
+    /// come from the configured api tokens, so the map stays small.
+    running: HashMap<Principal, Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl RegistryInner {
@@ -907,7 +927,12 @@ impl JobRegistry {
     /// Registers a job, or resolves its idempotency key to an earlier one.
     /// The key check and insert happen under one lock, so two racing
     /// submissions with the same key yield one job.
-    pub fn register(&self, mut job: Job, max_jobs_per_session: usize) -> Registration {
+    pub fn register(
+        &self,
+        mut job: Job,
+        max_jobs_per_session: usize,
+        max_running_per_principal: usize,
+    ) -> Registration {
         let mut inner = self.inner();
         if let Some(key) = &job.spec.idempotency_key {
             let scoped = (job.spec.principal.clone(), key.clone());
@@ -921,9 +946,25 @@ impl JobRegistry {
         // Bounded memory however long a session lives: past the cap the
         // session's oldest finished jobs are forgotten (their events stay in
         // the log until retention drops them).
+        let running = inner
+            .running
+            .entry(job.spec.principal.clone())
+            .or_default()
+            .clone();
+        // Jobs only leave the count (never join it) outside this lock, so
+        // the check and the increment cannot let two racing submissions
+        // both take the last slot.
+        if running.load(std::sync::atomic::Ordering::Relaxed) >= max_running_per_principal {
+            return Registration::PrincipalBusy;
+        }
         if !inner.make_room(&job.spec.session_id, max_jobs_per_session) {
             return Registration::SessionFull;
         }
+        running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        job.state
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .running_slot = Some(RunningSlot(running));
         inner.next_index += 1;
         job.index = inner.next_index;
         let job = Arc::new(job);

@@ -577,3 +577,110 @@ async fn a_durable_gateway_restarts_past_records_it_cannot_read() {
     .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_principal_runs_at_most_its_cap_of_jobs_across_sessions() {
+    let server = TestServer::with_config(|config| config.max_running_jobs_per_principal = 2);
+    let first = server.create_session(ALICE_TOKEN).await.session_id;
+    let second = server.create_session(ALICE_TOKEN).await.session_id;
+    let slow = json!({"agent": "ticker", "input": {"count": 1000, "interval_ms": 50}});
+    let a = server.submit_ok(&first, ALICE_TOKEN, slow.clone()).await;
+    server.submit_ok(&second, ALICE_TOKEN, slow.clone()).await;
+    let (status, body) = server.submit(&first, ALICE_TOKEN, slow.clone()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["code"], "PERMISSION_DENIED");
+    assert_eq!(body["retryable"], true);
+    assert!(body["message"].as_str().unwrap().contains("runs 2 jobs"));
+    // Another principal is not affected.
+    let bob = server.create_session(BOB_TOKEN).await.session_id;
+    server.submit_ok(&bob, BOB_TOKEN, slow.clone()).await;
+    // A finished job frees its slot.
+    let (status, _) = server.cancel(&first, &a, ALICE_TOKEN).await;
+    assert_eq!(status, StatusCode::OK);
+    server.submit_ok(&first, ALICE_TOKEN, slow).await;
+}
+
+#[tokio::test]
+async fn a_principal_over_its_retained_bytes_gets_429_and_an_honest_410() {
+    let server = TestServer::with_config(|config| {
+        config.max_retained_bytes_per_principal = 64 * 1024;
+    });
+    let sid = server.create_session(ALICE_TOKEN).await.session_id;
+    // About 200 KiB of events: more than alice may retain.
+    let job = server
+        .submit_ok(
+            &sid,
+            ALICE_TOKEN,
+            json!({"agent": "firehose", "input": {"count": 200, "size": 1000}}),
+        )
+        .await;
+    let done = server
+        .wait_for_job(&sid, &job, ALICE_TOKEN, |job| job["status"] == "success")
+        .await;
+    let newest = done["last_event_seq"].as_u64().unwrap();
+    let (_, status) = server
+        .get_json(&format!("/v1/sessions/{sid}"), ALICE_TOKEN)
+        .await;
+    let floor = status["payload"]["floor"].as_u64().unwrap();
+    assert!(floor > 0, "the oldest events were evicted: {status}");
+    // History below the floor is honestly gone.
+    let stream = server.stream(&sid, ALICE_TOKEN, Some(0)).await;
+    assert_eq!(stream.status, StatusCode::GONE);
+    assert_eq!(stream.error_code(), "RESUME_WINDOW_EXPIRED");
+    // New work waits until alice acknowledges; bob is not affected.
+    let echo = json!({"agent": "echo", "input": {}});
+    let (status, body) = server.submit(&sid, ALICE_TOKEN, echo.clone()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["retryable"], true);
+    let bob = server.create_session(BOB_TOKEN).await.session_id;
+    server.submit_ok(&bob, BOB_TOKEN, echo.clone()).await;
+    let (status, body) = server
+        .post_json(
+            &format!("/v1/sessions/{sid}/ack"),
+            ALICE_TOKEN,
+            &json!({"last_processed_seq": newest}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    server.submit_ok(&sid, ALICE_TOKEN, echo).await;
+}
+
+#[tokio::test]
+async fn a_full_gateway_budget_answers_503_retryable() {
+    let server = TestServer::with_config(|config| {
+        config.max_retained_bytes = 1024 * 1024;
+    });
+    let alice = server.create_session(ALICE_TOKEN).await.session_id;
+    let job = server
+        .submit_ok(
+            &alice,
+            ALICE_TOKEN,
+            json!({"agent": "firehose", "input": {"count": 1500, "size": 1000}}),
+        )
+        .await;
+    server
+        .wait_for_job(&alice, &job, ALICE_TOKEN, |job| job["status"] == "success")
+        .await;
+    let bob = server.create_session(BOB_TOKEN).await.session_id;
+    let (status, body) = server
+        .submit(&bob, BOB_TOKEN, json!({"agent": "echo", "input": {}}))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "INTERNAL_ERROR");
+    assert_eq!(body["retryable"], true);
+    // Once alice acknowledges what she read, the bytes are free again.
+    let done = server
+        .wait_for_job(&alice, &job, ALICE_TOKEN, |job| job["status"] == "success")
+        .await;
+    let (status, body) = server
+        .post_json(
+            &format!("/v1/sessions/{alice}/ack"),
+            ALICE_TOKEN,
+            &json!({"last_processed_seq": done["last_event_seq"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    server
+        .submit_ok(&bob, BOB_TOKEN, json!({"agent": "echo", "input": {}}))
+        .await;
+}
