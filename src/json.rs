@@ -38,7 +38,7 @@ pub enum JsonError {
 impl fmt::Display for JsonError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JsonError::Syntax(message) => write!(formatter, "not valid JSON: {message}"),
+            JsonError::Syntax(message) => write!(formatter, "not valid JSON ({message})"),
             JsonError::TooDeep => write!(
                 formatter,
                 "JSON nests arrays/objects deeper than {MAX_DEPTH} levels"

@@ -392,8 +392,10 @@ impl<'a> AgentOutput<'a> {
     }
 
     fn parse(&mut self, line: &[u8]) -> Result<ControlFlow<Finished>, String> {
-        let value: Value =
-            crate::json::parse(line).map_err(|error| format!("refused ({error})"))?;
+        let value: Value = crate::json::parse(line).map_err(|error| match error {
+            crate::json::JsonError::Syntax(detail) => format!("not JSON ({detail})"),
+            refused => refused.to_string(),
+        })?;
         let Value::Object(mut message) = value else {
             return Err("not a JSON object".into());
         };
