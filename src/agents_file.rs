@@ -443,6 +443,31 @@ mod tests {
         assert_eq!(http.url.as_str(), "http://127.0.0.1:9000/run");
     }
 
+    proptest::proptest! {
+        /// Arbitrary text, and arbitrary values in the shape of an agents
+        /// file, are loaded or refused with a reason; never a panic.
+        #[test]
+        fn any_text_is_loaded_or_refused(text in "\\PC{0,200}") {
+            let _ = parse(&text, &examples());
+        }
+
+        #[test]
+        fn agent_tables_with_odd_values_never_panic(
+            name in "\\PC{0,12}",
+            version in "\\PC{0,8}",
+            command in proptest::collection::vec("\\PC{0,8}", 0..3),
+            url in "\\PC{0,24}",
+            number in proptest::prelude::any::<i64>(),
+        ) {
+            let text = format!(
+                "[[agent]]\nname = {name:?}\nversion = {version:?}\ncommand = {command:?}\n\
+                 max_line_bytes = {number}\n[[agent]]\nname = {name:?}\nurl = {url:?}\n\
+                 idle_timeout_ms = {number}\n"
+            );
+            let _ = parse(&text, &examples());
+        }
+    }
+
     #[test]
     fn a_bare_file_name_resolves_against_the_working_directory() {
         let here = std::env::current_dir().unwrap();
