@@ -521,9 +521,18 @@ async fn a_durable_gateway_restarts_past_records_it_cannot_read() {
     // Session 1 is gone (its record was unreadable): an honest 410/404, not a 5xx.
     let (status, body) = get(base.clone(), format!("/v1/sessions/{}", sessions[1])).await;
     assert!(status.is_client_error(), "{status} {body}");
-    // Session 2 is served, its log cut at the broken event.
+    // Session 2 is served, its log cut at the broken event; its job record,
+    // holding the deepest accepted input, was read back.
     let (status, body) = get(base.clone(), format!("/v1/sessions/{}", sessions[2])).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = get(
+        base.clone(),
+        format!("/v1/sessions/{}/jobs/{}", sessions[2], jobs[2]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["payload"]["status"], "success", "{body}");
+    assert_eq!(body["payload"]["terminal"]["result"], deepest_input());
     // A new session works, end to end, with the deepest input.
     let (status, welcome) = post(base.clone(), "/v1/sessions".into(), Value::Null).await;
     assert_eq!(status, StatusCode::CREATED);
