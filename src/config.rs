@@ -579,6 +579,39 @@ mod tests {
     }
 
     #[test]
+    fn memory_budgets_default_and_are_validated() {
+        let defaults = Config::from_raw(raw(&[])).unwrap();
+        let development = Config::development();
+        assert_eq!(defaults.max_retained_bytes, 1 << 30);
+        assert_eq!(defaults.max_retained_bytes_per_principal, 256 << 20);
+        assert_eq!(defaults.max_running_jobs_per_principal, 1_000);
+        assert_eq!(defaults.max_retained_bytes, development.max_retained_bytes);
+        assert_eq!(
+            defaults.max_retained_bytes_per_principal,
+            development.max_retained_bytes_per_principal
+        );
+        let config = Config::from_raw(raw(&[
+            "--max-retained-bytes",
+            "2097152",
+            "--max-retained-bytes-per-principal",
+            "65536",
+            "--max-running-jobs-per-principal",
+            "3",
+        ]))
+        .unwrap();
+        assert_eq!(config.max_retained_bytes, 2 * 1024 * 1024);
+        assert_eq!(config.max_retained_bytes_per_principal, 65_536);
+        assert_eq!(config.max_running_jobs_per_principal, 3);
+        for bad in [
+            ["--max-retained-bytes", "1000"],
+            ["--max-retained-bytes-per-principal", "10"],
+            ["--max-running-jobs-per-principal", "0"],
+        ] {
+            assert!(Config::from_raw(raw(&bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn tokens_and_secrets_are_validated() {
         let config = Config::from_raw(raw(&[
             "--token",
