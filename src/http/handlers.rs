@@ -723,7 +723,15 @@ pub async fn submit_job(
             back_pressure_lag_events: state.config.back_pressure_lag_events,
         },
     };
-    admit_retention(state, &session.principal)?;
+    // A resubmission with a known key answers with the earlier job (or 409)
+    // whatever the budgets: a client retrying a lost 202 must learn of it.
+    let known_key = submit
+        .idempotency_key
+        .as_deref()
+        .is_some_and(|key| state.jobs.has_key(&session.principal, key));
+    if !known_key {
+        admit_retention(state, &session.principal)?;
+    }
     let job = match state.jobs.register(
         Job::new(
             spec,

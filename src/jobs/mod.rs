@@ -985,6 +985,13 @@ impl JobRegistry {
         self.inner().jobs.get(job_id).cloned()
     }
 
+    /// Whether `principal` already used idempotency `key` (§7.2).
+    pub fn has_key(&self, principal: &Principal, key: &str) -> bool {
+        self.inner()
+            .by_key
+            .contains_key(&(principal.clone(), key.to_owned()))
+    }
+
     /// A page of the jobs `may_observe` admits, in submission order, after
     /// `cursor` (§6.6).
     pub fn list(

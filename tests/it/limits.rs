@@ -660,12 +660,13 @@ async fn a_full_gateway_budget_answers_503_retryable() {
         config.max_retained_bytes = 1024 * 1024;
     });
     let alice = server.create_session(ALICE_TOKEN).await.session_id;
+    let firehose = json!({
+        "agent": "firehose",
+        "input": {"count": 1500, "size": 1000},
+        "idempotency_key": "fill-the-budget",
+    });
     let job = server
-        .submit_ok(
-            &alice,
-            ALICE_TOKEN,
-            json!({"agent": "firehose", "input": {"count": 1500, "size": 1000}}),
-        )
+        .submit_ok(&alice, ALICE_TOKEN, firehose.clone())
         .await;
     server
         .wait_for_job(&alice, &job, ALICE_TOKEN, |job| job["status"] == "success")
@@ -677,6 +678,9 @@ async fn a_full_gateway_budget_answers_503_retryable() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["code"], "INTERNAL_ERROR");
     assert_eq!(body["retryable"], true);
+    // A resubmission of a job that was accepted still finds it (§7.2).
+    let again = server.submit_ok(&alice, ALICE_TOKEN, firehose).await;
+    assert_eq!(again, job);
     // Once alice acknowledges what she read, the bytes are free again.
     let done = server
         .wait_for_job(&alice, &job, ALICE_TOKEN, |job| job["status"] == "success")
