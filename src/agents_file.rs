@@ -117,11 +117,21 @@ struct RawVersion {
 pub fn load(path: &Path) -> Result<Vec<AgentDefinition>, AgentsFileError> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| AgentsFileError(format!("--agents {}: {error}", path.display())))?;
-    let directory = path.parent().unwrap_or(Path::new(""));
-    let directory = std::path::absolute(directory)
+    let directory = directory_of(path)
         .map_err(|error| AgentsFileError(format!("--agents {}: {error}", path.display())))?;
     parse(&text, &directory)
         .map_err(|error| AgentsFileError(format!("--agents {}: {error}", path.display())))
+}
+
+/// The absolute directory holding `path`, against which the file's relative
+/// paths resolve. `agents.toml` alone has the empty parent `""`, which
+/// `std::path::absolute` refuses, so the file's own path is made absolute
+/// first.
+fn directory_of(path: &Path) -> std::io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    Ok(absolute
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf))
 }
 
 /// Validates an agents file's text; relative paths resolve against `base`.
@@ -431,6 +441,46 @@ mod tests {
             panic!("shouter is an HTTP agent");
         };
         assert_eq!(http.url.as_str(), "http://127.0.0.1:9000/run");
+    }
+
+    proptest::proptest! {
+        /// Arbitrary text, and arbitrary values in the shape of an agents
+        /// file, are loaded or refused with a reason; never a panic.
+        #[test]
+        fn any_text_is_loaded_or_refused(text in "\\PC{0,200}") {
+            let _ = parse(&text, &examples());
+        }
+
+        #[test]
+        fn agent_tables_with_odd_values_never_panic(
+            name in "\\PC{0,12}",
+            version in "\\PC{0,8}",
+            command in proptest::collection::vec("\\PC{0,8}", 0..3),
+            url in "\\PC{0,24}",
+            number in proptest::prelude::any::<i64>(),
+        ) {
+            let text = format!(
+                "[[agent]]\nname = {name:?}\nversion = {version:?}\ncommand = {command:?}\n\
+                 max_line_bytes = {number}\n[[agent]]\nname = {name:?}\nurl = {url:?}\n\
+                 idle_timeout_ms = {number}\n"
+            );
+            let _ = parse(&text, &examples());
+        }
+    }
+
+    #[test]
+    fn a_bare_file_name_resolves_against_the_working_directory() {
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(directory_of(Path::new("agents.toml")).unwrap(), here);
+        assert_eq!(directory_of(Path::new("./agents.toml")).unwrap(), here);
+        assert_eq!(
+            directory_of(Path::new("sub/agents.toml")).unwrap(),
+            here.join("sub")
+        );
+        assert_eq!(
+            directory_of(Path::new("/etc/arcp/agents.toml")).unwrap(),
+            Path::new("/etc/arcp")
+        );
     }
 
     #[test]

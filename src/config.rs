@@ -107,6 +107,30 @@ pub struct RawArgs {
     )]
     pub max_sessions_per_principal: usize,
 
+    /// Jobs one principal may have running at once, over all its sessions;
+    /// past it a submission is refused (429) until one ends.
+    #[arg(
+        long,
+        env = "ARCP_GATEWAY_MAX_RUNNING_JOBS_PER_PRINCIPAL",
+        default_value_t = 1_000
+    )]
+    pub max_running_jobs_per_principal: usize,
+
+    /// Encoded event bytes all sessions together retain. Past it, appending
+    /// sessions evict their own oldest events and submissions get 503.
+    #[arg(long, env = "ARCP_GATEWAY_MAX_RETAINED_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub max_retained_bytes: usize,
+
+    /// Encoded event bytes one principal's sessions together retain. Past
+    /// it, its appending sessions evict their own oldest events and its
+    /// submissions get 429.
+    #[arg(
+        long,
+        env = "ARCP_GATEWAY_MAX_RETAINED_BYTES_PER_PRINCIPAL",
+        default_value_t = 256 * 1024 * 1024
+    )]
+    pub max_retained_bytes_per_principal: usize,
+
     /// Origin allowed to call the API from a browser (repeatable). Exact
     /// origins such as `https://app.example.com`; `*` only without credentials.
     #[arg(
@@ -231,6 +255,10 @@ pub struct Config {
     pub max_result_bytes: u64,
     pub max_jobs_per_session: usize,
     pub max_sessions_per_principal: usize,
+    pub max_running_jobs_per_principal: usize,
+    /// Gateway-wide budget of retained event bytes (see `event_log::budget`).
+    pub max_retained_bytes: usize,
+    pub max_retained_bytes_per_principal: usize,
     /// Exact origins allowed by CORS; empty means no cross-origin access.
     pub cors_origins: Vec<String>,
     /// `*` was configured (only allowed without credentials).
@@ -313,6 +341,9 @@ impl Config {
             max_result_bytes: 64 * 1024 * 1024,
             max_sessions_per_principal: 1_000,
             max_jobs_per_session: 10_000,
+            max_running_jobs_per_principal: 1_000,
+            max_retained_bytes: 1024 * 1024 * 1024,
+            max_retained_bytes_per_principal: 256 * 1024 * 1024,
             cors_origins: Vec::new(),
             cors_any_origin: false,
             cors_credentials: true,
@@ -500,6 +531,24 @@ impl Config {
                 limit => Some(limit as usize),
             },
         };
+        config.max_running_jobs_per_principal = within(
+            "max-running-jobs-per-principal",
+            raw.max_running_jobs_per_principal as u64,
+            1,
+            1_000_000,
+        )? as usize;
+        config.max_retained_bytes = within(
+            "max-retained-bytes",
+            raw.max_retained_bytes as u64,
+            1024 * 1024,
+            1 << 40,
+        )? as usize;
+        config.max_retained_bytes_per_principal = within(
+            "max-retained-bytes-per-principal",
+            raw.max_retained_bytes_per_principal as u64,
+            1024,
+            1 << 40,
+        )? as usize;
         Ok(config)
     }
 }
@@ -606,6 +655,39 @@ mod tests {
         assert_eq!(config.api_tokens[0].0, Principal::new("dev"));
         assert!(config.generated_dev_token.is_some());
         assert!(config.secret_was_generated);
+    }
+
+    #[test]
+    fn memory_budgets_default_and_are_validated() {
+        let defaults = Config::from_raw(raw(&[])).unwrap();
+        let development = Config::development();
+        assert_eq!(defaults.max_retained_bytes, 1 << 30);
+        assert_eq!(defaults.max_retained_bytes_per_principal, 256 << 20);
+        assert_eq!(defaults.max_running_jobs_per_principal, 1_000);
+        assert_eq!(defaults.max_retained_bytes, development.max_retained_bytes);
+        assert_eq!(
+            defaults.max_retained_bytes_per_principal,
+            development.max_retained_bytes_per_principal
+        );
+        let config = Config::from_raw(raw(&[
+            "--max-retained-bytes",
+            "2097152",
+            "--max-retained-bytes-per-principal",
+            "65536",
+            "--max-running-jobs-per-principal",
+            "3",
+        ]))
+        .unwrap();
+        assert_eq!(config.max_retained_bytes, 2 * 1024 * 1024);
+        assert_eq!(config.max_retained_bytes_per_principal, 65_536);
+        assert_eq!(config.max_running_jobs_per_principal, 3);
+        for bad in [
+            ["--max-retained-bytes", "1000"],
+            ["--max-retained-bytes-per-principal", "10"],
+            ["--max-running-jobs-per-principal", "0"],
+        ] {
+            assert!(Config::from_raw(raw(&bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

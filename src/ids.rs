@@ -101,3 +101,64 @@ impl fmt::Debug for Principal {
 /// A position in a session's event sequence (§8.3). `0` means "before the
 /// first event"; the first event of every session has sequence `1`.
 pub type EventSeq = u64;
+
+/// The longest cursor text accepted: `u64::MAX` has 20 digits.
+pub const MAX_CURSOR_DIGITS: usize = 20;
+
+/// Parses a cursor sent as text (`Last-Event-ID`, `last_event_seq`, the
+/// digits of a listing cursor): ASCII digits only, 1 to
+/// [`MAX_CURSOR_DIGITS`] of them, within `u64`. No sign, no whitespace, no
+/// other notation, so one cursor has one spelling (leading zeros aside).
+pub fn parse_cursor(text: &str) -> Option<u64> {
+    if text.is_empty()
+        || text.len() > MAX_CURSOR_DIGITS
+        || !text.bytes().all(|byte| byte.is_ascii_digit())
+    {
+        return None;
+    }
+    text.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn cursors_are_digits_only() {
+        assert_eq!(parse_cursor("0"), Some(0));
+        assert_eq!(parse_cursor("0042"), Some(42));
+        assert_eq!(parse_cursor("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "",
+            "+1",
+            "-1",
+            " 1",
+            "1 ",
+            "1\t",
+            "0x1",
+            "1e3",
+            "1.0",
+            "\u{661}",
+            "18446744073709551616",
+            "000000000000000000001",
+        ] {
+            assert_eq!(parse_cursor(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_parsed_or_refused_without_panic(text in "\\PC{0,24}") {
+            if let Some(value) = parse_cursor(&text) {
+                prop_assert!(text.bytes().all(|b| b.is_ascii_digit()));
+                prop_assert_eq!(text.trim_start_matches('0').parse::<u64>().unwrap_or(0), value);
+            }
+        }
+
+        #[test]
+        fn every_u64_round_trips(value in any::<u64>()) {
+            prop_assert_eq!(parse_cursor(&value.to_string()), Some(value));
+        }
+    }
+}

@@ -14,6 +14,7 @@ pub mod event_log;
 pub mod http;
 pub mod ids;
 pub mod jobs;
+pub mod json;
 pub mod protocol;
 pub mod server;
 pub mod session;
@@ -70,16 +71,31 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
         config.secret_was_generated = false;
     }
     let token_keys = ResumeTokenKeys::new(config.secrets.clone()).ok_or(ServeError::NoSecret)?;
-    let memory = Arc::new(MemoryEventLog::new(
+    let retention = Arc::new(event_log::budget::RetentionBudget::new(
+        config.max_retained_bytes,
+        config.max_retained_bytes_per_principal,
+    ));
+    let memory = Arc::new(MemoryEventLog::with_budget(
         config.retention,
         http::sse::encode_job_event,
+        retention.clone(),
     ));
     let (store, recovered): (Arc<dyn Persistence>, Option<Recovered>) = match &config.data_dir {
         None => (Arc::new(Ephemeral), None),
         Some(data_dir) => {
             let (connection, recovered, path) = SqliteStore::open(data_dir).map_err(storage)?;
+            // Each log is charged to its session's principal.
+            let owners: std::collections::HashMap<&str, ids::Principal> = recovered
+                .sessions
+                .iter()
+                .filter_map(|record| {
+                    let id = record.get("id")?.as_str()?;
+                    Some((id, ids::Principal::new(record.get("principal")?.as_str()?)))
+                })
+                .collect();
             for (session_id, floor, entries) in &recovered.logs {
-                memory.restore(session_id, *floor, entries.clone());
+                let owner = owners.get(session_id.as_str());
+                memory.restore_owned(session_id, owner, *floor, entries.clone());
             }
             let store = SqliteStore::start(connection, path, Arc::downgrade(&memory));
             memory.attach_sink(store.clone());
@@ -94,6 +110,7 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
         jobs: JobRegistry::default(),
         agents: AgentRegistry::with_external(&config.agents),
         log,
+        retention,
         store,
         shutdown: CancellationToken::new(),
         config,
@@ -112,7 +129,13 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
 fn recover(state: &Arc<AppState>, recovered: Recovered) {
     for record in &recovered.sessions {
         let Some(session) = Session::restore(record) else {
-            tracing::warn!("skipping an unreadable session record");
+            tracing::error!(
+                session = record
+                    .get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("?"),
+                "skipping a session record recovery cannot use"
+            );
             continue;
         };
         if state.log.bounds(&session.id).is_err() {
@@ -133,7 +156,20 @@ fn recover(state: &Arc<AppState>, recovered: Recovered) {
         let Some(job) = restored else {
             // Its session is gone (or the record unreadable): nothing can
             // ever observe it again, so the record goes too.
-            if let Some(id) = record.get("id").and_then(serde_json::Value::as_str) {
+            let id = record.get("id").and_then(serde_json::Value::as_str);
+            let session = record.get("session_id").and_then(serde_json::Value::as_str);
+            if session.is_some_and(|s| {
+                state
+                    .sessions
+                    .get(&ids::SessionId::from_client(s))
+                    .is_some()
+            }) {
+                tracing::error!(
+                    job = id.unwrap_or("?"),
+                    "dropping a job record recovery cannot use (its session is still there)"
+                );
+            }
+            if let Some(id) = id {
                 state.store.delete_job(&ids::JobId::from_client(id));
             }
             continue;
@@ -192,12 +228,18 @@ fn job_positions(recovered: &Recovered) -> std::collections::HashMap<ids::JobId,
                     terminal: None,
                 });
             position.last_seq = entry.seq;
-            let Some(draft) = entry
-                .to_draft()
-                .filter(|draft| draft.message_type != "job.event")
-            else {
+            let Some(draft) = entry.to_draft() else {
+                tracing::error!(
+                    session = %session_id,
+                    seq = entry.seq,
+                    job = %entry.job_id,
+                    "a recovered event cannot be re-read; it still replays as stored"
+                );
                 continue;
             };
+            if draft.message_type == "job.event" {
+                continue;
+            }
             let status = draft
                 .payload
                 .get("final_status")

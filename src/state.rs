@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiTokens, ResumeTokenKeys};
 use crate::config::Config;
+use crate::event_log::budget::RetentionBudget;
 use crate::event_log::EventLog;
 use crate::jobs::agents::AgentRegistry;
 use crate::jobs::JobRegistry;
@@ -34,6 +35,9 @@ pub struct AppState {
     pub jobs: JobRegistry,
     pub agents: AgentRegistry,
     pub log: Arc<dyn EventLog>,
+    /// Retained event bytes per principal and gateway-wide; `log` charges
+    /// them, admission reads them.
+    pub retention: Arc<RetentionBudget>,
     /// Session and job records (nothing in memory mode).
     pub store: Arc<dyn Persistence>,
     /// Cancelled when the gateway shuts down; every stream watches it.

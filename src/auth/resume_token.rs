@@ -228,6 +228,12 @@ mod tests {
         }
 
         #[test]
+        fn arbitrary_text_is_refused_without_panic(text in "(rt1\\.)?[A-Za-z0-9_.=+/-]{0,120}|\\PC{0,64}") {
+            let keys = keys(&["proptest-secret-0123456789"]);
+            prop_assert!(keys.verify(&text, 0).is_err());
+        }
+
+        #[test]
         fn any_single_byte_change_is_rejected(
             generation in any::<u64>(),
             position in any::<prop::sample::Index>(),

@@ -78,11 +78,12 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
+use super::budget::{Account, RetentionBudget};
 use super::{
     EventDraft, EventLog, EventLogError, FrameEncoder, LogBounds, LogEntry, ReadLimit,
     RetentionLimits,
 };
-use crate::ids::{EventSeq, JobId, SessionId};
+use crate::ids::{EventSeq, JobId, Principal, SessionId};
 
 /// The smallest allocation for frames: what a session's first block gets.
 const MIN_BLOCK_CAPACITY: usize = 4 * 1024;
@@ -118,6 +119,7 @@ pub trait LogSink: Send + Sync {
 pub struct MemoryEventLog {
     sessions: RwLock<HashMap<SessionId, Arc<SessionSlot>>>,
     limits: RetentionLimits,
+    budget: Arc<RetentionBudget>,
     encode: FrameEncoder,
     sink: OnceLock<Arc<dyn LogSink>>,
 }
@@ -297,16 +299,26 @@ struct SessionLog {
     newest: EventSeq,
     /// The sum of the retained frames' lengths.
     retained_bytes: usize,
+    /// Where `retained_bytes` is also counted (the owner's and the
+    /// gateway's budgets).
+    account: Arc<Account>,
+}
+
+impl Drop for SessionLog {
+    fn drop(&mut self) {
+        self.account.refund(self.retained_bytes);
+    }
 }
 
 impl SessionLog {
-    fn new(floor: EventSeq) -> Self {
+    fn new(floor: EventSeq, account: Arc<Account>) -> Self {
         SessionLog {
             entries: VecDeque::new(),
             blocks: Blocks::new(),
             floor,
             newest: floor,
             retained_bytes: 0,
+            account,
         }
     }
 
@@ -440,6 +452,7 @@ impl SessionLog {
     fn evict_front(&mut self) {
         if let Some(entry) = self.entries.pop_front() {
             self.retained_bytes -= entry.len;
+            self.account.refund(entry.len);
             self.floor = entry.seq;
             match self.entries.front() {
                 // Blocks before the oldest retained entry's hold no
@@ -461,6 +474,7 @@ impl SessionLog {
         let capacity = (self.retained_bytes / 4).clamp(MIN_BLOCK_CAPACITY, MAX_BLOCK_CAPACITY);
         let (block, start) = self.blocks.push(&entry.frame, capacity);
         self.retained_bytes += entry.frame.len();
+        self.account.charge(entry.frame.len());
         self.newest = entry.seq;
         self.entries.push_back(StoredEntry {
             seq: entry.seq,
@@ -474,15 +488,34 @@ impl SessionLog {
 }
 
 impl MemoryEventLog {
+    /// A log bounded per session only.
     pub fn new(limits: RetentionLimits, encode: FrameEncoder) -> Self {
+        MemoryEventLog::with_budget(limits, encode, Arc::new(RetentionBudget::unlimited()))
+    }
+
+    /// A log bounded per session and by `budget` (per principal and
+    /// gateway-wide).
+    pub fn with_budget(
+        limits: RetentionLimits,
+        encode: FrameEncoder,
+        budget: Arc<RetentionBudget>,
+    ) -> Self {
         MemoryEventLog {
             sessions: RwLock::new(HashMap::new()),
             limits: RetentionLimits {
                 max_events: limits.max_events.max(1),
                 max_bytes: limits.max_bytes.max(1),
             },
+            budget,
             encode,
             sink: OnceLock::new(),
+        }
+    }
+
+    fn account_of(&self, owner: Option<&Principal>) -> Arc<Account> {
+        match owner {
+            Some(principal) => self.budget.account(principal),
+            None => self.budget.unowned(),
         }
     }
 
@@ -503,7 +536,18 @@ impl MemoryEventLog {
     /// contiguous from `floor + 1`. They are durable already. Their frames
     /// are copied into blocks like appended ones.
     pub fn restore(&self, session_id: &SessionId, floor: EventSeq, entries: Vec<LogEntry>) {
-        let mut log = SessionLog::new(floor);
+        self.restore_owned(session_id, None, floor, entries);
+    }
+
+    /// [`MemoryEventLog::restore`], charging the log to `owner`'s budget.
+    pub fn restore_owned(
+        &self,
+        session_id: &SessionId,
+        owner: Option<&Principal>,
+        floor: EventSeq,
+        entries: Vec<LogEntry>,
+    ) {
+        let mut log = SessionLog::new(floor, self.account_of(owner));
         for entry in &entries {
             if entry.seq != log.newest + 1 {
                 break;
@@ -533,8 +577,12 @@ impl MemoryEventLog {
     }
 }
 
-impl EventLog for MemoryEventLog {
-    fn create(&self, session_id: &SessionId) -> Result<(), EventLogError> {
+impl MemoryEventLog {
+    fn create_charged(
+        &self,
+        session_id: &SessionId,
+        account: Arc<Account>,
+    ) -> Result<(), EventLogError> {
         let mut sessions = self
             .sessions
             .write()
@@ -544,12 +592,22 @@ impl EventLog for MemoryEventLog {
         }
         sessions.insert(
             session_id.clone(),
-            Arc::new(SessionSlot::new(SessionLog::new(0))),
+            Arc::new(SessionSlot::new(SessionLog::new(0, account))),
         );
         if let Some(sink) = self.sink.get() {
             sink.created(session_id);
         }
         Ok(())
+    }
+}
+
+impl EventLog for MemoryEventLog {
+    fn create(&self, session_id: &SessionId) -> Result<(), EventLogError> {
+        self.create_charged(session_id, self.account_of(None))
+    }
+
+    fn create_owned(&self, session_id: &SessionId, owner: &Principal) -> Result<(), EventLogError> {
+        self.create_charged(session_id, self.account_of(Some(owner)))
     }
 
     fn append(
@@ -571,8 +629,12 @@ impl EventLog for MemoryEventLog {
         };
         log.push(&entry);
         let floor_before = log.floor;
+        // Past a budget shared with other sessions (the owner's, the
+        // gateway's), this session gives up its own oldest events: the one
+        // just written always stays.
         while log.entries.len() > self.limits.max_events
-            || (log.retained_bytes > self.limits.max_bytes && log.entries.len() > 1)
+            || (log.entries.len() > 1
+                && (log.retained_bytes > self.limits.max_bytes || log.account.over()))
         {
             log.evict_front();
         }
@@ -712,6 +774,52 @@ mod tests {
         max_entries: usize::MAX,
         max_bytes: usize::MAX,
     };
+
+    #[test]
+    fn budgets_shared_across_sessions_evict_from_the_appending_session() {
+        let budget = Arc::new(RetentionBudget::new(10_000, 4_000));
+        let limits = RetentionLimits {
+            max_events: usize::MAX,
+            max_bytes: usize::MAX,
+        };
+        let log = MemoryEventLog::with_budget(limits, encode, budget.clone());
+        let (alice, bob) = (Principal::new("alice"), Principal::new("bob"));
+        let a1 = SessionId::from_client("a1");
+        let a2 = SessionId::from_client("a2");
+        let b1 = SessionId::from_client("b1");
+        log.create_owned(&a1, &alice).unwrap();
+        log.create_owned(&a2, &alice).unwrap();
+        log.create_owned(&b1, &bob).unwrap();
+        for _ in 0..3 {
+            log.append(&a1, &draft(1_000)).unwrap();
+        }
+        assert_eq!(budget.used_by(&alice), 3_000);
+        // a2 pushes alice past her 4,000: a2 gives up its own oldest, not a1's.
+        for _ in 0..3 {
+            log.append(&a2, &draft(1_000)).unwrap();
+        }
+        assert_eq!(log.bounds(&a1).unwrap().floor, 0, "a1 keeps its history");
+        assert_eq!(log.bounds(&a2).unwrap().floor, 2, "a2 evicted its own");
+        assert_eq!(budget.used_by(&alice), 4_000);
+        // One event always stays, however large.
+        log.append(&a2, &draft(5_000)).unwrap();
+        assert_eq!(log.read_after(&a2, 3, ALL).unwrap().len(), 1);
+        assert_eq!(budget.used_by(&alice), 8_000);
+        // Bob fills the gateway-wide budget: his own session pays.
+        for _ in 0..5 {
+            log.append(&b1, &draft(1_000)).unwrap();
+        }
+        assert!(budget.used_by(&bob) <= 2_000 + 1_000);
+        assert!(budget.global().used() <= 10_000 + 1_000);
+        assert_eq!(log.bounds(&a1).unwrap().floor, 0);
+        // Acknowledging, and removing a log, give the bytes back.
+        log.release_through(&a1, 3).unwrap();
+        assert_eq!(budget.used_by(&alice), 5_000);
+        log.remove(&a2);
+        log.remove(&b1);
+        assert_eq!(budget.used_by(&alice), 0);
+        assert_eq!(budget.global().used(), 0);
+    }
 
     fn log(max_events: usize) -> (MemoryEventLog, SessionId) {
         let log = MemoryEventLog::new(

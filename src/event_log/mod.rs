@@ -11,6 +11,7 @@
 //! sections, never held across an `.await`. Readers learn about new entries
 //! through a `watch` channel carrying the newest sequence number.
 
+pub mod budget;
 pub mod memory;
 pub mod sqlite;
 
@@ -20,7 +21,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::ids::{EventSeq, JobId, SessionId};
+use crate::ids::{EventSeq, JobId, Principal, SessionId};
 
 pub use memory::{LogSink, MemoryEventLog};
 
@@ -178,6 +179,14 @@ impl std::fmt::Display for EventLogError {
 pub trait EventLog: Send + Sync + 'static {
     /// Creates an empty log for a new session.
     fn create(&self, session_id: &SessionId) -> Result<(), EventLogError>;
+
+    /// Creates an empty log for a session of `owner`, charged to that
+    /// principal's retention budget where the backend keeps one
+    /// ([`budget::RetentionBudget`]); otherwise the same as `create`.
+    fn create_owned(&self, session_id: &SessionId, owner: &Principal) -> Result<(), EventLogError> {
+        let _ = owner;
+        self.create(session_id)
+    }
 
     /// Assigns the next sequence number, encodes the frame and stores it.
     /// May evict the oldest entries to respect the retention limits.

@@ -29,12 +29,17 @@ pub async fn read_json(
     deadline: Duration,
 ) -> Result<Value, ApiError> {
     let collected = read_body_bytes(body, limit, deadline).await?;
-    if collected.iter().all(u8::is_ascii_whitespace) {
+    parse_json(&collected)
+}
+
+/// Parses a client's JSON body within the limits of [`crate::json`] (depth,
+/// no duplicate keys). An empty body reads as `null`.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&collected).map_err(|error| {
-        ApiError::InvalidRequest(format!("request body is not valid JSON: {error}"))
-    })
+    crate::json::parse(bytes)
+        .map_err(|error| ApiError::InvalidRequest(format!("request body is refused: {error}")))
 }
 
 /// Reads a whole request body into one buffer of at most `limit` bytes,

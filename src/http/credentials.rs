@@ -212,3 +212,55 @@ fn best_resume_claims(
         (None, None) => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parts(cookies: &[&str]) -> Parts {
+        let mut request = hyper::Request::builder().uri("/v1/sessions/s/events");
+        for cookie in cookies {
+            request = request.header(COOKIE, *cookie);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn resume_cookies_are_found_among_others() {
+        let found = resume_cookie_values(&parts(&[
+            "a=1; arcp_resume=rt1.x.y; b=2",
+            "arcp_resume=rt1.z.w",
+        ]));
+        assert_eq!(found, ["rt1.x.y", "rt1.z.w"]);
+        assert!(resume_cookie_values(&parts(&["arcp_resume"])).is_empty());
+    }
+
+    #[test]
+    fn query_cursors_are_kept_as_sent_for_strict_parsing() {
+        let query = Query::parse(Some("last_event_seq=%2B1&resume_token=rt1.a.b"));
+        assert_eq!(query.last_event_seq.as_deref(), Some("+1"));
+        assert_eq!(query.resume_token.as_deref(), Some("rt1.a.b"));
+    }
+
+    proptest! {
+        /// Any Cookie header (visible ASCII, as `HeaderValue` allows for
+        /// `to_str`) parses without panic, and a well-formed resume cookie
+        /// among arbitrary others is always found, value intact.
+        #[test]
+        fn cookie_headers_never_panic_and_keep_the_token(
+            noise in "[ -~]{0,80}",
+            token in "rt1\\.[A-Za-z0-9_-]{1,40}\\.[A-Za-z0-9_-]{1,40}",
+        ) {
+            let _ = resume_cookie_values(&parts(&[noise.as_str()]));
+            let header = format!("x=1; arcp_resume={token}; y=2");
+            let found = resume_cookie_values(&parts(&[noise.as_str(), header.as_str()]));
+            prop_assert!(found.contains(&token));
+        }
+
+        #[test]
+        fn queries_never_panic(query in "\\PC{0,80}") {
+            let _ = Query::parse(Some(&query));
+        }
+    }
+}

@@ -33,6 +33,17 @@ pub enum ApiError {
     TooManyJobs {
         limit: usize,
     },
+    /// The principal already runs its cap of jobs (all sessions together).
+    TooManyRunningJobs {
+        limit: usize,
+    },
+    /// The principal's sessions already retain its cap of event bytes.
+    RetainedBytesPerPrincipal {
+        limit: usize,
+    },
+    /// The gateway-wide retained-bytes budget is used up: new work waits
+    /// until clients acknowledge, close or abandon sessions.
+    RetainedBytesFull,
     JobAlreadyTerminal {
         status: &'static str,
     },
@@ -75,11 +86,15 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooManySessions { .. }
             | ApiError::TooManyJobs { .. }
-            | ApiError::TooManyConnectionsFromPeer { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | ApiError::TooManyConnectionsFromPeer { .. }
+            | ApiError::TooManyRunningJobs { .. }
+            | ApiError::RetainedBytesPerPrincipal { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MalformedHead(_) => StatusCode::BAD_REQUEST,
             ApiError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::HeadTimeout | ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyConnections | ApiError::RetainedBytesFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -89,13 +104,16 @@ impl ApiError {
             ApiError::PermissionDenied(_)
             | ApiError::TooManySessions { .. }
             | ApiError::TooManyJobs { .. }
-            | ApiError::TooManyConnectionsFromPeer { .. } => ErrorCode::PermissionDenied,
+            | ApiError::TooManyConnectionsFromPeer { .. }
+            | ApiError::TooManyRunningJobs { .. }
+            | ApiError::RetainedBytesPerPrincipal { .. } => ErrorCode::PermissionDenied,
             ApiError::MalformedHead(_)
             | ApiError::HeadTooLarge { .. }
             | ApiError::HeadTimeout
             | ApiError::BodyTimeout => ErrorCode::InvalidRequest,
-            // §12: overload is a runtime condition the client may retry.
-            ApiError::TooManyConnections => ErrorCode::InternalError,
+            // §12: overload is a runtime condition the client may retry, and
+            // INTERNAL_ERROR is always retryable.
+            ApiError::TooManyConnections | ApiError::RetainedBytesFull => ErrorCode::InternalError,
             ApiError::ResumeWindowExpired(_) => ErrorCode::ResumeWindowExpired,
             ApiError::InvalidRequest(_)
             | ApiError::BodyTooLarge { .. }
@@ -133,6 +151,15 @@ impl ApiError {
             ApiError::TooManyJobs { limit } => format!(
                 "this session already has {limit} jobs, all still running; wait for some to finish"
             ),
+            ApiError::TooManyRunningJobs { limit } => format!(
+                "this principal already runs {limit} jobs; wait for some to finish"
+            ),
+            ApiError::RetainedBytesPerPrincipal { limit } => format!(
+                "this principal's sessions retain nearly their limit of {limit} bytes of events; acknowledge events (session.ack) or close sessions first"
+            ),
+            ApiError::RetainedBytesFull => {
+                "the gateway's memory for retained events is full; retry later".into()
+            }
             ApiError::TooManySessions { limit } => format!(
                 "this principal already holds {limit} sessions; close some or let them expire"
             ),
@@ -154,8 +181,10 @@ impl ApiError {
         }
     }
 
-    /// Whether retrying the same request later may succeed (§12).
-    fn retryable(&self) -> bool {
+    /// Whether the same request may succeed later without changes (§12):
+    /// what a code forces, a late head or body, and caps that free
+    /// themselves (connections close, jobs end, events are acknowledged).
+    pub fn retryable(&self) -> bool {
         match self.code().forced_retryable() {
             Some(forced) => forced,
             None => matches!(
@@ -163,6 +192,9 @@ impl ApiError {
                 ApiError::HeadTimeout
                     | ApiError::BodyTimeout
                     | ApiError::TooManyConnectionsFromPeer { .. }
+                    | ApiError::TooManyRunningJobs { .. }
+                    | ApiError::RetainedBytesPerPrincipal { .. }
+                    | ApiError::RetainedBytesFull
             ),
         }
     }

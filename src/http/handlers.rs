@@ -93,10 +93,16 @@ pub(super) async fn read_payload<T: for<'de> Deserialize<'de>>(
 }
 
 fn parse_payload<T: for<'de> Deserialize<'de>>(payload: Value, what: &str) -> Result<T, ApiError> {
-    let payload = if payload.is_null() {
-        Value::Object(Map::new())
-    } else {
-        payload
+    // serde's derived structs also accept an array, read by position; a
+    // payload is an object (§5) or absent, nothing else.
+    let payload = match payload {
+        Value::Null => Value::Object(Map::new()),
+        Value::Object(object) => Value::Object(object),
+        _ => {
+            return Err(ApiError::InvalidRequest(format!(
+                "invalid {what}: expected a JSON object"
+            )))
+        }
     };
     serde_json::from_value(payload)
         .map_err(|error| ApiError::InvalidRequest(format!("invalid {what}: {error}")))
@@ -128,9 +134,9 @@ fn authenticate_api_token(
 
 #[derive(Deserialize, Default)]
 struct HelloPayload {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::optional_object")]
     auth: Option<HelloAuth>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::optional_object")]
     capabilities: Option<HelloCapabilities>,
 }
 
@@ -251,7 +257,7 @@ pub async fn create_session(
     ));
     state
         .log
-        .create(&session.id)
+        .create_owned(&session.id, &session.principal)
         .map_err(|_| ApiError::InvalidRequest("session id collision; retry".into()))?;
     state.sessions.insert(session.clone());
     let generation = session.welcome_new().generation;
@@ -396,7 +402,6 @@ fn requested_cursor(parts: &Parts, query: &Query) -> Result<Option<EventSeq>, Ap
         value
             .to_str()
             .map_err(|_| ApiError::InvalidRequest("Last-Event-ID is not valid text".into()))
-            .map(str::trim)
             .map(str::to_owned)
     });
     let text = match header {
@@ -407,9 +412,10 @@ fn requested_cursor(parts: &Parts, query: &Query) -> Result<Option<EventSeq>, Ap
     let Some(text) = text else {
         return Ok(None);
     };
-    text.parse::<EventSeq>().map(Some).map_err(|_| {
+    crate::ids::parse_cursor(&text).map(Some).ok_or_else(|| {
         ApiError::InvalidRequest(format!(
-            "event cursor {text:?} is not a non-negative integer"
+            "event cursor {text:?} is not an event_seq: 1 to {} ASCII digits",
+            crate::ids::MAX_CURSOR_DIGITS
         ))
     })
 }
@@ -500,7 +506,7 @@ struct JobSubmitPayload {
     input: Value,
     #[serde(default)]
     lease_request: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::optional_object")]
     lease_constraints: Option<LeaseConstraints>,
     #[serde(default)]
     idempotency_key: Option<String>,
@@ -738,6 +744,15 @@ pub async fn submit_job(
             back_pressure_lag_events: state.config.back_pressure_lag_events,
         },
     };
+    // A resubmission with a known key answers with the earlier job (or 409)
+    // whatever the budgets: a client retrying a lost 202 must learn of it.
+    let known_key = submit
+        .idempotency_key
+        .as_deref()
+        .is_some_and(|key| state.jobs.has_key(&session.principal, key));
+    if !known_key {
+        admit_retention(state, &session.principal)?;
+    }
     let job = match state.jobs.register(
         Job::new(
             spec,
@@ -746,6 +761,7 @@ pub async fn submit_job(
             state.store.clone(),
         ),
         state.config.max_jobs_per_session,
+        state.config.max_running_jobs_per_principal,
     ) {
         Registration::Accepted(job) => {
             // Durable before the client hears "accepted" (nothing lost).
@@ -761,12 +777,39 @@ pub async fn submit_job(
                 limit: state.config.max_jobs_per_session,
             })
         }
+        Registration::PrincipalBusy => {
+            return Err(ApiError::TooManyRunningJobs {
+                limit: state.config.max_running_jobs_per_principal,
+            })
+        }
     };
     // An idempotent repeat answers for the session that submitted the job.
     let mut envelope = Envelope::new("job.accepted", &job.spec.session_id, &job.accepted_payload);
     envelope.job_id = Some(&job.spec.id);
     envelope.trace_id = Some(&job.spec.trace_id);
     Ok(json_response(StatusCode::ACCEPTED, &envelope))
+}
+
+/// Refuses new work while the retained-event budgets are (7/8) used up: the
+/// principal's (429, until it acknowledges or closes sessions) or the whole
+/// gateway's (503, retryable). Running jobs are not stopped; their sessions
+/// evict their own oldest events instead (`event_log::budget`).
+fn admit_retention(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+    let budget = &state.retention;
+    if budget.principal_at_high_water(principal) {
+        return Err(ApiError::RetainedBytesPerPrincipal {
+            limit: budget.per_principal_limit(),
+        });
+    }
+    if budget.global().at_high_water() {
+        tracing::warn!(
+            used = budget.global().used(),
+            limit = budget.global().limit(),
+            "job refused: the gateway-wide retained-bytes budget is full"
+        );
+        return Err(ApiError::RetainedBytesFull);
+    }
+    Ok(())
 }
 
 /// Whether `principal` may observe `job` (§6.6, §14): its submitter always;

@@ -198,9 +198,8 @@ fn list_parameters(query: Option<&str>) -> Result<(ListFilter, usize, u64), ApiE
                 filter.created_after = Some(at);
             }
             "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
+                limit = crate::ids::parse_cursor(&value)
+                    .and_then(|limit| usize::try_from(limit).ok())
                     .filter(|limit| (1..=MAX_LIST_LIMIT).contains(limit))
                     .ok_or_else(|| {
                         ApiError::InvalidRequest(format!("limit must be 1..={MAX_LIST_LIMIT}"))
@@ -209,7 +208,7 @@ fn list_parameters(query: Option<&str>) -> Result<(ListFilter, usize, u64), ApiE
             "cursor" => {
                 cursor = value
                     .strip_prefix("c")
-                    .and_then(|n| n.parse().ok())
+                    .and_then(crate::ids::parse_cursor)
                     .ok_or_else(|| {
                         ApiError::InvalidRequest("cursor is not one this gateway issued".into())
                     })?;

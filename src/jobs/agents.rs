@@ -366,10 +366,12 @@ const MAX_TICKS: u64 = 1_000_000;
 const MAX_INTERVAL_MS: u64 = 3_600_000;
 
 fn parse_input<T: for<'de> Deserialize<'de>>(input: &Value) -> Result<T, String> {
-    let input = if input.is_null() {
-        json!({})
-    } else {
-        input.clone()
+    // A derived struct would also read an array by position; a built-in
+    // agent's input is an object or absent.
+    let input = match input {
+        Value::Null => json!({}),
+        Value::Object(_) => input.clone(),
+        _ => return Err("invalid input: expected a JSON object".into()),
     };
     serde_json::from_value(input).map_err(|error| format!("invalid input: {error}"))
 }

@@ -83,9 +83,14 @@ struct JobState {
     status: JobStatus,
     /// The newest `event_seq` of this job in the submitting session.
     last_event_seq: EventSeq,
+    /// The first one (`None` before any): history from a cursor was lost
+    /// only if the log's floor passed one of this job's events (§7.6).
+    first_event_seq: Option<EventSeq>,
     terminal_payload: Option<Value>,
     /// Sessions that receive this job's events besides the submitter.
     subscribers: Vec<Arc<Session>>,
+    /// Counts this job among its principal's running jobs until it ends.
+    running_slot: Option<RunningSlot>,
     /// Remaining budget per currency (§9.6).
     budget_remaining: BTreeMap<String, f64>,
     streamed_result: Option<StreamedResult>,
@@ -197,6 +202,14 @@ impl Terminal {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JobFinished(pub JobStatus);
 
+/// Whether a subscription's history after `after` lost events of this job:
+/// the origin log's floor passed `after`, and the job had an event at or
+/// below the floor. Events of other jobs below the floor do not count
+/// (§7.6: `from_event_seq: 0` works as long as this job's events remain).
+fn history_lost(after: EventSeq, floor: EventSeq, state: &JobState) -> bool {
+    after < floor && state.first_event_seq.is_some_and(|first| first <= floor)
+}
+
 /// Why a subscription could not be set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubscribeError {
@@ -245,8 +258,10 @@ impl Job {
             state: Mutex::new(JobState {
                 status: JobStatus::Pending,
                 last_event_seq: 0,
+                first_event_seq: None,
                 terminal_payload: None,
                 subscribers: Vec::new(),
+                running_slot: None,
                 budget_remaining,
                 streamed_result: None,
             }),
@@ -267,6 +282,7 @@ impl Job {
     pub fn adopt_terminal(&self, (status, payload): (JobStatus, Value)) {
         let mut state = self.state();
         state.status = status;
+        state.running_slot = None;
         state.terminal_payload = Some(payload);
         let _ = self.persist_locked(&state);
     }
@@ -301,6 +317,7 @@ impl Job {
                 "back_pressure_lag_events": spec.limits.back_pressure_lag_events,
             },
             "status": state.status,
+            "first_event_seq": state.first_event_seq,
             "terminal_payload": state.terminal_payload,
             "budget_remaining": state.budget_remaining,
             "subscribers": state.subscribers.iter().map(|s| &s.id).collect::<Vec<_>>(),
@@ -363,6 +380,13 @@ impl Job {
         {
             let mut state = job.state();
             state.status = serde_json::from_value(record.get("status")?.clone()).ok()?;
+            // Records written before this field existed: assume the job's
+            // events may start anywhere (history checks stay conservative).
+            state.first_event_seq = match record.get("first_event_seq") {
+                Some(Value::Null) => None,
+                Some(seq) => Some(seq.as_u64().unwrap_or(1)),
+                None => Some(1),
+            };
             state.terminal_payload = record
                 .get("terminal_payload")
                 .filter(|v| !v.is_null())
@@ -572,6 +596,7 @@ impl Job {
         };
         let (message_type, payload) = terminal.message_type_and_payload();
         state.status = terminal.status();
+        state.running_slot = None;
         state.terminal_payload = Some(payload.clone());
         self.append(state, message_type, payload);
         let _ = self.persist_locked(state);
@@ -597,6 +622,12 @@ impl Job {
         // runs to its end, but nobody can resume to see it.
         if let Ok(seq) = self.log.append(&self.spec.session_id, &draft) {
             state.last_event_seq = seq;
+            if state.first_event_seq.is_none() {
+                state.first_event_seq = Some(seq);
+                // Queued behind the event itself, in the same ordered store
+                // stream: a durable event implies a durable first_event_seq.
+                let _ = self.persist_locked(state);
+            }
             self.signal_back_pressure(&self.origin, seq);
         }
         state
@@ -655,7 +686,7 @@ impl Job {
         }
         let mut replayed = false;
         if let Some(after) = history_after {
-            let drafts = self.history_after(after)?;
+            let drafts = self.history_after(after, &state)?;
             replayed = !drafts.is_empty();
             for draft in &drafts {
                 let _ = self.log.append(&subscriber.id, draft);
@@ -672,14 +703,18 @@ impl Job {
     }
 
     /// Retained events of this job in the submitter's log after `after`.
-    fn history_after(&self, after: EventSeq) -> Result<Vec<EventDraft>, SubscribeError> {
+    fn history_after(
+        &self,
+        after: EventSeq,
+        state: &JobState,
+    ) -> Result<Vec<EventDraft>, SubscribeError> {
         let origin = &self.spec.session_id;
         let Ok(bounds) = self.log.bounds(origin) else {
             return Err(SubscribeError::HistoryEvicted {
                 floor: EventSeq::MAX,
             });
         };
-        if after < bounds.floor {
+        if history_lost(after, bounds.floor, state) {
             return Err(SubscribeError::HistoryEvicted {
                 floor: bounds.floor,
             });
@@ -689,7 +724,8 @@ impl Job {
             max_bytes: 4 * 1024 * 1024,
         };
         let mut drafts = Vec::new();
-        let mut cursor = after.min(bounds.newest);
+        // Below the floor only other jobs' events were evicted; start there.
+        let mut cursor = after.max(bounds.floor).min(bounds.newest);
         loop {
             let batch = match self.log.read_after(origin, cursor, limit) {
                 Ok(batch) => batch,
@@ -706,7 +742,19 @@ impl Job {
                 batch
                     .iter()
                     .filter(|entry| entry.job_id == self.spec.id)
-                    .filter_map(|entry| entry.to_draft()),
+                    .filter_map(|entry| {
+                        let draft = entry.to_draft();
+                        if draft.is_none() {
+                            // Cannot happen for what the edge accepts
+                            // (crate::json); say so loudly if it does.
+                            tracing::error!(
+                                job = %self.spec.id,
+                                seq = entry.seq,
+                                "a stored event cannot be re-read; it is left out of the history"
+                            );
+                        }
+                        draft
+                    }),
             );
         }
         Ok(drafts)
@@ -758,6 +806,18 @@ pub enum Registration {
     ConflictingKey,
     /// The session already holds its cap of jobs, all still running.
     SessionFull,
+    /// The principal already runs its cap of jobs.
+    PrincipalBusy,
+}
+
+/// One of a principal's running jobs; the count drops when the job ends
+/// (the slot is dropped with its terminal state).
+struct RunningSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for RunningSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Filters of a job listing (§6.6).
@@ -792,6 +852,9 @@ struct RegistryInner {
     by_key: HashMap<(Principal, String), JobId>,
     /// Each session's retained jobs, oldest first, for the per-session cap.
     per_session: HashMap<SessionId, std::collections::BTreeSet<u64>>,
+    /// Each principal's running jobs, for the per-principal cap. Principals
+    /// come from the configured api tokens, so the map stays small.
+    running: HashMap<Principal, Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl RegistryInner {
@@ -864,7 +927,12 @@ impl JobRegistry {
     /// Registers a job, or resolves its idempotency key to an earlier one.
     /// The key check and insert happen under one lock, so two racing
     /// submissions with the same key yield one job.
-    pub fn register(&self, mut job: Job, max_jobs_per_session: usize) -> Registration {
+    pub fn register(
+        &self,
+        mut job: Job,
+        max_jobs_per_session: usize,
+        max_running_per_principal: usize,
+    ) -> Registration {
         let mut inner = self.inner();
         if let Some(key) = &job.spec.idempotency_key {
             let scoped = (job.spec.principal.clone(), key.clone());
@@ -878,9 +946,25 @@ impl JobRegistry {
         // Bounded memory however long a session lives: past the cap the
         // session's oldest finished jobs are forgotten (their events stay in
         // the log until retention drops them).
+        let running = inner
+            .running
+            .entry(job.spec.principal.clone())
+            .or_default()
+            .clone();
+        // Jobs only leave the count (never join it) outside this lock, so
+        // the check and the increment cannot let two racing submissions
+        // both take the last slot.
+        if running.load(std::sync::atomic::Ordering::Relaxed) >= max_running_per_principal {
+            return Registration::PrincipalBusy;
+        }
         if !inner.make_room(&job.spec.session_id, max_jobs_per_session) {
             return Registration::SessionFull;
         }
+        running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        job.state
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .running_slot = Some(RunningSlot(running));
         inner.next_index += 1;
         job.index = inner.next_index;
         let job = Arc::new(job);
@@ -899,6 +983,13 @@ impl JobRegistry {
 
     pub fn get(&self, job_id: &JobId) -> Option<Arc<Job>> {
         self.inner().jobs.get(job_id).cloned()
+    }
+
+    /// Whether `principal` already used idempotency `key` (§7.2).
+    pub fn has_key(&self, principal: &Principal, key: &str) -> bool {
+        self.inner()
+            .by_key
+            .contains_key(&(principal.clone(), key.to_owned()))
     }
 
     /// A page of the jobs `may_observe` admits, in submission order, after

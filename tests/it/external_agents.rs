@@ -614,6 +614,8 @@ async fn garbage_output_ends_the_job_and_stops_the_agent() {
     for (what, expected) in [
         ("not_an_object", "not a JSON object"),
         ("unknown_kind", "unknown event kind \\\"delegate\\\""),
+        ("too_deep", "deeper than 64 levels"),
+        ("duplicate_keys", "the key \\\"verdict\\\" more than once"),
     ] {
         let (_, events) = run(&server, json!({"agent": "rogue", "input": {"do": what}})).await;
         let message = terminal(&events)["message"].to_string();

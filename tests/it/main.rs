@@ -13,6 +13,7 @@ mod external_agents;
 mod fast_path;
 mod hardening;
 mod jobs;
+mod limits;
 mod openapi;
 mod proxy;
 mod resume;

@@ -323,6 +323,10 @@ fn every_api_error_code_and_status_is_mentioned() {
         ApiError::AgentVersionNotAvailable(String::new()),
         ApiError::DuplicateKey,
         ApiError::TooManySessions { limit: 1 },
+        ApiError::TooManyJobs { limit: 1 },
+        ApiError::TooManyRunningJobs { limit: 1 },
+        ApiError::RetainedBytesPerPrincipal { limit: 1 },
+        ApiError::RetainedBytesFull,
         ApiError::JobAlreadyTerminal { status: "success" },
         ApiError::RouteNotFound,
         ApiError::MethodNotAllowed {

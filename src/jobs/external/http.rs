@@ -258,7 +258,7 @@ async fn read_error_body(response: &mut reqwest::Response, idle: Duration) -> Ve
 
 /// The `job.error` for a non-2xx answer (see the module documentation).
 fn status_error(status: StatusCode, body: &[u8]) -> Terminal {
-    if let Ok(value) = serde_json::from_slice::<Value>(body) {
+    if let Ok(value) = crate::json::parse(body) {
         let error = value
             .get("error")
             .filter(|error| error.is_object())

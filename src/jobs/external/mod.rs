@@ -392,8 +392,10 @@ impl<'a> AgentOutput<'a> {
     }
 
     fn parse(&mut self, line: &[u8]) -> Result<ControlFlow<Finished>, String> {
-        let value: Value =
-            serde_json::from_slice(line).map_err(|error| format!("not JSON ({error})"))?;
+        let value: Value = crate::json::parse(line).map_err(|error| match error {
+            crate::json::JsonError::Syntax(detail) => format!("not JSON ({detail})"),
+            refused => refused.to_string(),
+        })?;
         let Value::Object(mut message) = value else {
             return Err("not a JSON object".into());
         };
@@ -565,6 +567,78 @@ mod tests {
             ControlFlow::<()>::Continue(())
         })?;
         Ok(seen)
+    }
+
+    proptest::proptest! {
+        /// However the bytes are cut into reads, the framer yields the same
+        /// lines as one read, none longer than its limit; a strict framer
+        /// fails exactly when some complete or final line is too long.
+        #[test]
+        fn framing_does_not_depend_on_read_boundaries(
+            data in proptest::collection::vec(proptest::prop_oneof![
+                proptest::prelude::Just(b'\n'),
+                proptest::prelude::any::<u8>(),
+            ], 0..300),
+            cuts in proptest::collection::vec(0usize..300, 0..8),
+            max in 1usize..40,
+        ) {
+            let expected: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+            let (complete, last) = expected.split_at(expected.len() - 1);
+            let too_long = expected.iter().any(|line| line.len() > max);
+
+            let mut cuts = cuts;
+            cuts.push(0);
+            cuts.push(data.len());
+            cuts.sort_unstable();
+            let mut truncating = LineFramer::truncating(max);
+            let mut strict = LineFramer::strict(max);
+            let mut cut_lines = Vec::new();
+            let mut strict_lines = Vec::new();
+            let mut strict_failed = false;
+            for window in cuts.windows(2) {
+                let piece = &data[window[0].min(data.len())..window[1].min(data.len())];
+                let _ = truncating.feed(piece, |line| {
+                    cut_lines.push(line.to_vec());
+                    ControlFlow::<()>::Continue(())
+                });
+                if !strict_failed {
+                    let fed = strict.feed(piece, |line| {
+                        strict_lines.push(line.to_vec());
+                        ControlFlow::<()>::Continue(())
+                    });
+                    strict_failed = fed.is_err();
+                }
+            }
+            cut_lines.extend(truncating.finish());
+            let wanted: Vec<Vec<u8>> = complete
+                .iter()
+                .chain(last.iter().filter(|line| !line.is_empty()))
+                .map(|line| line[..line.len().min(max)].to_vec())
+                .collect();
+            proptest::prop_assert_eq!(&cut_lines, &wanted);
+            if !strict_failed {
+                strict_lines.extend(strict.finish());
+                proptest::prop_assert_eq!(&strict_lines, &wanted);
+            }
+            proptest::prop_assert_eq!(strict_failed, too_long);
+        }
+
+        /// SSE reassembly never panics and never holds more than its limit.
+        #[test]
+        fn sse_data_stays_bounded(
+            lines in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 0..40),
+            max in 1usize..100,
+        ) {
+            let mut sse = SseData::new(max);
+            for line in &lines {
+                if let Ok(Some(data)) = sse.line(line) {
+                    proptest::prop_assert!(data.len() < max);
+                }
+            }
+            if let Some(data) = sse.dispatch() {
+                proptest::prop_assert!(data.len() < max);
+            }
+        }
     }
 
     #[test]

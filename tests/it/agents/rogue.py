@@ -45,6 +45,17 @@ def main():
         emit([1, 2, 3])
         time.sleep(30)
 
+    if what == "too_deep":
+        # 200 levels: past the gateway's limit (and serde_json's own 128).
+        sys.stdout.write('{"result":' + "[" * 200 + "1" + "]" * 200 + "}\n")
+        sys.stdout.flush()
+        time.sleep(30)
+
+    if what == "duplicate_keys":
+        sys.stdout.write('{"result":{"verdict":"safe","verdict":"unsafe"}}\n')
+        sys.stdout.flush()
+        time.sleep(30)
+
     if what == "unknown_kind":
         event("delegate", agent="someone-else")
         time.sleep(30)
