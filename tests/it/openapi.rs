@@ -594,3 +594,57 @@ async fn session_errors_are_answered_and_documented() {
         }
     }
 }
+
+/// A method no path has gets 405 with an `Allow` header that lists exactly
+/// the methods `openapi.yaml` documents for that path, as ARCP error JSON. A
+/// literal path shadows a parameterised one for every method: `OPTIONS
+/// /v1/sessions/resume` allows only `POST`, not the `GET, DELETE` of
+/// `/v1/sessions/{session_id}`.
+#[tokio::test]
+async fn allow_lists_exactly_the_documented_methods_of_each_path() {
+    let document = document();
+    let server = TestServer::start();
+    let session_id = server.create_session(ALICE_TOKEN).await.session_id;
+    for (path, item) in paths(&document) {
+        let template = key_str(path);
+        let mut documented: Vec<String> = item
+            .as_mapping()
+            .expect("path item")
+            .keys()
+            .map(key_str)
+            .filter(|key| OPERATION_KEYS.contains(key))
+            .map(str::to_ascii_uppercase)
+            .collect();
+        documented.sort();
+        let concrete = template
+            .replace("{session_id}", &session_id)
+            .replace("{job_id}", "job_00000000000000000000000000000000");
+        for method in [reqwest::Method::OPTIONS, reqwest::Method::PATCH] {
+            let response = within(
+                "request",
+                server
+                    .client
+                    .request(method.clone(), server.url(&concrete))
+                    .bearer_auth(ALICE_TOKEN)
+                    .send(),
+            )
+            .await
+            .expect("request");
+            assert_eq!(
+                response.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {concrete}"
+            );
+            let allow = response.headers()["allow"]
+                .to_str()
+                .expect("Allow is text")
+                .to_owned();
+            let mut allowed: Vec<String> = allow.split(", ").map(str::to_owned).collect();
+            allowed.sort();
+            assert_eq!(allowed, documented, "Allow of {method} {template}");
+            let body: serde_json::Value = response.json().await.expect("error JSON");
+            assert_eq!(body["code"], "INVALID_REQUEST", "{method} {concrete}");
+            assert_eq!(body["retryable"], false);
+        }
+    }
+}
