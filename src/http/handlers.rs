@@ -123,9 +123,9 @@ fn authenticate_api_token(
 
 #[derive(Deserialize, Default)]
 struct HelloPayload {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::strict::optional_object")]
     auth: Option<HelloAuth>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::strict::optional_object")]
     capabilities: Option<HelloCapabilities>,
 }
 
@@ -479,7 +479,7 @@ struct JobSubmitPayload {
     input: Value,
     #[serde(default)]
     lease_request: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::strict::optional_object")]
     lease_constraints: Option<LeaseConstraints>,
     #[serde(default)]
     idempotency_key: Option<String>,

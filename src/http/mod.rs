@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod router;
 pub mod session_ops;
 pub mod sse;
+pub mod strict;
 
 use std::sync::Arc;
 

@@ -648,3 +648,44 @@ async fn allow_lists_exactly_the_documented_methods_of_each_path() {
         }
     }
 }
+
+/// A payload member the document types as an object must be a JSON object:
+/// serde alone would read an array into a record by position (found by
+/// schemathesis: `"capabilities": [null, null]` opened a session). `null`
+/// stays the documented "absent".
+#[tokio::test]
+async fn record_members_must_be_objects() {
+    let server = TestServer::start();
+    for hello in [
+        serde_json::json!({"capabilities": [null, null]}),
+        serde_json::json!({"capabilities": [["json"], ["heartbeat"]]}),
+        serde_json::json!({"auth": ["a-token"]}),
+        serde_json::json!({"capabilities": "json"}),
+    ] {
+        let (status, body) = server.post_json("/v1/sessions", ALICE_TOKEN, &hello).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{hello}: {body}");
+        assert_eq!(body["code"], "INVALID_REQUEST", "{hello}");
+    }
+    let hello = serde_json::json!({"auth": null, "capabilities": {"features": null}});
+    let (status, body) = server.post_json("/v1/sessions", ALICE_TOKEN, &hello).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let session = server.create_session(ALICE_TOKEN).await.session_id;
+    let (status, body) = server
+        .submit(
+            &session,
+            ALICE_TOKEN,
+            serde_json::json!({"agent": "echo", "lease_constraints": ["2099-01-01T00:00:00Z"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "INVALID_REQUEST");
+    let (status, body) = server
+        .submit(
+            &session,
+            ALICE_TOKEN,
+            serde_json::json!({"agent": "echo", "lease_constraints": null, "idempotency_key": null}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}
