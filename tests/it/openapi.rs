@@ -689,3 +689,75 @@ async fn record_members_must_be_objects() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
 }
+
+/// The payloads the document closes (`additionalProperties: false`) refuse
+/// an unknown member with 400; the open ones ignore it. (scripts/schemathesis
+/// does not add unknown members, because it would add unknown query
+/// parameters too, which the gateway ignores.)
+#[tokio::test]
+async fn closed_payloads_refuse_unknown_members_and_open_ones_ignore_them() {
+    let server = TestServer::start();
+    let welcome = server.create_session(ALICE_TOKEN).await;
+    let session = session_with_features(
+        &server,
+        &["ack", "heartbeat", "subscribe", "lease_expires_at"],
+    )
+    .await;
+    let job = server
+        .submit_ok(&session, ALICE_TOKEN, serde_json::json!({"agent": "echo"}))
+        .await;
+    let base = format!("/v1/sessions/{session}");
+    let closed = [
+        (
+            "/v1/sessions/resume".to_owned(),
+            serde_json::json!({"resume_token": welcome.resume_token, "bogus": 1}),
+        ),
+        (
+            format!("{base}/jobs"),
+            serde_json::json!({"agent": "echo", "bogus": 1}),
+        ),
+        (
+            format!("{base}/jobs"),
+            serde_json::json!({"agent": "echo", "lease_constraints": {"bogus": 1}}),
+        ),
+        (
+            format!("{base}/ack"),
+            serde_json::json!({"last_processed_seq": 0, "bogus": 1}),
+        ),
+        (
+            format!("{base}/subscriptions"),
+            serde_json::json!({"job_id": job, "bogus": 1}),
+        ),
+    ];
+    for (path, body) in closed {
+        let (status, answer) = server.post_json(&path, ALICE_TOKEN, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("unknown field")),
+            "{path} {body}: {answer}"
+        );
+    }
+    let open = [
+        (
+            "/v1/sessions".to_owned(),
+            serde_json::json!({"bogus": 1}),
+            StatusCode::CREATED,
+        ),
+        (
+            format!("{base}/ping"),
+            serde_json::json!({"nonce": "n1", "bogus": 1}),
+            StatusCode::OK,
+        ),
+        (
+            format!("{base}/pong"),
+            serde_json::json!({"ping_nonce": "p1", "bogus": 1}),
+            StatusCode::NO_CONTENT,
+        ),
+    ];
+    for (path, body, expected) in open {
+        let (status, answer) = server.post_json(&path, ALICE_TOKEN, &body).await;
+        assert_eq!(status, expected, "{path} {body}: {answer}");
+    }
+}
