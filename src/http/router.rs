@@ -147,34 +147,39 @@ pub enum RouteMatch<'a> {
 }
 
 /// Matches a path (already stripped of its query) against the table. Literal
-/// segments win over captures, so `/v1/sessions/resume` is never read as a
-/// session id.
+/// segments win over captures, for every method: the routes with the most
+/// literal segments matching the path are the path's resource, and only
+/// their methods are allowed there. So `/v1/sessions/resume` is never read as
+/// a session id, and `GET /v1/sessions/resume` is a 405 with `Allow: POST`
+/// rather than a lookup of a session called `resume`.
 pub fn match_route<'a>(method: &Method, path: &'a str) -> RouteMatch<'a> {
     let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let candidates: Vec<(usize, &Route, Vec<&'a str>)> = ROUTES
+        .iter()
+        .filter_map(|route| {
+            let (literal_count, params) = match_template(route.template, &segments)?;
+            Some((literal_count, route, params))
+        })
+        .collect();
+    let Some(most_literal) = candidates.iter().map(|(count, _, _)| *count).max() else {
+        return RouteMatch::NotFound;
+    };
     let mut allowed = Vec::new();
-    let mut best: Option<(usize, RouteId, Vec<&'a str>)> = None;
-    for route in ROUTES {
-        let Some((literal_count, params)) = match_template(route.template, &segments) else {
-            continue;
-        };
-        if route.method != *method {
-            if !allowed.contains(&route.method.as_str()) {
-                allowed.push(route.method.as_str());
-            }
+    for (literal_count, route, params) in candidates {
+        if literal_count != most_literal {
             continue;
         }
-        if best
-            .as_ref()
-            .is_none_or(|(count, _, _)| literal_count > *count)
-        {
-            best = Some((literal_count, route.id, params));
+        if route.method == *method {
+            return RouteMatch::Found {
+                id: route.id,
+                params,
+            };
+        }
+        if !allowed.contains(&route.method.as_str()) {
+            allowed.push(route.method.as_str());
         }
     }
-    match best {
-        Some((_, id, params)) => RouteMatch::Found { id, params },
-        None if !allowed.is_empty() => RouteMatch::MethodNotAllowed { allowed },
-        None => RouteMatch::NotFound,
-    }
+    RouteMatch::MethodNotAllowed { allowed }
 }
 
 fn match_template<'a>(template: &str, segments: &[&'a str]) -> Option<(usize, Vec<&'a str>)> {
@@ -238,5 +243,32 @@ mod tests {
             RouteMatch::NotFound
         );
         assert_eq!(match_route(&Method::GET, "/healthz/"), RouteMatch::NotFound);
+    }
+
+    #[test]
+    fn a_literal_path_allows_only_its_own_methods() {
+        for method in [Method::GET, Method::DELETE, Method::OPTIONS, Method::HEAD] {
+            assert_eq!(
+                match_route(&method, "/v1/sessions/resume"),
+                RouteMatch::MethodNotAllowed {
+                    allowed: vec!["POST"]
+                },
+                "{method}"
+            );
+        }
+        assert_eq!(
+            match_route(&Method::OPTIONS, "/v1/sessions/sess_1"),
+            RouteMatch::MethodNotAllowed {
+                allowed: vec!["GET", "DELETE"]
+            }
+        );
+        // Below the literal segment, `resume` is an ordinary session id.
+        assert_eq!(
+            match_route(&Method::GET, "/v1/sessions/resume/events"),
+            RouteMatch::Found {
+                id: RouteId::SessionEvents,
+                params: vec!["resume"]
+            }
+        );
     }
 }

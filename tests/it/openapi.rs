@@ -604,3 +604,170 @@ async fn session_errors_are_answered_and_documented() {
         }
     }
 }
+
+/// A method no path has gets 405 with an `Allow` header that lists exactly
+/// the methods `openapi.yaml` documents for that path, as ARCP error JSON. A
+/// literal path shadows a parameterised one for every method: `OPTIONS
+/// /v1/sessions/resume` allows only `POST`, not the `GET, DELETE` of
+/// `/v1/sessions/{session_id}`.
+#[tokio::test]
+async fn allow_lists_exactly_the_documented_methods_of_each_path() {
+    let document = document();
+    let server = TestServer::start();
+    let session_id = server.create_session(ALICE_TOKEN).await.session_id;
+    for (path, item) in paths(&document) {
+        let template = key_str(path);
+        let mut documented: Vec<String> = item
+            .as_mapping()
+            .expect("path item")
+            .keys()
+            .map(key_str)
+            .filter(|key| OPERATION_KEYS.contains(key))
+            .map(str::to_ascii_uppercase)
+            .collect();
+        documented.sort();
+        let concrete = template
+            .replace("{session_id}", &session_id)
+            .replace("{job_id}", "job_00000000000000000000000000000000");
+        for method in [reqwest::Method::OPTIONS, reqwest::Method::PATCH] {
+            let response = within(
+                "request",
+                server
+                    .client
+                    .request(method.clone(), server.url(&concrete))
+                    .bearer_auth(ALICE_TOKEN)
+                    .send(),
+            )
+            .await
+            .expect("request");
+            assert_eq!(
+                response.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {concrete}"
+            );
+            let allow = response.headers()["allow"]
+                .to_str()
+                .expect("Allow is text")
+                .to_owned();
+            let mut allowed: Vec<String> = allow.split(", ").map(str::to_owned).collect();
+            allowed.sort();
+            assert_eq!(allowed, documented, "Allow of {method} {template}");
+            let body: serde_json::Value = response.json().await.expect("error JSON");
+            assert_eq!(body["code"], "INVALID_REQUEST", "{method} {concrete}");
+            assert_eq!(body["retryable"], false);
+        }
+    }
+}
+
+/// A payload member the document types as an object must be a JSON object:
+/// serde alone would read an array into a record by position (found by
+/// schemathesis: `"capabilities": [null, null]` opened a session). `null`
+/// stays the documented "absent".
+#[tokio::test]
+async fn record_members_must_be_objects() {
+    let server = TestServer::start();
+    for hello in [
+        serde_json::json!({"capabilities": [null, null]}),
+        serde_json::json!({"capabilities": [["json"], ["heartbeat"]]}),
+        serde_json::json!({"auth": ["a-token"]}),
+        serde_json::json!({"capabilities": "json"}),
+    ] {
+        let (status, body) = server.post_json("/v1/sessions", ALICE_TOKEN, &hello).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{hello}: {body}");
+        assert_eq!(body["code"], "INVALID_REQUEST", "{hello}");
+    }
+    let hello = serde_json::json!({"auth": null, "capabilities": {"features": null}});
+    let (status, body) = server.post_json("/v1/sessions", ALICE_TOKEN, &hello).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let session = server.create_session(ALICE_TOKEN).await.session_id;
+    let (status, body) = server
+        .submit(
+            &session,
+            ALICE_TOKEN,
+            serde_json::json!({"agent": "echo", "lease_constraints": ["2099-01-01T00:00:00Z"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "INVALID_REQUEST");
+    let (status, body) = server
+        .submit(
+            &session,
+            ALICE_TOKEN,
+            serde_json::json!({"agent": "echo", "lease_constraints": null, "idempotency_key": null}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}
+
+/// The payloads the document closes (`additionalProperties: false`) refuse
+/// an unknown member with 400; the open ones ignore it. (scripts/schemathesis
+/// does not add unknown members, because it would add unknown query
+/// parameters too, which the gateway ignores.)
+#[tokio::test]
+async fn closed_payloads_refuse_unknown_members_and_open_ones_ignore_them() {
+    let server = TestServer::start();
+    let welcome = server.create_session(ALICE_TOKEN).await;
+    let session = session_with_features(
+        &server,
+        &["ack", "heartbeat", "subscribe", "lease_expires_at"],
+    )
+    .await;
+    let job = server
+        .submit_ok(&session, ALICE_TOKEN, serde_json::json!({"agent": "echo"}))
+        .await;
+    let base = format!("/v1/sessions/{session}");
+    let closed = [
+        (
+            "/v1/sessions/resume".to_owned(),
+            serde_json::json!({"resume_token": welcome.resume_token, "bogus": 1}),
+        ),
+        (
+            format!("{base}/jobs"),
+            serde_json::json!({"agent": "echo", "bogus": 1}),
+        ),
+        (
+            format!("{base}/jobs"),
+            serde_json::json!({"agent": "echo", "lease_constraints": {"bogus": 1}}),
+        ),
+        (
+            format!("{base}/ack"),
+            serde_json::json!({"last_processed_seq": 0, "bogus": 1}),
+        ),
+        (
+            format!("{base}/subscriptions"),
+            serde_json::json!({"job_id": job, "bogus": 1}),
+        ),
+    ];
+    for (path, body) in closed {
+        let (status, answer) = server.post_json(&path, ALICE_TOKEN, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("unknown field")),
+            "{path} {body}: {answer}"
+        );
+    }
+    let open = [
+        (
+            "/v1/sessions".to_owned(),
+            serde_json::json!({"bogus": 1}),
+            StatusCode::CREATED,
+        ),
+        (
+            format!("{base}/ping"),
+            serde_json::json!({"nonce": "n1", "bogus": 1}),
+            StatusCode::OK,
+        ),
+        (
+            format!("{base}/pong"),
+            serde_json::json!({"ping_nonce": "p1", "bogus": 1}),
+            StatusCode::NO_CONTENT,
+        ),
+    ];
+    for (path, body, expected) in open {
+        let (status, answer) = server.post_json(&path, ALICE_TOKEN, &body).await;
+        assert_eq!(status, expected, "{path} {body}: {answer}");
+    }
+}
