@@ -1,8 +1,11 @@
 //! `arcp-gateway`: an ARCP v1.1 runtime gateway over HTTP and Server-Sent
 //! Events, whose streams resume exactly where they dropped.
 //!
-//! [`serve`] is the whole program: `main.rs` and the tests both call it. See
-//! `ARCHITECTURE.md` for the code map and the invariants each module keeps.
+//! [`build_state`] turns a validated `Config` into the shared state and
+//! [`serve_state`] serves it until shutdown: `main.rs` calls both (so a bad
+//! data directory is reported before anything is announced); [`serve`] does
+//! both at once for tests. See `ARCHITECTURE.md` for the code map and the
+//! invariants each module keeps.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +16,7 @@ pub mod event_log;
 pub mod http;
 pub mod ids;
 pub mod jobs;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;
@@ -69,10 +73,12 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
         config.secret_was_generated = false;
     }
     let token_keys = ResumeTokenKeys::new(config.secrets.clone()).ok_or(ServeError::NoSecret)?;
+    let metrics = Arc::new(metrics::Metrics::new());
     let memory = Arc::new(MemoryEventLog::new(
         config.retention,
         http::sse::encode_job_event,
     ));
+    memory.attach_metrics(metrics.clone());
     let (store, recovered): (Arc<dyn Persistence>, Option<Recovered>) = match &config.data_dir {
         None => (Arc::new(Ephemeral), None),
         Some(data_dir) => {
@@ -80,7 +86,7 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
             for (session_id, floor, entries) in &recovered.logs {
                 memory.restore(session_id, *floor, entries.clone());
             }
-            let store = SqliteStore::start(connection, path, Arc::downgrade(&memory));
+            let store = SqliteStore::start(connection, path, Arc::downgrade(&memory), &metrics);
             memory.attach_sink(store.clone());
             (store, Some(recovered))
         }
@@ -95,6 +101,7 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
         log,
         store,
         shutdown: CancellationToken::new(),
+        metrics,
         config,
     });
     if let Some(recovered) = recovered {
@@ -128,6 +135,7 @@ fn recover(state: &Arc<AppState>, recovered: Recovered) {
             |id| state.sessions.get(id),
             state.log.clone(),
             state.store.clone(),
+            state.metrics.clone(),
         );
         let Some(job) = restored else {
             // Its session is gone (or the record unreadable): nothing can
@@ -243,6 +251,7 @@ async fn sweep_expired_sessions(state: Arc<AppState>) {
         let expired = state
             .sessions
             .remove_expired(state.config.resume_window, std::time::Instant::now());
+        state.metrics.sessions_expired(expired.len());
         for session in &expired {
             state.log.remove(&session.id);
             state.store.delete_session(&session.id);

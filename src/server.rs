@@ -23,7 +23,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::http;
 use crate::http::h1_stream::{self, Opening};
+use crate::metrics::{OpenGuard, Transport};
 use crate::state::AppState;
+
+/// The transport a sniffed connection speaks; `None` if it closed first.
+fn transport(opening: &Opening) -> Option<Transport> {
+    match opening {
+        Opening::Http2 => Some(Transport::Http2),
+        Opening::Http1 | Opening::EventStream(_) => Some(Transport::Http1),
+        Opening::Closed => None,
+    }
+}
 
 pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
@@ -49,6 +59,8 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         let watcher = graceful.watcher();
         connections.spawn(async move {
             let mut stream = stream;
+            // Counts the connection as open once its protocol is known.
+            let mut counted: Option<OpenGuard> = None;
             // A connection may carry several event streams in a row on the
             // fast path; anything else is hyper's for the rest of it.
             let opening = loop {
@@ -56,6 +68,9 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
                     () = state.shutdown.cancelled() => return,
                     opening = h1_stream::sniff(&stream, &state.config) => opening,
                 };
+                if counted.is_none() {
+                    counted = transport(&opening).map(|t| state.metrics.connection_opened(t));
+                }
                 let Opening::EventStream(request) = opening else {
                     break opening;
                 };
@@ -101,4 +116,40 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
             "connections still open after the grace period; closing"
         );
     }
+}
+
+/// Serves `/metrics` alone on `listener` (`--metrics-listen`), over
+/// HTTP/1.1, until the gateway shuts down.
+pub async fn run_metrics(listener: TcpListener, state: Arc<AppState>) {
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = state.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = state.clone();
+        connections.spawn(async move {
+            let shutdown = state.shutdown.clone();
+            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(http::handle_metrics_only(state, request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(Duration::from_secs(10))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            // At shutdown the connection is simply dropped: a scrape is
+            // one short request, and nothing else is served here.
+            tokio::select! {
+                _ = connection => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
 }

@@ -83,6 +83,7 @@ use super::{
     RetentionLimits,
 };
 use crate::ids::{EventSeq, JobId, SessionId};
+use crate::metrics::Metrics;
 
 /// The smallest allocation for frames: what a session's first block gets.
 const MIN_BLOCK_CAPACITY: usize = 4 * 1024;
@@ -120,6 +121,7 @@ pub struct MemoryEventLog {
     limits: RetentionLimits,
     encode: FrameEncoder,
     sink: OnceLock<Arc<dyn LogSink>>,
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 /// One session's log, and the newest event readers may see: `newest`
@@ -483,6 +485,7 @@ impl MemoryEventLog {
             },
             encode,
             sink: OnceLock::new(),
+            metrics: OnceLock::new(),
         }
     }
 
@@ -490,6 +493,11 @@ impl MemoryEventLog {
     /// sink has confirmed durable. Set once, before serving.
     pub fn attach_sink(&self, sink: Arc<dyn LogSink>) {
         let _ = self.sink.set(sink);
+    }
+
+    /// Counts every later append in `metrics`. Set once, before serving.
+    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// The sink confirmed events up to `seq` durable. Takes no log lock.
@@ -570,6 +578,9 @@ impl EventLog for MemoryEventLog {
             envelope: encoded.envelope,
         };
         log.push(&entry);
+        if let Some(metrics) = self.metrics.get() {
+            metrics.event_appended(entry.frame.len());
+        }
         let floor_before = log.floor;
         while log.entries.len() > self.limits.max_events
             || (log.retained_bytes > self.limits.max_bytes && log.entries.len() > 1)
