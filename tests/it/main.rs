@@ -12,6 +12,7 @@ mod event_log;
 mod external_agents;
 mod fast_path;
 mod jobs;
+mod logs;
 mod metrics;
 mod openapi;
 mod proxy;
