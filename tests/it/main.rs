@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod binary;
 mod browser;
+mod deploy;
 mod durable;
 mod errors;
 mod event_log;
