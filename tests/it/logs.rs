@@ -301,7 +301,11 @@ async fn json_logs_at_trace_level_carry_request_fields_and_never_a_secret() {
         }
         // Other crates may log fields alone; the gateway's lines say what
         // happened in words.
-        if value["target"].as_str().unwrap().starts_with("arcp_gateway") {
+        if value["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("arcp_gateway")
+        {
             assert!(value["message"].is_string(), "no message in {line}");
         }
         for secret in &secrets {

@@ -7,6 +7,7 @@ mod auth;
 mod binary;
 mod browser;
 mod deploy;
+mod docs;
 mod durable;
 mod errors;
 mod event_log;
