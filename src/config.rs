@@ -620,6 +620,24 @@ mod tests {
     }
 
     #[test]
+    fn log_format_and_metrics_listener_are_validated() {
+        let config = Config::from_raw(raw(&[
+            "--log-format",
+            "json",
+            "--metrics-listen",
+            "127.0.0.1:9464",
+        ]))
+        .unwrap();
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.metrics_listen.unwrap().port(), 9464);
+        let defaults = Config::from_raw(raw(&[])).unwrap();
+        assert_eq!(defaults.log_format, LogFormat::Text);
+        assert!(defaults.metrics_listen.is_none());
+        assert!(Config::from_raw(raw(&["--log-format", "xml"])).is_err());
+        assert!(Config::from_raw(raw(&["--metrics-listen", "localhost"])).is_err());
+    }
+
+    #[test]
     fn tokens_and_secrets_are_validated() {
         let config = Config::from_raw(raw(&[
             "--token",

@@ -373,3 +373,48 @@ async fn the_durable_store_reports_its_commits_and_queue() {
     assert!(scrape.value("arcp_gateway_store_commit_seconds_sum") > 0.0);
     assert_eq!(scrape.value("arcp_gateway_events_appended_total"), 4.0);
 }
+
+#[tokio::test]
+async fn metrics_listen_serves_the_exposition_alone_without_credentials() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_arcp-gateway"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--base-path", "/arcp"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the gateway binary starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let metrics_url = within("the metrics banner", async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("banner");
+            if let Some(url) = line.strip_prefix("metrics on ") {
+                return url.trim().to_owned();
+            }
+        }
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let response = within("a scrape", client.get(&metrics_url).send())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let scrape = Scrape::parse(response.text().await.unwrap());
+    assert!(scrape.families().len() >= 15, "{}", scrape.text);
+    let base = metrics_url.trim_end_matches("/metrics");
+    let prefixed = client
+        .get(format!("{base}/arcp/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(prefixed.status(), StatusCode::OK);
+    // Nothing else is served there.
+    for path in ["/v1/agents", "/", "/arcp/v1/sessions", "/metricsx"] {
+        let response = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let response = client.post(&metrics_url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let _ = child.start_kill();
+}
