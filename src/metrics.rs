@@ -105,6 +105,10 @@ pub struct Metrics {
     streams_opened: Family<TransportLabel, Counter>,
     stream_ends: Family<ReasonLabel, Counter>,
     stream_events: Family<DeliveryLabel, Counter>,
+    /// The `replay` and `live` members of `stream_events`, held so the
+    /// per-chunk count takes no lock.
+    replayed_events: Counter,
+    live_events: Counter,
     sessions: Family<StateLabel, Gauge>,
     sessions_created: Counter,
     sessions_closed: Family<ReasonLabel, Counter>,
@@ -138,6 +142,8 @@ impl Metrics {
             streams_opened: Family::default(),
             stream_ends: Family::default(),
             stream_events: Family::default(),
+            replayed_events: Counter::default(),
+            live_events: Counter::default(),
             sessions: Family::default(),
             sessions_created: Counter::default(),
             sessions_closed: Family::default(),
@@ -271,8 +277,15 @@ impl Metrics {
             }),
         );
         metrics.create_known_series();
+        let delivery = |delivery| {
+            metrics
+                .stream_events
+                .get_or_create_owned(&DeliveryLabel { delivery })
+        };
         Metrics {
             registry,
+            replayed_events: delivery("replay"),
+            live_events: delivery("live"),
             ..metrics
         }
     }
@@ -372,16 +385,8 @@ impl Metrics {
 
     /// Events handed to a stream: `replayed` were logged before it opened.
     pub fn stream_events(&self, replayed: u64, live: u64) {
-        if replayed > 0 {
-            self.stream_events
-                .get_or_create(&DeliveryLabel { delivery: "replay" })
-                .inc_by(replayed);
-        }
-        if live > 0 {
-            self.stream_events
-                .get_or_create(&DeliveryLabel { delivery: "live" })
-                .inc_by(live);
-        }
+        self.replayed_events.inc_by(replayed);
+        self.live_events.inc_by(live);
     }
 
     pub fn session_created(&self) {
