@@ -21,6 +21,7 @@ use arcp_gateway::event_log::sqlite::SqliteStore;
 use arcp_gateway::event_log::{EventDraft, EventLog, MemoryEventLog, RetentionLimits};
 use arcp_gateway::http::sse::{encode_job_event, STREAM_READ_LIMIT};
 use arcp_gateway::ids::{JobId, SessionId};
+use arcp_gateway::metrics::Metrics;
 use arcp_gateway::store::Persistence;
 use serde_json::json;
 
@@ -202,7 +203,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("arcp-bench-{}", std::process::id()));
     let (connection, _, path) = SqliteStore::open(&dir).expect("open store");
     let durable = Arc::new(MemoryEventLog::new(limits, encode_job_event));
-    let store = SqliteStore::start(connection, path, Arc::downgrade(&durable));
+    let store = SqliteStore::start(connection, path, Arc::downgrade(&durable), &Metrics::new());
     durable.attach_sink(store.clone());
     results.push(Measured {
         backend: "sqlite (WAL, synchronous=FULL)",

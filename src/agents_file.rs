@@ -18,7 +18,7 @@
 //!
 //! Relative paths (`cwd`, and a program path with a `/` in it) are resolved
 //! against the directory holding the agents file, so the file works from
-//! anywhere. README.md ("Bring your own agent") lists every key.
+//! anywhere. docs/agents.md lists every key.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

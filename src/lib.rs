@@ -1,8 +1,11 @@
 //! `arcp-gateway`: an ARCP v1.1 runtime gateway over HTTP and Server-Sent
 //! Events, whose streams resume exactly where they dropped.
 //!
-//! [`serve`] is the whole program: `main.rs` and the tests both call it. See
-//! `ARCHITECTURE.md` for the code map and the invariants each module keeps.
+//! [`build_state`] turns a validated `Config` into the shared state and
+//! [`serve_state`] serves it until shutdown: `main.rs` calls both (so a bad
+//! data directory is reported before anything is announced); [`serve`] does
+//! both at once for tests. See `ARCHITECTURE.md` for the code map and the
+//! invariants each module keeps.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +18,7 @@ pub mod http;
 pub mod ids;
 pub mod jobs;
 pub mod json;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;
@@ -75,11 +79,13 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
         config.max_retained_bytes,
         config.max_retained_bytes_per_principal,
     ));
+    let metrics = Arc::new(metrics::Metrics::new());
     let memory = Arc::new(MemoryEventLog::with_budget(
         config.retention,
         http::sse::encode_job_event,
         retention.clone(),
     ));
+    memory.attach_metrics(metrics.clone());
     let (store, recovered): (Arc<dyn Persistence>, Option<Recovered>) = match &config.data_dir {
         None => (Arc::new(Ephemeral), None),
         Some(data_dir) => {
@@ -97,7 +103,7 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
                 let owner = owners.get(session_id.as_str());
                 memory.restore_owned(session_id, owner, *floor, entries.clone());
             }
-            let store = SqliteStore::start(connection, path, Arc::downgrade(&memory));
+            let store = SqliteStore::start(connection, path, Arc::downgrade(&memory), &metrics);
             memory.attach_sink(store.clone());
             (store, Some(recovered))
         }
@@ -113,6 +119,7 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
         retention,
         store,
         shutdown: CancellationToken::new(),
+        metrics,
         config,
     });
     if let Some(recovered) = recovered {
@@ -152,6 +159,7 @@ fn recover(state: &Arc<AppState>, recovered: Recovered) {
             |id| state.sessions.get(id),
             state.log.clone(),
             state.store.clone(),
+            state.metrics.clone(),
         );
         let Some(job) = restored else {
             // Its session is gone (or the record unreadable): nothing can
@@ -286,6 +294,7 @@ async fn sweep_expired_sessions(state: Arc<AppState>) {
         let expired = state
             .sessions
             .remove_expired(state.config.resume_window, std::time::Instant::now());
+        state.metrics.sessions_expired(expired.len());
         for session in &expired {
             state.log.remove(&session.id);
             state.store.delete_session(&session.id);

@@ -42,6 +42,8 @@ use tokio_util::task::TaskTracker;
 use crate::connections::{self, ConnectionLimiter};
 use crate::http;
 use crate::http::detect::{self, Detected, Rewind, MAX_HEADER_FIELDS, MAX_HEAD_BYTES};
+use crate::http::error::ApiError;
+use crate::metrics::{ConnectionRefusal, OpenGuard, Transport};
 use crate::state::AppState;
 
 /// HTTP/2: how often a quiet connection is pinged, and how long the answer
@@ -117,6 +119,15 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
             Ok(permit) => permit,
             Err(error) => {
                 tracing::debug!(%peer, code = error.code().as_str(), "connection refused");
+                if matches!(error, ApiError::TooManyConnectionsFromPeer { .. }) {
+                    state
+                        .metrics
+                        .connection_refused(ConnectionRefusal::PerPeerCap);
+                } else {
+                    state
+                        .metrics
+                        .connection_refused(ConnectionRefusal::TotalCap);
+                }
                 if let Ok(slot) = refusals.clone().try_acquire_owned() {
                     connections.spawn(async move {
                         detect::refuse(stream, &error).await;
@@ -160,6 +171,14 @@ async fn serve_connection(
         () = state.shutdown.cancelled() => return,
         detected = detect::detect_first(&mut stream, &state.config) => detected,
     };
+    // Counts the connection as open once its protocol is known.
+    let _open: Option<OpenGuard> = match &detected {
+        Detected::EventStream(_) | Detected::Http1(_) => {
+            Some(state.metrics.connection_opened(Transport::Http1))
+        }
+        Detected::Http2(_) => Some(state.metrics.connection_opened(Transport::Http2)),
+        Detected::Refused(_) | Detected::Closed => None,
+    };
     // A connection may carry several event streams in a row on the fast
     // path; anything else is hyper's for the rest of it.
     loop {
@@ -184,6 +203,11 @@ async fn serve_connection(
             }
             Detected::Refused(error) => {
                 tracing::debug!(peer = %info.peer, code = error.code().as_str(), "request head refused");
+                if matches!(error, ApiError::HeadTimeout) {
+                    state
+                        .metrics
+                        .connection_refused(ConnectionRefusal::HeaderTimeout);
+                }
                 return detect::refuse(stream, &error).await;
             }
             Detected::Closed => return,
@@ -267,7 +291,10 @@ async fn drive<C>(
     let result = tokio::select! {
         result = connection.as_mut() => Some(result),
         () = state.shutdown.cancelled() => None,
-        () = activity.idle_for(idle_timeout) => None,
+        () = activity.idle_for(idle_timeout) => {
+            state.metrics.connection_refused(ConnectionRefusal::IdleTimeout);
+            None
+        }
     };
     let result = match result {
         Some(result) => result,
@@ -383,4 +410,40 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// Serves `/metrics` alone on `listener` (`--metrics-listen`), over
+/// HTTP/1.1, until the gateway shuts down.
+pub async fn run_metrics(listener: TcpListener, state: Arc<AppState>) {
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = state.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = state.clone();
+        connections.spawn(async move {
+            let shutdown = state.shutdown.clone();
+            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(http::handle_metrics_only(state, request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(Duration::from_secs(10))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            // At shutdown the connection is simply dropped: a scrape is
+            // one short request, and nothing else is served here.
+            tokio::select! {
+                _ = connection => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
 }

@@ -11,6 +11,7 @@ use crate::event_log::budget::RetentionBudget;
 use crate::event_log::EventLog;
 use crate::jobs::agents::AgentRegistry;
 use crate::jobs::JobRegistry;
+use crate::metrics::Metrics;
 use crate::session::{Session, SessionRegistry};
 use crate::store::Persistence;
 
@@ -42,6 +43,8 @@ pub struct AppState {
     pub store: Arc<dyn Persistence>,
     /// Cancelled when the gateway shuts down; every stream watches it.
     pub shutdown: CancellationToken,
+    /// Counters, gauges and histograms served at `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -52,5 +55,11 @@ impl AppState {
             .save_session(&session.id, session.record())
             .wait()
             .await;
+    }
+
+    /// The `/metrics` exposition, with the session gauges counted now.
+    pub fn render_metrics(&self) -> String {
+        let (open, closed) = self.sessions.count_by_state();
+        self.metrics.render(open, closed)
     }
 }

@@ -687,6 +687,48 @@
     }
   }
 
+  // The Gateway panel: a few aggregate metrics from /metrics (OpenMetrics
+  // text), summed over their labels.
+  function parseMetrics(text) {
+    const samples = [];
+    for (const line of text.split('\n')) {
+      if (!line || line.startsWith('#')) continue;
+      const match = /^([a-z_]+)(\{([^}]*)\})? (\S+)$/.exec(line);
+      if (match) samples.push({ name: match[1], labels: match[3] || '', value: Number(match[4]) });
+    }
+    return samples;
+  }
+
+  function total(samples, name, labelTest) {
+    return samples
+      .filter((s) => s.name === name && (!labelTest || labelTest.test(s.labels)))
+      .reduce((sum, s) => sum + s.value, 0);
+  }
+
+  async function refreshMetrics() {
+    if (!state.token || document.hidden) return;
+    try {
+      const response = await fetch(BASE + '/metrics', {
+        headers: { Authorization: 'Bearer ' + state.token },
+        cache: 'no-store',
+      });
+      if (!response.ok) throw new Error('/metrics answered ' + response.status);
+      const samples = parseMetrics(await response.text());
+      const p = 'arcp_gateway_';
+      $('metric-sessions').textContent = total(samples, p + 'sessions', /state="open"/);
+      $('metric-streams').textContent = total(samples, p + 'streams_open');
+      $('metric-jobs').textContent = total(samples, p + 'jobs_accepted_total');
+      $('metric-failed').textContent =
+        total(samples, p + 'jobs_finished_total', /status="(error|timed_out)"/);
+      $('metric-events').textContent = total(samples, p + 'events_appended_total');
+      $('metric-resumes').textContent = total(samples, p + 'resumes_total', /outcome="ok"/) +
+        ' / ' + total(samples, p + 'resumes_total', /outcome="(?!ok")/);
+      showError('gateway-error', '');
+    } catch (error) {
+      showError('gateway-error', error.message);
+    }
+  }
+
   function init() {
     $('session-form').addEventListener('submit', createSession);
     $('submit-form').addEventListener('submit', submitJob);
@@ -715,6 +757,8 @@
     setConnectionState('idle');
     const sessionId = stored('session');
     if (sessionId) reattach(sessionId);
+    refreshMetrics();
+    setInterval(refreshMetrics, 2000);
   }
 
   init();

@@ -1,7 +1,7 @@
 #!/bin/sh
 # countdown: an ARCP agent in POSIX shell, run by arcp-gateway once per job.
 #
-# Protocol (README.md, "Bring your own agent"): the job arrives as one JSON
+# Protocol (docs/agents.md): the job arrives as one JSON
 # line on standard input; every line written to standard output is one JSON
 # message: {"kind":...,"body":...} events, then {"result":...} or
 # {"error":{...}}. Standard error becomes `log` events.

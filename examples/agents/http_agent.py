@@ -4,7 +4,7 @@
 arcp-gateway POSTs each job as JSON to /run (or /run-sse) and reads the
 answer as it streams: NDJSON lines (or SSE events whose data are the same
 lines): {"kind": ..., "body": ...} events, then {"result": ...} or
-{"error": {...}}. See README.md, "Bring your own agent".
+{"error": {...}}. See docs/agents.md.
 
 Input: {"text": "...", "interval_ms": 0}. The agent shouts the text back one
 word at a time (a `progress` event per word), then returns

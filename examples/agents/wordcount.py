@@ -2,7 +2,7 @@
 """wordcount: an ARCP agent in Python (standard library only), run by
 arcp-gateway once per job.
 
-Protocol (README.md, "Bring your own agent"): the job arrives as one JSON
+Protocol (docs/agents.md): the job arrives as one JSON
 line on standard input; every line written to standard output is one JSON
 message: {"kind": ..., "body": ...} events, then {"result": ...} or
 {"error": {...}}, or a result streamed as `result_chunk` events whose last

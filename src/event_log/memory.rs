@@ -84,6 +84,7 @@ use super::{
     RetentionLimits,
 };
 use crate::ids::{EventSeq, JobId, Principal, SessionId};
+use crate::metrics::Metrics;
 
 /// The smallest allocation for frames: what a session's first block gets.
 const MIN_BLOCK_CAPACITY: usize = 4 * 1024;
@@ -122,6 +123,7 @@ pub struct MemoryEventLog {
     budget: Arc<RetentionBudget>,
     encode: FrameEncoder,
     sink: OnceLock<Arc<dyn LogSink>>,
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 /// One session's log, and the newest event readers may see: `newest`
@@ -509,6 +511,7 @@ impl MemoryEventLog {
             budget,
             encode,
             sink: OnceLock::new(),
+            metrics: OnceLock::new(),
         }
     }
 
@@ -523,6 +526,11 @@ impl MemoryEventLog {
     /// sink has confirmed durable. Set once, before serving.
     pub fn attach_sink(&self, sink: Arc<dyn LogSink>) {
         let _ = self.sink.set(sink);
+    }
+
+    /// Counts every later append in `metrics`. Set once, before serving.
+    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// The sink confirmed events up to `seq` durable. Takes no log lock.
@@ -628,6 +636,9 @@ impl EventLog for MemoryEventLog {
             envelope: encoded.envelope,
         };
         log.push(&entry);
+        if let Some(metrics) = self.metrics.get() {
+            metrics.event_appended(entry.frame.len());
+        }
         let floor_before = log.floor;
         // Past a budget shared with other sessions (the owner's, the
         // gateway's), this session gives up its own oldest events: the one

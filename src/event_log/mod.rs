@@ -173,9 +173,11 @@ impl std::fmt::Display for EventLogError {
     }
 }
 
-/// A backend for per-session event logs. The in-memory backend ships today;
-/// durable and distributed ones implement the same contract, checked by the
-/// shared conformance suite in `tests/it/event_log.rs`.
+/// A backend for per-session event logs. `MemoryEventLog` is the one
+/// implementation: with `--data-dir` it stays the log that streams read, and
+/// the durable store (`sqlite::SqliteStore`) is attached to it as its
+/// `LogSink` rather than implementing this trait. The contract is checked
+/// by the shared conformance suite in `tests/it/event_log.rs`.
 pub trait EventLog: Send + Sync + 'static {
     /// Creates an empty log for a new session.
     fn create(&self, session_id: &SessionId) -> Result<(), EventLogError>;

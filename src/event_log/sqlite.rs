@@ -15,6 +15,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, Connection};
 use serde_json::Value;
@@ -23,6 +25,7 @@ use tokio::sync::oneshot;
 use super::memory::{LogSink, MemoryEventLog};
 use super::LogEntry;
 use crate::ids::{EventSeq, JobId, SessionId};
+use crate::metrics::Metrics;
 use crate::store::{Durable, Persistence};
 
 /// `PRAGMA application_id`: "ARCG". A database without it is not ours.
@@ -98,6 +101,14 @@ pub struct Recovered {
 pub struct SqliteStore {
     queue: SyncSender<Operation>,
     path: PathBuf,
+    /// Writes queued and not yet taken by the writer.
+    queue_depth: Gauge,
+}
+
+/// What the writer thread reports to `/metrics`.
+struct WriterMetrics {
+    queue_depth: Gauge,
+    commit: Histogram,
 }
 
 impl SqliteStore {
@@ -119,20 +130,32 @@ impl SqliteStore {
         connection: Connection,
         path: PathBuf,
         log: Weak<MemoryEventLog>,
+        metrics: &Metrics,
     ) -> Arc<SqliteStore> {
         let (queue, receiver) = sync_channel(QUEUE_DEPTH);
+        let queue_depth = metrics.store_queue_depth();
+        let writer_metrics = WriterMetrics {
+            queue_depth: queue_depth.clone(),
+            commit: metrics.store_commit_histogram(),
+        };
         // The writer ends once every sender is gone (the store dropped).
         let spawned = std::thread::Builder::new()
             .name("arcp-store-writer".into())
-            .spawn(move || write_loop(connection, receiver, log));
+            .spawn(move || write_loop(connection, receiver, log, writer_metrics));
         if let Err(error) = spawned {
             tracing::error!(%error, "could not start the store writer thread");
         }
-        Arc::new(SqliteStore { queue, path })
+        Arc::new(SqliteStore {
+            queue,
+            path,
+            queue_depth,
+        })
     }
 
     fn enqueue(&self, operation: Operation) {
+        self.queue_depth.inc();
         if self.queue.send(operation).is_err() {
+            self.queue_depth.dec();
             tracing::error!(path = %self.path.display(), "the store writer has stopped; a write was lost");
         }
     }
@@ -421,6 +444,7 @@ fn write_loop(
     mut connection: Connection,
     receiver: Receiver<Operation>,
     log: Weak<MemoryEventLog>,
+    metrics: WriterMetrics,
 ) {
     loop {
         let first = match receiver.recv_timeout(Duration::from_secs(1)) {
@@ -440,8 +464,10 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        metrics.queue_depth.dec_by(batch.len() as i64);
         let mut durable: HashMap<SessionId, EventSeq> = HashMap::new();
         let mut attempt: u32 = 0;
+        let started = std::time::Instant::now();
         // A failed batch is retried until it commits, never skipped: a later
         // commit must not make an earlier, lost event visible, and a gap on
         // disk would cut the session's log short at recovery. Meanwhile
@@ -454,6 +480,7 @@ fn write_loop(
             durable.clear();
             std::thread::sleep(Duration::from_millis(100 * u64::from(attempt.min(50))));
         }
+        metrics.commit.observe(started.elapsed().as_secs_f64());
         if let Some(log) = log.upgrade() {
             for (session_id, seq) in &durable {
                 log.mark_durable(session_id, *seq);

@@ -93,6 +93,14 @@ fn resume_cookie_values(parts: &Parts) -> Vec<String> {
         .collect()
 }
 
+/// Whether a request carries a resume token anywhere a session endpoint
+/// reads one (bearer, query or cookie): a stream opened with one is a resume.
+pub fn carries_resume_token(parts: &Parts) -> bool {
+    matches!(bearer_token(parts), Ok(Some(token)) if is_resume_token(token))
+        || Query::parse(parts.uri.query()).resume_token.is_some()
+        || !resume_cookie_values(parts).is_empty()
+}
+
 pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -115,10 +123,26 @@ pub fn token_error(error: ResumeTokenError) -> ApiError {
     }
 }
 
+/// Names the authenticated principal on the request's log span.
+pub fn note_principal(principal: &Principal) {
+    tracing::Span::current().record("principal", principal.as_str());
+}
+
 /// Authenticates a request aimed at `session_id`. An api token names the
 /// principal; resume tokens must be for this session and, when an api token
 /// is also present, for the same principal.
 pub fn authenticate_for_session(
+    state: &AppState,
+    parts: &Parts,
+    query: &Query,
+    session_id: &SessionId,
+) -> Result<Caller, ApiError> {
+    let caller = authenticate_caller(state, parts, query, session_id)?;
+    note_principal(&caller.principal);
+    Ok(caller)
+}
+
+fn authenticate_caller(
     state: &AppState,
     parts: &Parts,
     query: &Query,

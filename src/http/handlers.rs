@@ -16,7 +16,8 @@ use time::OffsetDateTime;
 use super::body::{json_response, read_json, ResponseBody};
 use super::browser::resume_cookie;
 use super::credentials::{
-    authenticate_for_session, bearer_token, is_resume_token, now_unix, token_error, Caller, Query,
+    authenticate_for_session, bearer_token, is_resume_token, note_principal, now_unix, token_error,
+    Caller, Query,
 };
 use super::error::{cursor_error, ApiError};
 use super::sse::{encode_retry, encode_unsequenced_event, jittered, open_stream, StreamPlan};
@@ -26,6 +27,7 @@ use crate::event_log::EventLogError;
 use crate::ids::{EventSeq, JobId, Principal, SessionId};
 use crate::jobs::agents::AgentResolveError;
 use crate::jobs::{runner, Job, JobLimits, JobSpec, Registration};
+use crate::metrics::Transport;
 use crate::protocol::{format_rfc3339, now_rfc3339, parse_utc_timestamp, Envelope};
 use crate::session::{Session, SessionError};
 use crate::state::{AppState, RUNTIME_FEATURES};
@@ -126,10 +128,12 @@ fn authenticate_api_token(
             "an api token is required here, not a resume token".into(),
         ));
     }
-    state
+    let principal = state
         .api_tokens
         .authenticate(token)
-        .ok_or_else(|| ApiError::Unauthenticated("unknown api token".into()))
+        .ok_or_else(|| ApiError::Unauthenticated("unknown api token".into()))?;
+    note_principal(&principal);
+    Ok(principal)
 }
 
 #[derive(Deserialize, Default)]
@@ -263,6 +267,7 @@ pub async fn create_session(
     let generation = session.welcome_new().generation;
     state.persist_session(&session).await;
     let (envelope, token) = welcome(state, &session, generation, 0);
+    state.metrics.session_created();
     tracing::info!(session = %session.id, principal = %session.principal, "session created");
     let response = json_response(StatusCode::CREATED, &envelope);
     Ok(with_cookie(response, state, parts, &session.id, &token))
@@ -369,6 +374,7 @@ pub async fn resume_session(
             ));
         }
     }
+    note_principal(&claims.principal);
     let session_id = claims.session_id.clone();
     let caller = Caller {
         principal: claims.principal.clone(),
@@ -485,6 +491,11 @@ pub async fn open_event_stream(
         shutdown: state.shutdown.clone(),
         max_duration: state.config.max_stream_duration.map(jittered),
         retry: state.config.retry,
+        metrics: state.metrics.clone(),
+        transport: match parts.version {
+            hyper::Version::HTTP_2 => Transport::Http2,
+            _ => Transport::Http1,
+        },
     };
     let mut head = Response::new(());
     let headers = head.headers_mut();
@@ -759,6 +770,7 @@ pub async fn submit_job(
             session.clone(),
             state.log.clone(),
             state.store.clone(),
+            state.metrics.clone(),
         ),
         state.config.max_jobs_per_session,
         state.config.max_running_jobs_per_principal,
@@ -767,10 +779,14 @@ pub async fn submit_job(
             // Durable before the client hears "accepted" (nothing lost).
             job.persist().wait().await;
             runner::start(job.clone(), resolved.agent);
+            state.metrics.job_accepted(&job.spec.agent);
             tracing::info!(session = %session.id, job = %job.spec.id, agent = %job.spec.agent, "job accepted");
             job
         }
-        Registration::Repeated(job) => job,
+        Registration::Repeated(job) => {
+            state.metrics.idempotent_hit();
+            job
+        }
         Registration::ConflictingKey => return Err(ApiError::DuplicateKey),
         Registration::SessionFull => {
             return Err(ApiError::TooManyJobs {

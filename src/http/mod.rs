@@ -9,15 +9,18 @@ pub mod detect;
 pub mod error;
 pub mod h1_stream;
 pub mod handlers;
+pub mod observe;
 pub mod router;
 pub mod session_ops;
 pub mod sse;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::http::request::Parts;
 use hyper::{Request, Response};
+use tracing::Instrument;
 
 use self::body::{error_response, ResponseBody};
 use self::error::ApiError;
@@ -27,8 +30,43 @@ use crate::state::AppState;
 
 /// Answers one request. Never fails: every error becomes an ARCP error body.
 pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<ResponseBody> {
+    let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let full_path = parts.uri.path().to_owned();
+    let span = observe::request_span(&parts);
+    async {
+        let (route, response) = route_and_answer(&state, &parts, body).await;
+        observe::answered(&state, route, response.status(), started);
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// Answers a request on the `--metrics-listen` listener: `GET /metrics`
+/// (or `<base>/metrics`) without credentials, and 404 for anything else.
+pub async fn handle_metrics_only(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let path = request.uri().path();
+    let is_metrics =
+        path == "/metrics" || browser::strip_base_path(&state.config, path) == Some("/metrics");
+    match (request.method(), is_metrics) {
+        (&hyper::Method::GET, true) => observe::exposition(&state),
+        (_, true) => error_response(&ApiError::MethodNotAllowed {
+            allowed: vec!["GET"],
+        }),
+        (_, false) => error_response(&ApiError::RouteNotFound),
+    }
+}
+
+/// Routes and answers a request; also names the route for its metrics.
+async fn route_and_answer(
+    state: &Arc<AppState>,
+    parts: &Parts,
+    body: Incoming,
+) -> (&'static str, Response<ResponseBody>) {
+    let full_path = parts.uri.path();
     // `<base>` without its slash would break the console's relative URLs.
     if !state.config.base_path.is_empty() && full_path == state.config.base_path {
         let mut response = body::empty_response(hyper::StatusCode::PERMANENT_REDIRECT);
@@ -37,33 +75,40 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
                 .headers_mut()
                 .insert(hyper::header::LOCATION, location);
         }
-        return response;
+        return (observe::REDIRECT, response);
     }
-    let result = match browser::preflight(&state.config, &parts) {
-        Some(answer) => answer,
-        None => match browser::strip_base_path(&state.config, &full_path) {
-            None => Err(ApiError::RouteNotFound),
+    let (route, result) = match browser::preflight(&state.config, parts) {
+        Some(answer) => (observe::PREFLIGHT, answer),
+        None => match browser::strip_base_path(&state.config, full_path) {
+            None => (observe::UNMATCHED, Err(ApiError::RouteNotFound)),
             Some(path) => match match_route(&parts.method, path) {
-                RouteMatch::NotFound => Err(ApiError::RouteNotFound),
-                RouteMatch::MethodNotAllowed { allowed } => {
-                    Err(ApiError::MethodNotAllowed { allowed })
-                }
+                RouteMatch::NotFound => (observe::UNMATCHED, Err(ApiError::RouteNotFound)),
+                RouteMatch::MethodNotAllowed { allowed } => (
+                    observe::UNMATCHED,
+                    Err(ApiError::MethodNotAllowed { allowed }),
+                ),
                 RouteMatch::Found { id, params } => {
-                    dispatch(&state, id, &params, &parts, body).await
+                    observe::note_route(id, &params);
+                    let result = dispatch(state, id, &params, parts, body).await;
+                    if observe::is_resume(id, parts) {
+                        state.metrics.resume(observe::resume_outcome(&result));
+                    }
+                    (id.name(), result)
                 }
             },
         },
     };
     let mut response = match result {
         Ok(response) => response,
-        Err(error) => refused(&parts, &error),
+        Err(error) => refused(state, parts, &error),
     };
-    browser::decorate(&state.config, &parts, &mut response);
-    response
+    browser::decorate(&state.config, parts, &mut response);
+    (route, response)
 }
 
 /// The error response for a refused request, logged at debug level.
-fn refused(parts: &Parts, error: &ApiError) -> Response<ResponseBody> {
+fn refused(state: &AppState, parts: &Parts, error: &ApiError) -> Response<ResponseBody> {
+    observe::refused(&state.metrics, error);
     tracing::debug!(method = %parts.method, path = %parts.uri.path(), code = error.code().as_str(), "request refused");
     error_response(error)
 }
@@ -84,17 +129,34 @@ pub async fn answer_event_stream(
     parts: &Parts,
     session_id: &SessionId,
 ) -> EventStreamAnswer {
-    match handlers::open_event_stream(state, parts, session_id).await {
-        Ok(mut opened) => {
-            browser::decorate(&state.config, parts, &mut opened.head);
-            EventStreamAnswer::Stream(opened)
+    let started = Instant::now();
+    let span = observe::request_span(parts);
+    async {
+        observe::note_route(RouteId::SessionEvents, &[session_id.as_str()]);
+        let opened = handlers::open_event_stream(state, parts, session_id).await;
+        if observe::is_resume(RouteId::SessionEvents, parts) {
+            state.metrics.resume(observe::resume_outcome(&opened));
         }
-        Err(error) => {
-            let mut response = refused(parts, &error);
-            browser::decorate(&state.config, parts, &mut response);
-            EventStreamAnswer::Refused(response)
-        }
+        let answer = match opened {
+            Ok(mut opened) => {
+                browser::decorate(&state.config, parts, &mut opened.head);
+                EventStreamAnswer::Stream(opened)
+            }
+            Err(error) => {
+                let mut response = refused(state, parts, &error);
+                browser::decorate(&state.config, parts, &mut response);
+                EventStreamAnswer::Refused(response)
+            }
+        };
+        let status = match &answer {
+            EventStreamAnswer::Stream(opened) => opened.head.status(),
+            EventStreamAnswer::Refused(response) => response.status(),
+        };
+        observe::answered(state, RouteId::SessionEvents.name(), status, started);
+        answer
     }
+    .instrument(span)
+    .await
 }
 
 /// The one routing `match`: a route id and its captured path segments to a
@@ -129,5 +191,6 @@ async fn dispatch(
         RouteId::CancelJob => handlers::cancel_job(state, parts, &session_id(), &job_id()),
         RouteId::Subscribe => session_ops::subscribe(state, parts, body, &session_id()).await,
         RouteId::Unsubscribe => session_ops::unsubscribe(state, parts, &session_id(), &job_id()),
+        RouteId::Metrics => observe::metrics(state, parts),
     }
 }

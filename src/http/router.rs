@@ -26,6 +26,37 @@ pub enum RouteId {
     CancelJob,
     Subscribe,
     Unsubscribe,
+    Metrics,
+}
+
+impl RouteId {
+    /// The id as a stable name: the `route` label of the request metrics
+    /// and log lines, and `x-route-id` in openapi.yaml.
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteId::Healthz => "Healthz",
+            RouteId::Console => "Console",
+            RouteId::ConsoleScript => "ConsoleScript",
+            RouteId::ConsoleStyle => "ConsoleStyle",
+            RouteId::ClientScript => "ClientScript",
+            RouteId::SessionStatus => "SessionStatus",
+            RouteId::ListAgents => "ListAgents",
+            RouteId::CreateSession => "CreateSession",
+            RouteId::ResumeSession => "ResumeSession",
+            RouteId::CloseSession => "CloseSession",
+            RouteId::SessionEvents => "SessionEvents",
+            RouteId::Ack => "Ack",
+            RouteId::Ping => "Ping",
+            RouteId::Pong => "Pong",
+            RouteId::ListJobs => "ListJobs",
+            RouteId::SubmitJob => "SubmitJob",
+            RouteId::GetJob => "GetJob",
+            RouteId::CancelJob => "CancelJob",
+            RouteId::Subscribe => "Subscribe",
+            RouteId::Unsubscribe => "Unsubscribe",
+            RouteId::Metrics => "Metrics",
+        }
+    }
 }
 
 pub struct Route {
@@ -136,6 +167,11 @@ pub const ROUTES: &[Route] = &[
         method: Method::DELETE,
         template: "/v1/sessions/{session_id}/subscriptions/{job_id}",
     },
+    Route {
+        id: RouteId::Metrics,
+        method: Method::GET,
+        template: "/metrics",
+    },
 ];
 
 /// The outcome of matching a request line.
@@ -207,6 +243,13 @@ fn match_template<'a>(template: &str, segments: &[&'a str]) -> Option<(usize, Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_names_are_the_debug_names() {
+        for route in ROUTES {
+            assert_eq!(route.id.name(), format!("{:?}", route.id));
+        }
+    }
 
     #[test]
     fn literal_segments_win_over_captures() {

@@ -162,6 +162,7 @@ pub fn close_session(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let (_, session) = caller_and_session(state, parts, session_id, None)?;
     session.close();
+    state.metrics.session_closed_by_client();
     let _ = state.store.save_session(&session.id, session.record());
     tracing::info!(session = %session.id, "session closed by its client");
     let payload = json!({ "closed_at": now_rfc3339(), "resume_window_sec": state.config.resume_window.as_secs() });

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event_log::{EncodedFrame, EventDraft, EventLog, ReadLimit};
 use crate::ids::{EventSeq, SessionId};
+use crate::metrics::{Metrics, OpenGuard, StreamEnd, Transport};
 use crate::protocol::{job_envelope_head, Envelope};
 use crate::session::{Session, StreamId};
 
@@ -106,6 +107,8 @@ pub struct StreamPlan {
     pub max_duration: Option<Duration>,
     /// The reconnect hint sent when the gateway ends a stream on purpose.
     pub retry: Duration,
+    pub metrics: Arc<Metrics>,
+    pub transport: Transport,
 }
 
 /// A duration cut by a random 0–10 %, so streams opened together do not all
@@ -125,6 +128,16 @@ pub enum Stop {
 }
 
 impl Stop {
+    fn metric(self) -> StreamEnd {
+        match self {
+            Stop::ClientGone => StreamEnd::ClientGone,
+            Stop::Replaced => StreamEnd::Replaced,
+            Stop::Shutdown => StreamEnd::Shutdown,
+            Stop::LogGone => StreamEnd::SlowClient,
+            Stop::MaxDuration => StreamEnd::MaxDuration,
+        }
+    }
+
     fn reason(self) -> &'static str {
         match self {
             Stop::ClientGone => "client disconnected",
@@ -174,6 +187,11 @@ pub struct EventStream {
     /// Set once the stream must end; `next()` then says goodbye.
     stopped: Option<Stop>,
     finished: bool,
+    metrics: Arc<Metrics>,
+    /// Events up to here were logged before the stream opened (replay).
+    replay_until: EventSeq,
+    /// Counts the stream in `streams_open` while it lives.
+    _open: OpenGuard,
 }
 
 impl EventStream {
@@ -181,6 +199,11 @@ impl EventStream {
     /// here, in the request's own task, so they leave with the response
     /// head (time to first event).
     pub fn open(plan: StreamPlan) -> EventStream {
+        let open = plan.metrics.stream_opened(plan.transport);
+        let replay_until = plan
+            .log
+            .bounds(&plan.session.id)
+            .map_or(plan.cursor, |bounds| bounds.newest);
         let mut initial = BytesMut::from(&plan.prelude[..]);
         let mut cursor = plan.cursor;
         if let Ok(Some((last, chunk))) =
@@ -188,6 +211,7 @@ impl EventStream {
                 .read_chunk_after(&plan.session.id, plan.cursor, FIRST_READ_LIMIT)
         {
             initial.extend_from_slice(&chunk);
+            count_events(&plan.metrics, replay_until, cursor, last);
             cursor = last;
         }
         let newest = plan.log.watch_newest(&plan.session.id).ok();
@@ -210,6 +234,9 @@ impl EventStream {
             retry: plan.retry,
             stopped: None,
             finished: false,
+            metrics: plan.metrics,
+            replay_until,
+            _open: open,
         }
     }
 
@@ -266,6 +293,7 @@ impl EventStream {
                 .read_chunk_after(session_id, self.cursor, STREAM_READ_LIMIT)
             {
                 Ok(Some((last, chunk))) => {
+                    count_events(&self.metrics, self.replay_until, self.cursor, last);
                     self.cursor = last;
                     return Ok(chunk);
                 }
@@ -317,7 +345,18 @@ impl EventStream {
 impl Drop for EventStream {
     fn drop(&mut self) {
         self.session.detach_stream(self.stream_id);
+        // A stream dropped without a reason lost its connection.
+        let stop = self.stopped.unwrap_or(Stop::ClientGone);
+        self.metrics.stream_ended(stop.metric());
     }
+}
+
+/// Counts the events `(from, to]` handed to a stream; sequence numbers have
+/// no gaps, so their count is `to - from`.
+fn count_events(metrics: &Metrics, replay_until: EventSeq, from: EventSeq, to: EventSeq) {
+    let replayed = to.min(replay_until).saturating_sub(from);
+    let live = to.saturating_sub(from) - replayed;
+    metrics.stream_events(replayed, live);
 }
 
 /// The gateway's own reasons to end a stream, whichever comes first: shutdown,

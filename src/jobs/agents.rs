@@ -1,6 +1,7 @@
 //! The agent inventory (§7.5) and the built-in agents that make a fresh
-//! gateway useful: `echo`, `ticker`, `chunker` and `fail`. Agents from the
-//! agents file (`external`) are served beside them.
+//! gateway useful: `echo`, `ticker`, `chunker`, `fail`, `spender` and
+//! `firehose`. Agents from the agents file (`external`) are served beside
+//! them.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event_log::{EventDraft, EventLog, EventLogError, ReadLimit};
 use crate::ids::{EventSeq, JobId, Principal, SessionId};
+use crate::metrics::Metrics;
 use crate::protocol::{format_rfc3339, parse_utc_timestamp};
 use crate::protocol::{now_rfc3339, ErrorCode, ErrorPayload, JobStatus};
 use crate::session::Session;
@@ -77,6 +78,7 @@ pub struct Job {
     cancel: CancellationToken,
     log: Arc<dyn EventLog>,
     store: Arc<dyn Persistence>,
+    metrics: Arc<Metrics>,
 }
 
 struct JobState {
@@ -235,6 +237,7 @@ impl Job {
         origin: Arc<Session>,
         log: Arc<dyn EventLog>,
         store: Arc<dyn Persistence>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let mut accepted_payload = json!({
             "job_id": spec.id,
@@ -268,6 +271,7 @@ impl Job {
             cancel: CancellationToken::new(),
             log,
             store,
+            metrics,
         }
     }
 
@@ -333,6 +337,7 @@ impl Job {
         session: impl Fn(&SessionId) -> Option<Arc<Session>>,
         log: Arc<dyn EventLog>,
         store: Arc<dyn Persistence>,
+        metrics: Arc<Metrics>,
     ) -> Option<Job> {
         let text = |field: &str| record.get(field).and_then(Value::as_str);
         let session_id = SessionId::from_client(text("session_id")?);
@@ -375,7 +380,7 @@ impl Job {
             },
             idempotency_key: text("idempotency_key").map(str::to_owned),
         };
-        let mut job = Job::new(spec, origin, log, store);
+        let mut job = Job::new(spec, origin, log, store, metrics);
         job.index = record.get("index").and_then(Value::as_u64).unwrap_or(0);
         {
             let mut state = job.state();
@@ -597,6 +602,7 @@ impl Job {
         let (message_type, payload) = terminal.message_type_and_payload();
         state.status = terminal.status();
         state.running_slot = None;
+        self.metrics.job_finished(&self.spec.agent, state.status);
         state.terminal_payload = Some(payload.clone());
         self.append(state, message_type, payload);
         let _ = self.persist_locked(state);
@@ -648,6 +654,7 @@ impl Job {
         let Some(lag) = session.note_append(seq, self.spec.limits.back_pressure_lag_events) else {
             return;
         };
+        self.metrics.back_pressure_signal();
         let payload = json!({
             "kind": "status",
             "ts": now_rfc3339(),

@@ -424,6 +424,13 @@ impl SessionRegistry {
             .count()
     }
 
+    /// How many sessions are held: `(open, closed)`.
+    pub fn count_by_state(&self) -> (usize, usize) {
+        let map = self.map();
+        let closed = map.values().filter(|s| s.is_closed()).count();
+        (map.len() - closed, closed)
+    }
+
     /// Removes and returns every session whose window has passed.
     pub fn remove_expired(&self, window: Duration, now: Instant) -> Vec<Arc<Session>> {
         let mut map = self.map();

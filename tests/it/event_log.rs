@@ -10,6 +10,7 @@ use arcp_gateway::event_log::{
 };
 use arcp_gateway::http::sse::encode_job_event;
 use arcp_gateway::ids::{JobId, SessionId};
+use arcp_gateway::metrics::Metrics;
 use arcp_gateway::store::Persistence;
 use serde_json::json;
 
@@ -578,7 +579,7 @@ fn sqlite_backend_in(
     for (session_id, floor, entries) in recovered.logs {
         memory.restore(&session_id, floor, entries);
     }
-    let store = SqliteStore::start(connection, path, Arc::downgrade(&memory));
+    let store = SqliteStore::start(connection, path, Arc::downgrade(&memory), &Metrics::new());
     memory.attach_sink(store.clone());
     (memory, store)
 }
