@@ -159,6 +159,8 @@ fn welcome(
     let token = state.token_keys.sign(&claims);
     let payload = json!({
         "runtime": { "name": "arcp-gateway", "version": env!("CARGO_PKG_VERSION") },
+        "session_id": session.id,
+        "accepted_at": now_rfc3339(),
         "resume_token": token,
         "resume_window_sec": state.config.resume_window.as_secs(),
         "heartbeat_interval_sec": state.config.heartbeat_interval.as_secs(),
@@ -473,7 +475,7 @@ pub async fn open_event_stream(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JobSubmitPayload {
+pub(super) struct JobSubmitPayload {
     agent: String,
     #[serde(default)]
     input: Value,
@@ -628,7 +630,46 @@ pub async fn submit_job(
     let session = session_for(state, &caller, session_id, false)?;
     let (submit, envelope_trace_id): (JobSubmitPayload, _) =
         read_payload(state, body, "job.submit").await?;
+    let trace_id = match trace_id_from_traceparent(parts) {
+        Some(trace_id) => Some(trace_id),
+        None => checked_trace_id(envelope_trace_id)?,
+    };
+    let job = accept_job(state, &session, submit, trace_id).await?;
+    // An idempotent repeat answers for the session that submitted the job.
+    let mut envelope = Envelope::new("job.accepted", &job.spec.session_id, &job.accepted_payload);
+    envelope.job_id = Some(&job.spec.id);
+    envelope.trace_id = Some(&job.spec.trace_id);
+    Ok(json_response(StatusCode::ACCEPTED, &envelope))
+}
 
+/// An envelope's `trace_id` (§11), which must be a W3C trace id: 32
+/// lowercase hex digits, not all zero (the official SDKs refuse any other).
+pub(super) fn checked_trace_id(trace_id: Option<String>) -> Result<Option<String>, ApiError> {
+    match trace_id {
+        Some(text) if !is_w3c_trace_id(&text) => Err(ApiError::InvalidRequest(
+            "trace_id must be 32 lowercase hex digits, not all zero (§11)".into(),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn is_w3c_trace_id(text: &str) -> bool {
+    text.len() == 32
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && text.bytes().any(|b| b != b'0')
+}
+
+/// `job.submit` (§7.1) for a session, whatever the binding: validates the
+/// request, registers the job (or finds its idempotent original) and starts
+/// it. The caller answers with `job.accepted`.
+pub(super) async fn accept_job(
+    state: &AppState,
+    session: &Arc<Session>,
+    submit: JobSubmitPayload,
+    trace_id: Option<String>,
+) -> Result<Arc<Job>, ApiError> {
     let resolved = state.agents.resolve(&submit.agent).map_err(agent_error)?;
     resolved
         .agent
@@ -684,9 +725,7 @@ pub async fn submit_job(
             ));
         }
     }
-    let trace_id = trace_id_from_traceparent(parts)
-        .or(envelope_trace_id.filter(|t| !t.is_empty() && t.len() <= 128))
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let trace_id = trace_id.unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
     let fingerprint = json!({
         "agent": resolved.qualified_name,
         "input": submit.input,
@@ -741,11 +780,7 @@ pub async fn submit_job(
             })
         }
     };
-    // An idempotent repeat answers for the session that submitted the job.
-    let mut envelope = Envelope::new("job.accepted", &job.spec.session_id, &job.accepted_payload);
-    envelope.job_id = Some(&job.spec.id);
-    envelope.trace_id = Some(&job.spec.trace_id);
-    Ok(json_response(StatusCode::ACCEPTED, &envelope))
+    Ok(job)
 }
 
 /// Whether `principal` may observe `job` (§6.6, §14): its submitter always;

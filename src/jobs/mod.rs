@@ -211,6 +211,26 @@ pub struct Subscribed {
     pub replayed: bool,
 }
 
+/// `job.accepted.payload.budget`: each currency's granted amount as the
+/// `CURRENCY:DECIMAL` string it was requested with (§9.6), e.g.
+/// `{"USD": "USD:1.00"}`, the shape the official SDKs read.
+fn budget_echo(lease: &Value) -> Value {
+    let amounts = lease
+        .get("cost.budget")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
+    let mut echo = serde_json::Map::new();
+    for amount in amounts {
+        let currency = amount
+            .split_once(':')
+            .map_or(amount, |(currency, _)| currency);
+        echo.insert(currency.to_owned(), json!(amount));
+    }
+    Value::Object(echo)
+}
+
 /// Reads one numeric field of an event body.
 fn number(body: &Value, field: &str) -> Option<f64> {
     body.get(field).and_then(Value::as_f64)
@@ -234,7 +254,7 @@ impl Job {
             accepted_payload["lease_constraints"] = constraints.clone();
         }
         if !spec.budget.is_empty() {
-            accepted_payload["budget"] = json!(spec.budget);
+            accepted_payload["budget"] = budget_echo(&spec.lease);
         }
         let budget_remaining = spec.budget.clone();
         Job {
@@ -570,7 +590,9 @@ impl Job {
             },
             _ => terminal,
         };
-        let (message_type, payload) = terminal.message_type_and_payload();
+        let (message_type, mut payload) = terminal.message_type_and_payload();
+        // Every terminal says when the job ended (the official SDKs require it).
+        payload["completed_at"] = json!(crate::protocol::now_rfc3339());
         state.status = terminal.status();
         state.terminal_payload = Some(payload.clone());
         self.append(state, message_type, payload);

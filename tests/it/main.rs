@@ -17,3 +17,4 @@ mod proxy;
 mod resume;
 mod subscriptions;
 mod surface;
+mod wire;
