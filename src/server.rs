@@ -64,6 +64,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
                     None => return,
                 }
             };
+            let shutdown = state.shutdown.clone();
             let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 let state = state.clone();
                 request.extensions_mut().insert(info);
@@ -76,8 +77,20 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
                     watcher.watch(builder.serve_connection(io, service)).await
                 }
                 Opening::Http1 => {
+                    // With upgrades, for ARCP over WebSocket at /arcp. hyper-util's
+                    // graceful watcher does not take an upgradeable connection, so
+                    // the shutdown token asks it to finish its request and close.
+                    drop(watcher);
                     let builder = hyper::server::conn::http1::Builder::new();
-                    watcher.watch(builder.serve_connection(io, service)).await
+                    let connection = builder.serve_connection(io, service).with_upgrades();
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        served = connection.as_mut() => served,
+                        () = shutdown.cancelled() => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    }
                 }
                 Opening::Closed | Opening::EventStream(_) => return,
             };

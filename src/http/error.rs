@@ -37,6 +37,8 @@ pub enum ApiError {
         status: &'static str,
     },
     RouteNotFound,
+    /// A WebSocket client stayed silent for two heartbeat intervals (§6.4).
+    HeartbeatLost,
     MethodNotAllowed {
         allowed: Vec<&'static str>,
     },
@@ -57,6 +59,7 @@ impl ApiError {
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::DuplicateKey | ApiError::JobAlreadyTerminal { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::HeartbeatLost => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManySessions { .. } | ApiError::TooManyJobs { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -80,6 +83,7 @@ impl ApiError {
             ApiError::AgentNotAvailable(_) => ErrorCode::AgentNotAvailable,
             ApiError::AgentVersionNotAvailable(_) => ErrorCode::AgentVersionNotAvailable,
             ApiError::DuplicateKey => ErrorCode::DuplicateKey,
+            ApiError::HeartbeatLost => ErrorCode::HeartbeatLost,
         }
     }
 
@@ -103,6 +107,9 @@ impl ApiError {
                 format!("the job already ended with status {status:?}")
             }
             ApiError::RouteNotFound => "no such endpoint".into(),
+            ApiError::HeartbeatLost => {
+                "no message from the client for two heartbeat intervals; resume to continue".into()
+            }
             ApiError::TooManyJobs { limit } => format!(
                 "this session already has {limit} jobs, all still running; wait for some to finish"
             ),

@@ -27,7 +27,7 @@ use crate::ids::{EventSeq, JobId, Principal, SessionId};
 use crate::jobs::agents::AgentResolveError;
 use crate::jobs::{runner, Job, JobLimits, JobSpec, Registration};
 use crate::protocol::{format_rfc3339, now_rfc3339, parse_utc_timestamp, Envelope};
-use crate::session::{Session, SessionError};
+use crate::session::{Session, SessionError, StreamId};
 use crate::state::{AppState, RUNTIME_FEATURES};
 
 /// The longest accepted `max_runtime_sec`: one week.
@@ -99,7 +99,7 @@ fn parse_payload<T: for<'de> Deserialize<'de>>(payload: Value, what: &str) -> Re
 
 /// The principal of an api token in `Authorization`, or in the hello's
 /// `payload.auth.token` (§6.1).
-fn authenticate_api_token(
+pub(super) fn authenticate_api_token(
     state: &AppState,
     parts: &Parts,
     payload_token: Option<&str>,
@@ -135,8 +135,8 @@ struct HelloAuth {
     token: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct HelloCapabilities {
+#[derive(Deserialize, Default)]
+pub(super) struct HelloCapabilities {
     #[serde(default)]
     encodings: Option<Vec<String>>,
     #[serde(default)]
@@ -144,7 +144,7 @@ struct HelloCapabilities {
 }
 
 /// The `session.welcome` envelope (§6.2) with a freshly signed token.
-fn welcome(
+pub(super) fn welcome(
     state: &AppState,
     session: &Session,
     generation: u64,
@@ -198,11 +198,22 @@ pub async fn create_session(
     let (hello, _): (HelloPayload, _) = read_payload(state, body, "session.hello").await?;
     let payload_token = hello.auth.as_ref().and_then(|auth| auth.token.as_deref());
     let principal = authenticate_api_token(state, parts, payload_token)?;
+    let session = open_session(state, principal, hello.capabilities.unwrap_or_default())?;
+    let generation = session.welcome_new().generation;
+    state.persist_session(&session).await;
+    let (envelope, token) = welcome(state, &session, generation, 0);
+    let response = json_response(StatusCode::CREATED, &envelope);
+    Ok(with_cookie(response, state, parts, &session.id, &token))
+}
 
-    let capabilities = hello.capabilities.unwrap_or(HelloCapabilities {
-        encodings: None,
-        features: None,
-    });
+/// A new session for an authenticated principal (§6.2), whatever the
+/// binding: negotiates features, enforces the per-principal cap, creates
+/// its log. The caller issues the first welcome.
+pub(super) fn open_session(
+    state: &AppState,
+    principal: Principal,
+    capabilities: HelloCapabilities,
+) -> Result<Arc<Session>, ApiError> {
     if let Some(encodings) = &capabilities.encodings {
         if !encodings.iter().any(|encoding| encoding == "json") {
             return Err(ApiError::InvalidRequest(
@@ -239,12 +250,8 @@ pub async fn create_session(
         .create(&session.id)
         .map_err(|_| ApiError::InvalidRequest("session id collision; retry".into()))?;
     state.sessions.insert(session.clone());
-    let generation = session.welcome_new().generation;
-    state.persist_session(&session).await;
-    let (envelope, token) = welcome(state, &session, generation, 0);
     tracing::info!(session = %session.id, principal = %session.principal, "session created");
-    let response = json_response(StatusCode::CREATED, &envelope);
-    Ok(with_cookie(response, state, parts, &session.id, &token))
+    Ok(session)
 }
 
 #[derive(Deserialize)]
@@ -424,37 +431,20 @@ pub async fn open_event_stream(
 ) -> Result<OpenedStream, ApiError> {
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
-    let session = session_for(state, &caller, session_id, true)?;
-    let cursor = match requested_cursor(parts, &query)? {
-        Some(cursor) => {
-            check_cursor(state, session_id, cursor)?;
-            cursor
-        }
-        None => state.log.bounds(session_id).map_err(cursor_error)?.floor,
-    };
-    let presented = caller.resume.as_ref().map(|claims| claims.generation);
-    let (stream_id, welcome_issued) =
-        session.attach_stream(presented, state.config.resume_window)?;
-    state.persist_session(&session).await;
-    let newest = state
-        .log
-        .bounds(session_id)
-        .map(|b| b.newest)
-        .unwrap_or(cursor);
-    let (envelope, token) = welcome(state, &session, welcome_issued.generation, newest);
-    let envelope_bytes = serde_json::to_vec(&envelope).unwrap_or_default();
+    let requested = requested_cursor(parts, &query)?;
+    let attached = attach_stream(state, &caller, session_id, requested).await?;
+    let envelope_bytes = serde_json::to_vec(&attached.welcome).unwrap_or_default();
     let mut prelude = encode_retry(state.config.retry).to_vec();
     prelude.extend_from_slice(&encode_unsequenced_event(
         "session.welcome",
         &envelope_bytes,
     ));
-    tracing::info!(session = %session.id, cursor, "stream attached");
-
+    let token = attached.resume_token;
     let plan = StreamPlan {
         log: state.log.clone(),
-        session: session.clone(),
-        stream_id,
-        cursor,
+        session: attached.session,
+        stream_id: attached.stream_id,
+        cursor: attached.cursor,
         prelude: prelude.into(),
         heartbeat: state.config.heartbeat_interval,
         shutdown: state.shutdown.clone(),
@@ -471,6 +461,56 @@ pub async fn open_event_stream(
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     let head = with_cookie(head, state, parts, session_id, &token);
     Ok(OpenedStream { head, plan })
+}
+
+/// A stream attached to its session, with the welcome it starts with.
+pub(super) struct AttachedStream {
+    pub session: Arc<Session>,
+    pub stream_id: StreamId,
+    /// Replay starts after this sequence number.
+    pub cursor: EventSeq,
+    /// The `session.welcome` envelope, with a freshly rotated token.
+    pub welcome: Value,
+    pub resume_token: String,
+}
+
+/// Attaches a stream to a session for an authenticated caller, whatever the
+/// binding (SSE or WebSocket): the session must be the caller's and usable,
+/// a resume token's generation is consumed and rotated (§6.3), and the
+/// cursor must lie within what the log still holds (`None`: replay all that
+/// is retained). Any stream attached before is superseded.
+pub(super) async fn attach_stream(
+    state: &AppState,
+    caller: &Caller,
+    session_id: &SessionId,
+    requested: Option<EventSeq>,
+) -> Result<AttachedStream, ApiError> {
+    let session = session_for(state, caller, session_id, true)?;
+    let cursor = match requested {
+        Some(cursor) => {
+            check_cursor(state, session_id, cursor)?;
+            cursor
+        }
+        None => state.log.bounds(session_id).map_err(cursor_error)?.floor,
+    };
+    let presented = caller.resume.as_ref().map(|claims| claims.generation);
+    let (stream_id, welcome_issued) =
+        session.attach_stream(presented, state.config.resume_window)?;
+    state.persist_session(&session).await;
+    let newest = state
+        .log
+        .bounds(session_id)
+        .map(|b| b.newest)
+        .unwrap_or(cursor);
+    let (envelope, token) = welcome(state, &session, welcome_issued.generation, newest);
+    tracing::info!(session = %session.id, cursor, "stream attached");
+    Ok(AttachedStream {
+        session,
+        stream_id,
+        cursor,
+        welcome: envelope,
+        resume_token: token,
+    })
 }
 
 #[derive(Deserialize)]
@@ -829,7 +869,23 @@ pub fn cancel_job(
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
     let session = session_for(state, &caller, session_id, false)?;
-    let job = visible_job(state, &caller, job_id)?;
+    let job = cancel_in_session(state, &caller, &session, job_id)?;
+    let payload = json!({ "job_id": job.spec.id });
+    let mut envelope = Envelope::new("job.cancelled", &session.id, &payload);
+    envelope.job_id = Some(&job.spec.id);
+    Ok(json_response(StatusCode::OK, &envelope))
+}
+
+/// `job.cancel` (§7.4), whatever the binding: only the submitting session
+/// may cancel, and only a job that has not ended. The caller answers with
+/// `job.cancelled`; the job's terminal goes through the log.
+pub(super) fn cancel_in_session(
+    state: &AppState,
+    caller: &Caller,
+    session: &Session,
+    job_id: &JobId,
+) -> Result<Arc<Job>, ApiError> {
+    let job = visible_job(state, caller, job_id)?;
     if job.spec.session_id != session.id {
         return Err(ApiError::PermissionDenied(
             "only the submitting session may cancel a job".into(),
@@ -840,8 +896,5 @@ pub fn cancel_job(
             status: finished.0.as_str(),
         })?;
     tracing::info!(session = %session.id, job = %job.spec.id, "job cancelled");
-    let payload = json!({ "job_id": job.spec.id });
-    let mut envelope = Envelope::new("job.cancelled", &session.id, &payload);
-    envelope.job_id = Some(&job.spec.id);
-    Ok(json_response(StatusCode::OK, &envelope))
+    Ok(job)
 }

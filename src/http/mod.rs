@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod router;
 pub mod session_ops;
 pub mod sse;
+pub mod ws;
 
 use std::sync::Arc;
 
@@ -128,5 +129,6 @@ async fn dispatch(
         RouteId::CancelJob => handlers::cancel_job(state, parts, &session_id(), &job_id()),
         RouteId::Subscribe => session_ops::subscribe(state, parts, body, &session_id()).await,
         RouteId::Unsubscribe => session_ops::unsubscribe(state, parts, &session_id(), &job_id()),
+        RouteId::ArcpWebSocket => ws::upgrade(state, parts),
     }
 }

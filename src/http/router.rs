@@ -26,6 +26,7 @@ pub enum RouteId {
     CancelJob,
     Subscribe,
     Unsubscribe,
+    ArcpWebSocket,
 }
 
 pub struct Route {
@@ -36,6 +37,11 @@ pub struct Route {
 }
 
 pub const ROUTES: &[Route] = &[
+    Route {
+        id: RouteId::ArcpWebSocket,
+        method: Method::GET,
+        template: "/arcp",
+    },
     Route {
         id: RouteId::Healthz,
         method: Method::GET,

@@ -758,6 +758,8 @@ impl Job {
             "lease": self.spec.lease,
             "parent_job_id": null,
             "created_at": self.spec.created_at,
+            // §6.6's name for it, which the official SDKs require.
+            "submitted_at": self.spec.created_at,
             "trace_id": self.spec.trace_id,
             "last_event_seq": snapshot.last_event_seq,
         });
