@@ -140,6 +140,7 @@ async def cancel(url: str, token: str) -> dict[str, Any]:
     types = [e["type"] for e in transport.received]
     await client.close()
     return {
+        "session_id": client.session_id,
         "job_id": handle.job_id,
         "final_status": result.final_status,
         "completed_at": result.completed_at,
