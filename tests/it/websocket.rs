@@ -394,3 +394,228 @@ async fn limits_hold_on_the_websocket() {
         .unwrap()
         .contains("message limit"));
 }
+
+/// The official runtime, `arcp serve` (its `echo` agent), on a free port.
+struct OfficialRuntime {
+    _child: tokio::process::Child,
+    port: u16,
+}
+
+async fn official_runtime(token: &str) -> OfficialRuntime {
+    let arcp = sdk_python().with_file_name("arcp");
+    spawn_runtime(arcp, |port| {
+        vec![
+            "serve".into(),
+            "--port".into(),
+            port.to_string(),
+            "--token".into(),
+            token.into(),
+        ]
+    })
+    .await
+}
+
+/// `tests/it/agents/arcp_ticker.py`: the official runtime with a slow agent;
+/// cancelled jobs are noted in `cancelled`.
+async fn ticker_runtime(token: &str, cancelled: &std::path::Path) -> OfficialRuntime {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/agents/arcp_ticker.py");
+    let cancelled = cancelled.display().to_string();
+    spawn_runtime(sdk_python(), |port| {
+        vec![
+            script.display().to_string(),
+            "--port".into(),
+            port.to_string(),
+            "--token".into(),
+            token.into(),
+            "--cancelled".into(),
+            cancelled.clone(),
+        ]
+    })
+    .await
+}
+
+async fn spawn_runtime(program: PathBuf, args: impl FnOnce(u16) -> Vec<String>) -> OfficialRuntime {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let child = tokio::process::Command::new(program)
+        .args(args(port))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start arcp serve");
+    within("arcp serve listening", async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    OfficialRuntime {
+        _child: child,
+        port,
+    }
+}
+
+fn upstream_agents(port: u16, token: &str) -> Vec<arcp_gateway::agents_file::AgentDefinition> {
+    upstream_agent("py-echo", "echo", port, token)
+}
+
+fn upstream_agent(
+    name: &str,
+    upstream: &str,
+    port: u16,
+    token: &str,
+) -> Vec<arcp_gateway::agents_file::AgentDefinition> {
+    let text = format!(
+        r#"
+[[agent]]
+name = "{name}"
+  [[agent.version]]
+  version = "1.0.0"
+  kind = "arcp"
+  url = "ws://127.0.0.1:{port}/arcp"
+  token = "{token}"
+  upstream_agent = "{upstream}"
+  connect_timeout_ms = 5000
+  idle_timeout_ms = 20000
+"#
+    );
+    arcp_gateway::agents_file::parse(&text, std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
+        .expect("agents file")
+}
+
+#[tokio::test]
+async fn the_official_runtime_runs_behind_the_gateway_and_its_job_resumes_over_sse() {
+    let runtime = official_runtime("upstream-T0ken").await;
+    let agents = upstream_agents(runtime.port, "upstream-T0ken");
+    let server = TestServer::with_config(|config| config.agents = agents);
+    let session = server.create_session(ALICE_TOKEN).await;
+    let sid = &session.session_id;
+    let job = server
+        .submit_ok(
+            sid,
+            ALICE_TOKEN,
+            json!({"agent": "py-echo", "input": {"hello": "world"}}),
+        )
+        .await;
+    let mut stream = server.stream(sid, ALICE_TOKEN, None).await;
+    stream.welcome().await;
+    let events = stream.events_until(is_terminal_for(&job)).await;
+    assert_contiguous(&events, 1, 2);
+    assert_eq!(events[0].event, "job.event");
+    assert_eq!(events[0].data["payload"]["kind"], "log");
+    assert_eq!(events[0].data["payload"]["body"]["message"], "echo started");
+    assert_eq!(events[1].event, "job.result");
+    assert_eq!(
+        events[1].data["payload"]["result"],
+        json!({"echoed": {"hello": "world"}})
+    );
+    drop(stream);
+    // Resume from the first event: exactly the rest, in the gateway's sequence.
+    let mut resumed = server.stream(sid, &session.resume_token, Some(1)).await;
+    assert_eq!(resumed.status, StatusCode::OK);
+    resumed.welcome().await;
+    let rest = resumed.events_until(is_terminal_for(&job)).await;
+    assert_contiguous(&rest, 2, 2);
+    assert_eq!(rest[0].data, events[1].data);
+}
+
+#[tokio::test]
+async fn an_upstream_runtime_that_refuses_or_is_missing_fails_the_job_explicitly() {
+    let runtime = official_runtime("upstream-T0ken").await;
+    let wrong = upstream_agents(runtime.port, "not-the-token");
+    let server = TestServer::with_config(|config| config.agents = wrong);
+    let session = server.create_session(ALICE_TOKEN).await;
+    let sid = &session.session_id;
+    let job = server
+        .submit_ok(sid, ALICE_TOKEN, json!({"agent": "py-echo", "input": {}}))
+        .await;
+    let status = server
+        .wait_for_job(sid, &job, ALICE_TOKEN, |job| job["status"] == "error")
+        .await;
+    assert_eq!(status["terminal"]["code"], "UNAUTHENTICATED", "{status}");
+
+    // Nothing listens there any more.
+    let port = runtime.port;
+    drop(runtime);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gone = upstream_agents(port, "upstream-T0ken");
+    let server = TestServer::with_config(|config| config.agents = gone);
+    let session = server.create_session(ALICE_TOKEN).await;
+    let sid = &session.session_id;
+    let job = server
+        .submit_ok(sid, ALICE_TOKEN, json!({"agent": "py-echo", "input": {}}))
+        .await;
+    let status = server
+        .wait_for_job(sid, &job, ALICE_TOKEN, |job| job["status"] == "error")
+        .await;
+    assert_eq!(status["terminal"]["code"], "INTERNAL_ERROR", "{status}");
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_the_upstream_runtime_and_a_drop_is_an_explicit_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cancelled = dir.path().join("cancelled");
+    let runtime = ticker_runtime("upstream-T0ken", &cancelled).await;
+    let agents = upstream_agent("py-ticker", "ticker", runtime.port, "upstream-T0ken");
+    let server = TestServer::with_config(|config| config.agents = agents);
+    let session = server.create_session(ALICE_TOKEN).await;
+    let sid = &session.session_id;
+
+    // Cancel at the gateway: the upstream job is cancelled too.
+    let job = server
+        .submit_ok(
+            sid,
+            ALICE_TOKEN,
+            json!({"agent": "py-ticker", "input": {"count": 1000, "interval_ms": 50}}),
+        )
+        .await;
+    server
+        .wait_for_job(sid, &job, ALICE_TOKEN, |job| {
+            job["last_event_seq"].as_u64() >= Some(2)
+        })
+        .await;
+    let (status, _) = server.cancel(sid, &job, ALICE_TOKEN).await;
+    assert_eq!(status, StatusCode::OK);
+    within("the upstream runtime to see the cancel", async {
+        while !std::fs::read_to_string(&cancelled).is_ok_and(|text| text.contains("cancelled")) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    // The runtime goes away mid-job: the job fails, saying why, never
+    // passing for complete.
+    let job = server
+        .submit_ok(
+            sid,
+            ALICE_TOKEN,
+            json!({"agent": "py-ticker", "input": {"count": 1000, "interval_ms": 50}}),
+        )
+        .await;
+    let before = server
+        .wait_for_job(sid, &job, ALICE_TOKEN, |job| {
+            job["last_event_seq"].as_u64().is_some_and(|seq| seq > 0)
+        })
+        .await;
+    assert_eq!(before["status"], "running");
+    drop(runtime);
+    let status = server
+        .wait_for_job(sid, &job, ALICE_TOKEN, |job| job["status"] == "error")
+        .await;
+    let terminal = &status["terminal"];
+    assert_eq!(terminal["code"], "INTERNAL_ERROR", "{status}");
+    assert_eq!(terminal["retryable"], true);
+    assert!(
+        terminal["message"]
+            .as_str()
+            .unwrap()
+            .contains("dropped the connection"),
+        "{terminal}"
+    );
+}
