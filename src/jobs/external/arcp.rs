@@ -44,7 +44,7 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 const SDK_MAX_RUNTIME_SEC: u64 = 86_400;
 
 pub struct ArcpBackend {
-    /// `ws://…/arcp` or `wss://…/arcp`.
+    /// `ws://…/arcp` (no TLS in the client: put a proxy in between).
     pub url: String,
     /// The api token presented in `session.hello` (never logged).
     token: String,
