@@ -30,7 +30,9 @@ use serde::Deserialize;
 use crate::jobs::agents::{
     is_valid_agent_name, is_valid_agent_version, AgentRegistry, AgentResolveError,
 };
-use crate::jobs::external::{Backend, CommandBackend, ExternalAgent, HttpBackend, ViolationPolicy};
+use crate::jobs::external::{
+    ArcpBackend, Backend, CommandBackend, ExternalAgent, HttpBackend, ViolationPolicy,
+};
 use crate::jobs::lease::ModelPolicy;
 
 /// One agent of the file, with every version it offers.
@@ -94,8 +96,14 @@ enum RawViolation {
 #[serde(deny_unknown_fields)]
 struct RawVersion {
     version: String,
+    /// `"arcp"`: `url` is an upstream ARCP runtime's WebSocket endpoint.
+    kind: Option<String>,
     command: Option<Vec<String>>,
     url: Option<String>,
+    // ARCP upstream agents.
+    token: Option<String>,
+    token_env: Option<String>,
+    upstream_agent: Option<String>,
     // Command agents.
     env: Option<BTreeMap<String, String>>,
     inherit_env: Option<Vec<String>>,
@@ -182,7 +190,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<AgentDefinition>, AgentsFile
             if versions.iter().any(|(known, _)| known == &label) {
                 return Err(fail(format!("version {label:?} is defined more than once")));
             }
-            let external = version_agent(version, base, policy)
+            let external = version_agent(version, base, policy, &name)
                 .map_err(|message| fail(format!("version {label:?}: {message}")))?;
             versions.push((label, Arc::new(external)));
         }
@@ -233,6 +241,7 @@ fn version_agent(
     mut raw: RawVersion,
     base: &Path,
     policy: Policy,
+    agent_name: &str,
 ) -> Result<ExternalAgent, String> {
     let max_line_bytes = within(
         "max_line_bytes",
@@ -251,6 +260,32 @@ fn version_agent(
             7 * 24 * 3600,
         )?)),
     };
+    let arcp_only = [
+        ("token", raw.token.is_some()),
+        ("token_env", raw.token_env.is_some()),
+        ("upstream_agent", raw.upstream_agent.is_some()),
+    ];
+    match raw.kind.as_deref() {
+        None => {
+            if let Some((key, _)) = arcp_only.iter().find(|(_, set)| *set) {
+                return Err(format!("`{key}` applies to kind = \"arcp\" agents only"));
+            }
+        }
+        Some("arcp") => {
+            return Ok(ExternalAgent {
+                backend: Backend::Arcp(arcp_backend(&raw, agent_name)?),
+                max_line_bytes,
+                max_runtime,
+                model_policy: policy.model,
+                lease_violation: policy.violation,
+            })
+        }
+        Some(other) => {
+            return Err(format!(
+                "unknown kind {other:?} (the only kind is \"arcp\")"
+            ))
+        }
+    }
     let backend = match (raw.command.take(), raw.url.take()) {
         (Some(_), Some(_)) => return Err("`command` and `url` are mutually exclusive".into()),
         (None, None) => return Err("needs a `command` or a `url`".into()),
@@ -364,6 +399,63 @@ fn command_backend(
         kill_grace: Duration::from_millis(kill_grace),
         stderr_lines_per_sec,
     })
+}
+
+/// `kind = "arcp"`: `url` (ws://), `token` or `token_env`,
+/// `upstream_agent` (default: the agent's own name), and the HTTP agents'
+/// `connect_timeout_ms` and `idle_timeout_ms`.
+fn arcp_backend(raw: &RawVersion, agent_name: &str) -> Result<ArcpBackend, String> {
+    let stray = [
+        ("command", raw.command.is_some()),
+        ("env", raw.env.is_some()),
+        ("inherit_env", raw.inherit_env.is_some()),
+        ("cwd", raw.cwd.is_some()),
+        ("kill_grace_ms", raw.kill_grace_ms.is_some()),
+        ("stderr_lines_per_sec", raw.stderr_lines_per_sec.is_some()),
+        ("cancel_url", raw.cancel_url.is_some()),
+        ("authorization", raw.authorization.is_some()),
+        ("authorization_env", raw.authorization_env.is_some()),
+    ];
+    if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+        return Err(format!("`{key}` does not apply to kind = \"arcp\" agents"));
+    }
+    let text = raw.url.as_deref().ok_or("kind = \"arcp\" needs a `url`")?;
+    let url = reqwest::Url::parse(text).map_err(|error| format!("url {text:?}: {error}"))?;
+    // No TLS in the WebSocket client (TLS ends at a proxy); a wss:// URL
+    // would only fail at the first job.
+    if url.scheme() != "ws" || url.host_str().is_none() {
+        return Err(format!("url {text:?} must be a ws:// URL"));
+    }
+    let token = match (&raw.token, &raw.token_env) {
+        (Some(_), Some(_)) => return Err("`token` and `token_env` are mutually exclusive".into()),
+        (Some(token), None) => token.clone(),
+        (None, Some(variable)) => std::env::var(variable)
+            .map_err(|_| format!("token_env: the environment variable {variable:?} is not set"))?,
+        (None, None) => return Err("kind = \"arcp\" needs a `token` or `token_env`".into()),
+    };
+    let connect_timeout = within(
+        "connect_timeout_ms",
+        raw.connect_timeout_ms,
+        DEFAULT_CONNECT_TIMEOUT_MS,
+        1,
+        600_000,
+    )?;
+    let idle_timeout = within(
+        "idle_timeout_ms",
+        raw.idle_timeout_ms,
+        DEFAULT_IDLE_TIMEOUT_MS,
+        1,
+        86_400_000,
+    )?;
+    Ok(ArcpBackend::new(
+        url.to_string(),
+        token,
+        raw.upstream_agent
+            .clone()
+            .unwrap_or_else(|| agent_name.to_owned()),
+        Duration::from_millis(connect_timeout),
+        Duration::from_millis(idle_timeout),
+    ))
 }
 
 fn parse_url(key: &str, text: &str) -> Result<reqwest::Url, String> {
@@ -522,6 +614,12 @@ mod tests {
             (one("url = \"ftp://a/\""), "http:// or https://"),
             (one("url = \"http://a/\"\nidle_timeout_ms = 0"), "idle_timeout_ms"),
             (one("command = [\"true\"]\ncommand_typo = 1"), "unknown field"),
+            (one("kind = \"grpc\"\nurl = \"ws://a/arcp\""), "unknown kind"),
+            (one("kind = \"arcp\"\ntoken = \"t\""), "needs a `url`"),
+            (one("kind = \"arcp\"\nurl = \"http://a/arcp\"\ntoken = \"t\""), "must be a ws:// URL"),
+            (one("kind = \"arcp\"\nurl = \"ws://a/arcp\""), "needs a `token`"),
+            (one("kind = \"arcp\"\nurl = \"ws://a/arcp\"\ntoken = \"t\"\ncommand = [\"true\"]"), "does not apply"),
+            (one("url = \"http://a/\"\ntoken = \"t\""), "kind = \"arcp\" agents only"),
             (one("command = [\"true\"]\ninherit_env = [\"ARCP_GATEWAY_SECRETS\"]"), "never passed"),
             (
                 one("url = \"http://a/\"\nauthorization_env = \"ARCP_TEST_SURELY_UNSET_VARIABLE\""),

@@ -127,6 +127,19 @@ pub struct RawArgs {
     #[arg(long, env = "ARCP_GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024, help_heading = heading::LIMITS)]
     pub max_body_bytes: usize,
 
+    /// Largest WebSocket message on /arcp, in either direction. The official
+    /// SDKs refuse messages over 1 MiB.
+    #[arg(long, env = "ARCP_GATEWAY_WS_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
+    pub ws_max_frame_bytes: usize,
+
+    /// How long a new WebSocket connection may take to send its session.hello.
+    #[arg(
+        long,
+        env = "ARCP_GATEWAY_WS_HELLO_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub ws_hello_timeout_ms: u64,
+
     /// Consumer lag (events past the last ack) that opens a back-pressure episode.
     #[arg(
         long,
@@ -312,6 +325,10 @@ pub struct Config {
     pub retry: Duration,
     pub retention: RetentionLimits,
     pub max_body_bytes: usize,
+    /// The largest WebSocket message accepted or sent on /arcp.
+    pub ws_max_frame_bytes: usize,
+    /// The deadline for a WebSocket connection's `session.hello`.
+    pub ws_hello_timeout: Duration,
     /// How long graceful shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
     /// How often expired sessions are swept.
@@ -412,6 +429,8 @@ impl Config {
                 max_bytes: 64 * 1024 * 1024,
             },
             max_body_bytes: 1024 * 1024,
+            ws_max_frame_bytes: 1024 * 1024,
+            ws_hello_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(1),
             back_pressure_lag_events: 1_000,
@@ -508,6 +527,18 @@ impl Config {
             1024,
             256 * 1024 * 1024,
         )? as usize;
+        config.ws_max_frame_bytes = within(
+            "ws-max-frame-bytes",
+            raw.ws_max_frame_bytes as u64,
+            4096,
+            64 * 1024 * 1024,
+        )? as usize;
+        config.ws_hello_timeout = Duration::from_millis(within(
+            "ws-hello-timeout-ms",
+            raw.ws_hello_timeout_ms,
+            100,
+            600_000,
+        )?);
         config.back_pressure_lag_events = within(
             "back-pressure-lag-events",
             raw.back_pressure_lag_events,

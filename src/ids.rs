@@ -1,8 +1,12 @@
 //! Newtypes for the identifiers that cross module boundaries.
 //!
-//! Ids are opaque strings on the wire. Generated ids carry 128 random bits so
-//! they cannot be guessed; ids that arrive from clients are only compared,
-//! never trusted to have been generated here.
+//! Ids are opaque strings on the wire. Generated ids are ULIDs (a 48-bit
+//! millisecond time and 80 random bits), optionally behind a kind prefix
+//! (`sess_<ULID>`): the spec's examples use ULIDs and the official SDKs
+//! refuse envelope ids that are not a ULID, a UUIDv7 or `prefix_<ULID>`.
+//! Ids name things; they are never credentials (every request is also
+//! authenticated and checked against its principal). Ids that arrive from
+//! clients are only compared, never trusted to have been generated here.
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,9 +23,9 @@ macro_rules! string_id {
         pub struct $name(Arc<str>);
 
         impl $name {
-            /// A fresh, unguessable id with this kind's prefix.
+            /// A fresh id: this kind's prefix, then a new ULID.
             pub fn generate() -> Self {
-                Self(Arc::from(format!(concat!($prefix, "{:032x}"), rand::random::<u128>())))
+                Self(Arc::from(format!(concat!($prefix, "{}"), ulid::Ulid::new())))
             }
 
             /// Wraps an id that arrived from a client or from storage.
@@ -65,9 +69,9 @@ string_id!(
     "job_"
 );
 string_id!(
-    /// An envelope's own `id` (§5).
+    /// An envelope's own `id` (§5): a bare ULID, as in the spec's examples.
     MessageId,
-    "msg_"
+    ""
 );
 
 /// The authenticated identity behind an api token. Principals own sessions and
@@ -160,5 +164,25 @@ mod tests {
         fn every_u64_round_trips(value in any::<u64>()) {
             prop_assert_eq!(parse_cursor(&value.to_string()), Some(value));
         }
+    }
+
+    /// What the official SDKs accept (`arcp/_envelope.py`): a ULID in
+    /// Crockford base32, or `lowercase-prefix_<ULID>`.
+    fn is_ulid(text: &str) -> bool {
+        text.len() == 26
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"ILOU".contains(&b)))
+    }
+
+    #[test]
+    fn generated_ids_are_ulids_behind_their_prefix() {
+        let message = MessageId::generate();
+        assert!(is_ulid(message.as_str()), "{message:?}");
+        let session = SessionId::generate();
+        assert!(session.as_str().strip_prefix("sess_").is_some_and(is_ulid));
+        let job = JobId::generate();
+        assert!(job.as_str().strip_prefix("job_").is_some_and(is_ulid));
+        assert_ne!(MessageId::generate(), MessageId::generate());
     }
 }

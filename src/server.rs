@@ -33,7 +33,6 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -228,8 +227,18 @@ async fn serve_http1(
         .header_read_timeout(state.config.connections.header_timeout)
         .max_headers(MAX_HEADER_FIELDS)
         .max_buf_size(MAX_HEAD_BYTES.max(8192));
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    drive(connection, &state, &activity, info).await;
+    // With upgrades, for ARCP over WebSocket at `GET /arcp` (§4).
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    drive(
+        connection,
+        |connection| connection.graceful_shutdown(),
+        &state,
+        &activity,
+        info,
+    )
+    .await;
 }
 
 async fn serve_http2(
@@ -247,7 +256,14 @@ async fn serve_http2(
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEAD_BYTES as u32);
     let connection = builder.serve_connection(TokioIo::new(io), service);
-    drive(connection, &state, &activity, info).await;
+    drive(
+        connection,
+        |connection| connection.graceful_shutdown(),
+        &state,
+        &activity,
+        info,
+    )
+    .await;
 }
 
 /// The request handler for one hyper connection: every request carries the
@@ -277,14 +293,15 @@ fn service(
 
 /// Runs a hyper connection until it ends, shutting it down gracefully on
 /// gateway shutdown or once it has been idle for the idle timeout.
-async fn drive<C>(
+async fn drive<C, E>(
     connection: C,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
     state: &AppState,
     activity: &Activity,
     info: http::browser::ConnectionInfo,
 ) where
-    C: GracefulConnection,
-    C::Error: std::fmt::Display,
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     tokio::pin!(connection);
     let idle_timeout = state.config.connections.idle_timeout;
@@ -299,7 +316,7 @@ async fn drive<C>(
     let result = match result {
         Some(result) => result,
         None => {
-            connection.as_mut().graceful_shutdown();
+            graceful_shutdown(connection.as_mut());
             let wait = if state.shutdown.is_cancelled() {
                 state.config.shutdown_grace
             } else {

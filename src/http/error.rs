@@ -48,6 +48,8 @@ pub enum ApiError {
         status: &'static str,
     },
     RouteNotFound,
+    /// A WebSocket client stayed silent for two heartbeat intervals (§6.4).
+    HeartbeatLost,
     MethodNotAllowed {
         allowed: Vec<&'static str>,
     },
@@ -84,6 +86,7 @@ impl ApiError {
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::DuplicateKey | ApiError::JobAlreadyTerminal { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::HeartbeatLost => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManySessions { .. }
             | ApiError::TooManyJobs { .. }
             | ApiError::TooManyConnectionsFromPeer { .. }
@@ -125,6 +128,7 @@ impl ApiError {
             ApiError::AgentNotAvailable(_) => ErrorCode::AgentNotAvailable,
             ApiError::AgentVersionNotAvailable(_) => ErrorCode::AgentVersionNotAvailable,
             ApiError::DuplicateKey => ErrorCode::DuplicateKey,
+            ApiError::HeartbeatLost => ErrorCode::HeartbeatLost,
         }
     }
 
@@ -148,6 +152,9 @@ impl ApiError {
                 format!("the job already ended with status {status:?}")
             }
             ApiError::RouteNotFound => "no such endpoint".into(),
+            ApiError::HeartbeatLost => {
+                "no message from the client for two heartbeat intervals; resume to continue".into()
+            }
             ApiError::TooManyJobs { limit } => format!(
                 "this session already has {limit} jobs, all still running; wait for some to finish"
             ),

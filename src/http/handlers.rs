@@ -29,7 +29,7 @@ use crate::jobs::agents::AgentResolveError;
 use crate::jobs::{runner, Job, JobLimits, JobSpec, Registration};
 use crate::metrics::Transport;
 use crate::protocol::{format_rfc3339, now_rfc3339, parse_utc_timestamp, Envelope};
-use crate::session::{Session, SessionError};
+use crate::session::{Session, SessionError, StreamId};
 use crate::state::{AppState, RUNTIME_FEATURES};
 
 /// The longest accepted `max_runtime_sec`: one week.
@@ -112,7 +112,7 @@ fn parse_payload<T: for<'de> Deserialize<'de>>(payload: Value, what: &str) -> Re
 
 /// The principal of an api token in `Authorization`, or in the hello's
 /// `payload.auth.token` (§6.1).
-fn authenticate_api_token(
+pub(super) fn authenticate_api_token(
     state: &AppState,
     parts: &Parts,
     payload_token: Option<&str>,
@@ -150,8 +150,8 @@ struct HelloAuth {
     token: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct HelloCapabilities {
+#[derive(Deserialize, Default)]
+pub(super) struct HelloCapabilities {
     #[serde(default)]
     encodings: Option<Vec<String>>,
     #[serde(default)]
@@ -159,7 +159,7 @@ struct HelloCapabilities {
 }
 
 /// The `session.welcome` envelope (§6.2) with a freshly signed token.
-fn welcome(
+pub(super) fn welcome(
     state: &AppState,
     session: &Session,
     generation: u64,
@@ -174,6 +174,8 @@ fn welcome(
     let token = state.token_keys.sign(&claims);
     let payload = json!({
         "runtime": { "name": "arcp-gateway", "version": env!("CARGO_PKG_VERSION") },
+        "session_id": session.id,
+        "accepted_at": now_rfc3339(),
         "resume_token": token,
         "resume_window_sec": state.config.resume_window.as_secs(),
         "heartbeat_interval_sec": state.config.heartbeat_interval.as_secs(),
@@ -223,11 +225,22 @@ pub async fn create_session(
             authenticate_api_token(state, parts, payload_token)?
         }
     };
+    let session = open_session(state, principal, hello.capabilities.unwrap_or_default())?;
+    let generation = session.welcome_new().generation;
+    state.persist_session(&session).await;
+    let (envelope, token) = welcome(state, &session, generation, 0);
+    let response = json_response(StatusCode::CREATED, &envelope);
+    Ok(with_cookie(response, state, parts, &session.id, &token))
+}
 
-    let capabilities = hello.capabilities.unwrap_or(HelloCapabilities {
-        encodings: None,
-        features: None,
-    });
+/// A new session for an authenticated principal (§6.2), whatever the
+/// binding: negotiates features, enforces the per-principal cap, creates
+/// its log. The caller issues the first welcome.
+pub(super) fn open_session(
+    state: &AppState,
+    principal: Principal,
+    capabilities: HelloCapabilities,
+) -> Result<Arc<Session>, ApiError> {
     if let Some(encodings) = &capabilities.encodings {
         if !encodings.iter().any(|encoding| encoding == "json") {
             return Err(ApiError::InvalidRequest(
@@ -264,13 +277,9 @@ pub async fn create_session(
         .create_owned(&session.id, &session.principal)
         .map_err(|_| ApiError::InvalidRequest("session id collision; retry".into()))?;
     state.sessions.insert(session.clone());
-    let generation = session.welcome_new().generation;
-    state.persist_session(&session).await;
-    let (envelope, token) = welcome(state, &session, generation, 0);
     state.metrics.session_created();
     tracing::info!(session = %session.id, principal = %session.principal, "session created");
-    let response = json_response(StatusCode::CREATED, &envelope);
-    Ok(with_cookie(response, state, parts, &session.id, &token))
+    Ok(session)
 }
 
 #[derive(Deserialize)]
@@ -455,37 +464,20 @@ pub async fn open_event_stream(
 ) -> Result<OpenedStream, ApiError> {
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
-    let session = session_for(state, &caller, session_id, true)?;
-    let cursor = match requested_cursor(parts, &query)? {
-        Some(cursor) => {
-            check_cursor(state, session_id, cursor)?;
-            cursor
-        }
-        None => state.log.bounds(session_id).map_err(cursor_error)?.floor,
-    };
-    let presented = caller.resume.as_ref().map(|claims| claims.generation);
-    let (stream_id, welcome_issued) =
-        session.attach_stream(presented, state.config.resume_window)?;
-    state.persist_session(&session).await;
-    let newest = state
-        .log
-        .bounds(session_id)
-        .map(|b| b.newest)
-        .unwrap_or(cursor);
-    let (envelope, token) = welcome(state, &session, welcome_issued.generation, newest);
-    let envelope_bytes = serde_json::to_vec(&envelope).unwrap_or_default();
+    let requested = requested_cursor(parts, &query)?;
+    let attached = attach_stream(state, &caller, session_id, requested).await?;
+    let envelope_bytes = serde_json::to_vec(&attached.welcome).unwrap_or_default();
     let mut prelude = encode_retry(state.config.retry).to_vec();
     prelude.extend_from_slice(&encode_unsequenced_event(
         "session.welcome",
         &envelope_bytes,
     ));
-    tracing::info!(session = %session.id, cursor, "stream attached");
-
+    let token = attached.resume_token;
     let plan = StreamPlan {
         log: state.log.clone(),
-        session: session.clone(),
-        stream_id,
-        cursor,
+        session: attached.session,
+        stream_id: attached.stream_id,
+        cursor: attached.cursor,
         prelude: prelude.into(),
         heartbeat: state.config.heartbeat_interval,
         shutdown: state.shutdown.clone(),
@@ -509,9 +501,59 @@ pub async fn open_event_stream(
     Ok(OpenedStream { head, plan })
 }
 
+/// A stream attached to its session, with the welcome it starts with.
+pub(super) struct AttachedStream {
+    pub session: Arc<Session>,
+    pub stream_id: StreamId,
+    /// Replay starts after this sequence number.
+    pub cursor: EventSeq,
+    /// The `session.welcome` envelope, with a freshly rotated token.
+    pub welcome: Value,
+    pub resume_token: String,
+}
+
+/// Attaches a stream to a session for an authenticated caller, whatever the
+/// binding (SSE or WebSocket): the session must be the caller's and usable,
+/// a resume token's generation is consumed and rotated (§6.3), and the
+/// cursor must lie within what the log still holds (`None`: replay all that
+/// is retained). Any stream attached before is superseded.
+pub(super) async fn attach_stream(
+    state: &AppState,
+    caller: &Caller,
+    session_id: &SessionId,
+    requested: Option<EventSeq>,
+) -> Result<AttachedStream, ApiError> {
+    let session = session_for(state, caller, session_id, true)?;
+    let cursor = match requested {
+        Some(cursor) => {
+            check_cursor(state, session_id, cursor)?;
+            cursor
+        }
+        None => state.log.bounds(session_id).map_err(cursor_error)?.floor,
+    };
+    let presented = caller.resume.as_ref().map(|claims| claims.generation);
+    let (stream_id, welcome_issued) =
+        session.attach_stream(presented, state.config.resume_window)?;
+    state.persist_session(&session).await;
+    let newest = state
+        .log
+        .bounds(session_id)
+        .map(|b| b.newest)
+        .unwrap_or(cursor);
+    let (envelope, token) = welcome(state, &session, welcome_issued.generation, newest);
+    tracing::info!(session = %session.id, cursor, "stream attached");
+    Ok(AttachedStream {
+        session,
+        stream_id,
+        cursor,
+        welcome: envelope,
+        resume_token: token,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JobSubmitPayload {
+pub(super) struct JobSubmitPayload {
     agent: String,
     #[serde(default)]
     input: Value,
@@ -666,7 +708,46 @@ pub async fn submit_job(
     let session = session_for(state, &caller, session_id, false)?;
     let (submit, envelope_trace_id): (JobSubmitPayload, _) =
         read_payload(state, body, "job.submit").await?;
+    let trace_id = match trace_id_from_traceparent(parts) {
+        Some(trace_id) => Some(trace_id),
+        None => checked_trace_id(envelope_trace_id)?,
+    };
+    let job = accept_job(state, &session, submit, trace_id).await?;
+    // An idempotent repeat answers for the session that submitted the job.
+    let mut envelope = Envelope::new("job.accepted", &job.spec.session_id, &job.accepted_payload);
+    envelope.job_id = Some(&job.spec.id);
+    envelope.trace_id = Some(&job.spec.trace_id);
+    Ok(json_response(StatusCode::ACCEPTED, &envelope))
+}
 
+/// An envelope's `trace_id` (§11), which must be a W3C trace id: 32
+/// lowercase hex digits, not all zero (the official SDKs refuse any other).
+pub(super) fn checked_trace_id(trace_id: Option<String>) -> Result<Option<String>, ApiError> {
+    match trace_id {
+        Some(text) if !is_w3c_trace_id(&text) => Err(ApiError::InvalidRequest(
+            "trace_id must be 32 lowercase hex digits, not all zero (§11)".into(),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn is_w3c_trace_id(text: &str) -> bool {
+    text.len() == 32
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && text.bytes().any(|b| b != b'0')
+}
+
+/// `job.submit` (§7.1) for a session, whatever the binding: validates the
+/// request, registers the job (or finds its idempotent original) and starts
+/// it. The caller answers with `job.accepted`.
+pub(super) async fn accept_job(
+    state: &AppState,
+    session: &Arc<Session>,
+    submit: JobSubmitPayload,
+    trace_id: Option<String>,
+) -> Result<Arc<Job>, ApiError> {
     let resolved = state.agents.resolve(&submit.agent).map_err(agent_error)?;
     resolved
         .agent
@@ -722,9 +803,7 @@ pub async fn submit_job(
             ));
         }
     }
-    let trace_id = trace_id_from_traceparent(parts)
-        .or(envelope_trace_id.filter(|t| !t.is_empty() && t.len() <= 128))
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let trace_id = trace_id.unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
     let fingerprint = json!({
         "agent": resolved.qualified_name,
         "input": submit.input,
@@ -799,11 +878,7 @@ pub async fn submit_job(
             })
         }
     };
-    // An idempotent repeat answers for the session that submitted the job.
-    let mut envelope = Envelope::new("job.accepted", &job.spec.session_id, &job.accepted_payload);
-    envelope.job_id = Some(&job.spec.id);
-    envelope.trace_id = Some(&job.spec.trace_id);
-    Ok(json_response(StatusCode::ACCEPTED, &envelope))
+    Ok(job)
 }
 
 /// Refuses new work while the retained-event budgets are (7/8) used up: the
@@ -874,7 +949,23 @@ pub fn cancel_job(
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
     let session = session_for(state, &caller, session_id, false)?;
-    let job = visible_job(state, &caller, job_id)?;
+    let job = cancel_in_session(state, &caller, &session, job_id)?;
+    let payload = json!({ "job_id": job.spec.id });
+    let mut envelope = Envelope::new("job.cancelled", &session.id, &payload);
+    envelope.job_id = Some(&job.spec.id);
+    Ok(json_response(StatusCode::OK, &envelope))
+}
+
+/// `job.cancel` (§7.4), whatever the binding: only the submitting session
+/// may cancel, and only a job that has not ended. The caller answers with
+/// `job.cancelled`; the job's terminal goes through the log.
+pub(super) fn cancel_in_session(
+    state: &AppState,
+    caller: &Caller,
+    session: &Session,
+    job_id: &JobId,
+) -> Result<Arc<Job>, ApiError> {
+    let job = visible_job(state, caller, job_id)?;
     if job.spec.session_id != session.id {
         return Err(ApiError::PermissionDenied(
             "only the submitting session may cancel a job".into(),
@@ -885,8 +976,5 @@ pub fn cancel_job(
             status: finished.0.as_str(),
         })?;
     tracing::info!(session = %session.id, job = %job.spec.id, "job cancelled");
-    let payload = json!({ "job_id": job.spec.id });
-    let mut envelope = Envelope::new("job.cancelled", &session.id, &payload);
-    envelope.job_id = Some(&job.spec.id);
-    Ok(json_response(StatusCode::OK, &envelope))
+    Ok(job)
 }

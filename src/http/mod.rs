@@ -13,6 +13,7 @@ pub mod observe;
 pub mod router;
 pub mod session_ops;
 pub mod sse;
+pub mod ws;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -192,5 +193,6 @@ async fn dispatch(
         RouteId::Subscribe => session_ops::subscribe(state, parts, body, &session_id()).await,
         RouteId::Unsubscribe => session_ops::unsubscribe(state, parts, &session_id(), &job_id()),
         RouteId::Metrics => observe::metrics(state, parts),
+        RouteId::ArcpWebSocket => ws::upgrade(state, parts),
     }
 }

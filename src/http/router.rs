@@ -27,6 +27,7 @@ pub enum RouteId {
     Subscribe,
     Unsubscribe,
     Metrics,
+    ArcpWebSocket,
 }
 
 impl RouteId {
@@ -55,6 +56,7 @@ impl RouteId {
             RouteId::Subscribe => "Subscribe",
             RouteId::Unsubscribe => "Unsubscribe",
             RouteId::Metrics => "Metrics",
+            RouteId::ArcpWebSocket => "ArcpWebSocket",
         }
     }
 }
@@ -67,6 +69,11 @@ pub struct Route {
 }
 
 pub const ROUTES: &[Route] = &[
+    Route {
+        id: RouteId::ArcpWebSocket,
+        method: Method::GET,
+        template: "/arcp",
+    },
     Route {
         id: RouteId::Healthz,
         method: Method::GET,

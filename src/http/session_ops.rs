@@ -75,6 +75,25 @@ pub async fn ack(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let (_, session) = caller_and_session(state, parts, session_id, Some("ack"))?;
     let (ack, _): (AckPayload, _) = read_payload(state, body, "session.ack").await?;
+    let payload = acknowledge(state, &session, ack.last_processed_seq)?;
+    Ok(envelope_response(
+        StatusCode::OK,
+        "session.acked",
+        &session,
+        &payload,
+    ))
+}
+
+/// `session.ack` (§6.5), whatever the binding: records the high-water mark
+/// and frees the log up to it. Returns the `session.acked` payload.
+pub(super) fn acknowledge(
+    state: &AppState,
+    session: &Session,
+    last_processed_seq: EventSeq,
+) -> Result<Value, ApiError> {
+    require_feature(session, "ack")?;
+    let ack = AckPayload { last_processed_seq };
+    let session_id = &session.id;
     let bounds = state.log.bounds(session_id).map_err(cursor_error)?;
     if ack.last_processed_seq > bounds.newest {
         return Err(ApiError::InvalidRequest(format!(
@@ -92,14 +111,7 @@ pub async fn ack(
         .log
         .release_through(session_id, acked)
         .map_err(cursor_error)?;
-    let payload =
-        json!({ "last_processed_seq": acked, "floor": bounds.floor, "newest": bounds.newest });
-    Ok(envelope_response(
-        StatusCode::OK,
-        "session.acked",
-        &session,
-        &payload,
-    ))
+    Ok(json!({ "last_processed_seq": acked, "floor": bounds.floor, "newest": bounds.newest }))
 }
 
 #[derive(Deserialize, Default)]
@@ -230,15 +242,7 @@ pub fn list_jobs(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let (caller, session) = caller_and_session(state, parts, session_id, Some("list_jobs"))?;
     let (filter, limit, cursor) = list_parameters(parts.uri.query())?;
-    let page = state.jobs.list(
-        |job| may_observe(state, &caller.principal, job),
-        &filter,
-        cursor,
-        limit,
-    );
-    let jobs: Vec<Value> = page.jobs.iter().map(|job| job.descriptor()).collect();
-    let next_cursor = page.next_cursor.map(|index| format!("c{index}"));
-    let payload = json!({ "jobs": jobs, "next_cursor": next_cursor });
+    let payload = list_page(state, &caller, &filter, limit, cursor);
     Ok(envelope_response(
         StatusCode::OK,
         "session.jobs",
@@ -247,9 +251,29 @@ pub fn list_jobs(
     ))
 }
 
+/// One page of `session.jobs` (§6.6), whatever the binding: only jobs the
+/// caller's principal may observe.
+pub(super) fn list_page(
+    state: &AppState,
+    caller: &Caller,
+    filter: &ListFilter,
+    limit: usize,
+    cursor: u64,
+) -> Value {
+    let page = state.jobs.list(
+        |job| may_observe(state, &caller.principal, job),
+        filter,
+        cursor,
+        limit,
+    );
+    let jobs: Vec<Value> = page.jobs.iter().map(|job| job.descriptor()).collect();
+    let next_cursor = page.next_cursor.map(|index| format!("c{index}"));
+    json!({ "jobs": jobs, "next_cursor": next_cursor })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SubscribePayload {
+pub(super) struct SubscribePayload {
     job_id: String,
     #[serde(default)]
     from_event_seq: Option<EventSeq>,
@@ -269,6 +293,22 @@ pub async fn subscribe(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let (caller, session) = caller_and_session(state, parts, session_id, Some("subscribe"))?;
     let (request, _): (SubscribePayload, _) = read_payload(state, body, "job.subscribe").await?;
+    let (job, payload) = subscribe_session(state, &caller, &session, request).await?;
+    let mut envelope = Envelope::new("job.subscribed", &session.id, &payload);
+    envelope.job_id = Some(&job.spec.id);
+    envelope.trace_id = Some(&job.spec.trace_id);
+    Ok(json_response(StatusCode::OK, &envelope))
+}
+
+/// `job.subscribe` (§7.6), whatever the binding. Returns the job and the
+/// `job.subscribed` payload.
+pub(super) async fn subscribe_session(
+    state: &AppState,
+    caller: &Caller,
+    session: &Arc<Session>,
+    request: SubscribePayload,
+) -> Result<(Arc<crate::jobs::Job>, Value), ApiError> {
+    require_feature(session, "subscribe")?;
     let job_id = JobId::from_client(&request.job_id);
     let job = state
         .jobs
@@ -309,7 +349,7 @@ pub async fn subscribe(
                 ),
             })?;
     if job.spec.session_id != session.id && session.add_subscription(&job_id) {
-        state.persist_session(&session).await;
+        state.persist_session(session).await;
     }
     let mut payload = job.descriptor();
     if let Some(object) = payload.as_object_mut() {
@@ -319,10 +359,7 @@ pub async fn subscribe(
         object.insert("subscribed_from".into(), json!(subscribed.subscribed_from));
         object.insert("replayed".into(), json!(subscribed.replayed));
     }
-    let mut envelope = Envelope::new("job.subscribed", &session.id, &payload);
-    envelope.job_id = Some(&job.spec.id);
-    envelope.trace_id = Some(&job.spec.trace_id);
-    Ok(json_response(StatusCode::OK, &envelope))
+    Ok((job, payload))
 }
 
 /// `DELETE /v1/sessions/{id}/subscriptions/{job_id}`: `job.unsubscribe`.
@@ -333,13 +370,7 @@ pub fn unsubscribe(
     job_id: &JobId,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let (_, session) = caller_and_session(state, parts, session_id, Some("subscribe"))?;
-    if !session.remove_subscription(job_id) {
-        return Err(ApiError::JobNotFound);
-    }
-    if let Some(job) = state.jobs.get(job_id) {
-        job.unsubscribe(&session.id);
-    }
-    let _ = state.store.save_session(&session.id, session.record());
+    unsubscribe_session(state, &session, job_id)?;
     let payload = json!({ "job_id": job_id });
     Ok(envelope_response(
         StatusCode::OK,
@@ -347,6 +378,23 @@ pub fn unsubscribe(
         &session,
         &payload,
     ))
+}
+
+/// `job.unsubscribe`, whatever the binding.
+pub(super) fn unsubscribe_session(
+    state: &AppState,
+    session: &Session,
+    job_id: &JobId,
+) -> Result<(), ApiError> {
+    require_feature(session, "subscribe")?;
+    if !session.remove_subscription(job_id) {
+        return Err(ApiError::JobNotFound);
+    }
+    if let Some(job) = state.jobs.get(job_id) {
+        job.unsubscribe(&session.id);
+    }
+    let _ = state.store.save_session(&session.id, session.record());
+    Ok(())
 }
 
 /// `GET /v1/sessions/{id}`: the session's state, so a browser whose stream

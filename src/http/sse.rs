@@ -24,7 +24,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::event_log::{EncodedFrame, EventDraft, EventLog, ReadLimit};
+use crate::event_log::{EncodedFrame, EventDraft, EventLog, EventLogError, LogEntry, ReadLimit};
 use crate::ids::{EventSeq, SessionId};
 use crate::metrics::{Metrics, OpenGuard, StreamEnd, Transport};
 use crate::protocol::{job_envelope_head, Envelope};
@@ -138,7 +138,7 @@ impl Stop {
         }
     }
 
-    fn reason(self) -> &'static str {
+    pub fn reason(self) -> &'static str {
         match self {
             Stop::ClientGone => "client disconnected",
             Stop::Replaced => "replaced by a newer stream or closed",
@@ -147,6 +147,14 @@ impl Stop {
             Stop::MaxDuration => "maximum stream duration reached",
         }
     }
+}
+
+/// What a wait on the log produced.
+pub enum Waited<T> {
+    /// Entries (or their frames) after the cursor.
+    Read(T),
+    /// The heartbeat interval passed with nothing to send (§6.4).
+    Heartbeat,
 }
 
 /// What a stream writes next.
@@ -280,6 +288,76 @@ impl EventStream {
     }
 
     async fn wait_for_chunk(&mut self) -> Result<Bytes, Stop> {
+        let read = |log: &dyn EventLog, session_id: &SessionId, cursor: EventSeq| {
+            log.read_chunk_after(session_id, cursor, STREAM_READ_LIMIT)
+        };
+        match self.wait_for(read).await? {
+            Waited::Read(chunk) => Ok(chunk),
+            Waited::Heartbeat => Ok(heartbeat_chunk(&self.session)),
+        }
+    }
+
+    /// For bindings that write one message per event (WebSocket): the next
+    /// entries after the cursor (at most `limit`), or a heartbeat tick, or
+    /// why the stream must stop. The same log reading, resume window and
+    /// replacement rules as the SSE stream; the cursor moves only when
+    /// entries are returned. Use on a stream opened with
+    /// [`EventStream::open_for_entries`].
+    pub async fn next_entries(&mut self, limit: ReadLimit) -> Result<Waited<Vec<LogEntry>>, Stop> {
+        let read = |log: &dyn EventLog, session_id: &SessionId, cursor: EventSeq| {
+            log.read_after(session_id, cursor, limit).map(|entries| {
+                let last = entries.last().map(|entry| entry.seq)?;
+                Some((last, entries))
+            })
+        };
+        self.wait_for(read).await
+    }
+
+    /// Opens a stream whose reader takes entries ([`EventStream::next_entries`])
+    /// instead of SSE chunks: no prelude, nothing read ahead.
+    pub fn open_for_entries(plan: StreamPlan) -> EventStream {
+        let open = plan.metrics.stream_opened(plan.transport);
+        let replay_until = plan
+            .log
+            .bounds(&plan.session.id)
+            .map_or(plan.cursor, |bounds| bounds.newest);
+        let newest = plan.log.watch_newest(&plan.session.id).ok();
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        EventStream {
+            attached: plan.session.watch_attached_stream(),
+            log: plan.log,
+            session: plan.session,
+            stream_id: plan.stream_id,
+            cursor: plan.cursor,
+            initial: None,
+            newest,
+            heartbeat,
+            deadline: plan
+                .max_duration
+                .map(|duration| Box::pin(tokio::time::sleep(duration))),
+            shutdown: plan.shutdown,
+            retry: plan.retry,
+            stopped: None,
+            finished: false,
+            metrics: plan.metrics,
+            replay_until,
+            _open: open,
+        }
+    }
+
+    /// The read loop shared by both kinds of reader: read after the cursor;
+    /// when caught up, wait for an append, a heartbeat tick or a reason to
+    /// stop.
+    async fn wait_for<T>(
+        &mut self,
+        read: impl Fn(
+            &dyn EventLog,
+            &SessionId,
+            EventSeq,
+        ) -> Result<Option<(EventSeq, T)>, EventLogError>,
+    ) -> Result<Waited<T>, Stop> {
         let Some(newest) = self.newest.as_mut() else {
             return Err(Stop::LogGone);
         };
@@ -288,14 +366,11 @@ impl EventStream {
             // Mark the current newest as seen before reading, so an append
             // that lands after the read wakes the wait below.
             newest.borrow_and_update();
-            match self
-                .log
-                .read_chunk_after(session_id, self.cursor, STREAM_READ_LIMIT)
-            {
-                Ok(Some((last, chunk))) => {
+            match read(self.log.as_ref(), session_id, self.cursor) {
+                Ok(Some((last, read))) => {
                     count_events(&self.metrics, self.replay_until, self.cursor, last);
                     self.cursor = last;
-                    return Ok(chunk);
+                    return Ok(Waited::Read(read));
                 }
                 Ok(None) => {}
                 // Evicted under a slow reader, or the session is gone: end
@@ -308,9 +383,14 @@ impl EventStream {
                 biased;
                 stop = gateway_stop(&self.shutdown, &mut self.attached, self.stream_id, deadline) => return Err(stop),
                 changed = newest.changed() => if changed.is_err() { return Err(Stop::LogGone) },
-                _ = self.heartbeat.tick() => return Ok(heartbeat_chunk(&self.session)),
+                _ = self.heartbeat.tick() => return Ok(Waited::Heartbeat),
             }
         }
+    }
+
+    /// The session this stream is attached to.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
     }
 
     /// The stream's last words, by why it ends.

@@ -226,6 +226,26 @@ pub struct Subscribed {
     pub replayed: bool,
 }
 
+/// `job.accepted.payload.budget`: each currency's granted amount as the
+/// `CURRENCY:DECIMAL` string it was requested with (§9.6), e.g.
+/// `{"USD": "USD:1.00"}`, the shape the official SDKs read.
+fn budget_echo(lease: &Value) -> Value {
+    let amounts = lease
+        .get("cost.budget")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
+    let mut echo = serde_json::Map::new();
+    for amount in amounts {
+        let currency = amount
+            .split_once(':')
+            .map_or(amount, |(currency, _)| currency);
+        echo.insert(currency.to_owned(), json!(amount));
+    }
+    Value::Object(echo)
+}
+
 /// Reads one numeric field of an event body.
 fn number(body: &Value, field: &str) -> Option<f64> {
     body.get(field).and_then(Value::as_f64)
@@ -250,7 +270,7 @@ impl Job {
             accepted_payload["lease_constraints"] = constraints.clone();
         }
         if !spec.budget.is_empty() {
-            accepted_payload["budget"] = json!(spec.budget);
+            accepted_payload["budget"] = budget_echo(&spec.lease);
         }
         let budget_remaining = spec.budget.clone();
         Job {
@@ -599,7 +619,9 @@ impl Job {
             },
             _ => terminal,
         };
-        let (message_type, payload) = terminal.message_type_and_payload();
+        let (message_type, mut payload) = terminal.message_type_and_payload();
+        // Every terminal says when the job ended (the official SDKs require it).
+        payload["completed_at"] = json!(crate::protocol::now_rfc3339());
         state.status = terminal.status();
         state.running_slot = None;
         self.metrics.job_finished(&self.spec.agent, state.status);
@@ -791,6 +813,8 @@ impl Job {
             "lease": self.spec.lease,
             "parent_job_id": null,
             "created_at": self.spec.created_at,
+            // §6.6's name for it, which the official SDKs require.
+            "submitted_at": self.spec.created_at,
             "trace_id": self.spec.trace_id,
             "last_event_seq": snapshot.last_event_seq,
         });

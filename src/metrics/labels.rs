@@ -6,15 +6,19 @@
 pub enum Transport {
     Http1,
     Http2,
+    /// ARCP over WebSocket (`GET /arcp`, §4).
+    WebSocket,
 }
 
 impl Transport {
-    pub(super) const ALL: [Transport; 2] = [Transport::Http1, Transport::Http2];
+    pub(super) const ALL: [Transport; 3] =
+        [Transport::Http1, Transport::Http2, Transport::WebSocket];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Http1 => "http1",
             Transport::Http2 => "http2",
+            Transport::WebSocket => "websocket",
         }
     }
 }

@@ -23,3 +23,5 @@ mod proxy;
 mod resume;
 mod subscriptions;
 mod surface;
+mod websocket;
+mod wire;

@@ -23,6 +23,7 @@
 //! Like built-in agents, an external agent runs inside the job's one task
 //! (`runner.rs`); every event goes through `Job::emit` from that task.
 
+pub mod arcp;
 pub mod command;
 pub mod http;
 
@@ -36,6 +37,7 @@ use super::lease::{LeaseCheck, ModelPolicy};
 use super::{Job, Terminal};
 use crate::protocol::{ErrorCode, ErrorPayload, JobStatus};
 
+pub use arcp::ArcpBackend;
 pub use command::CommandBackend;
 pub use http::HttpBackend;
 
@@ -82,6 +84,7 @@ pub struct ExternalAgent {
 pub enum Backend {
     Command(CommandBackend),
     Http(HttpBackend),
+    Arcp(ArcpBackend),
 }
 
 impl ExternalAgent {
@@ -90,6 +93,7 @@ impl ExternalAgent {
         match self.backend {
             Backend::Command(_) => "external command agent",
             Backend::Http(_) => "HTTP upstream agent",
+            Backend::Arcp(_) => "agent of an upstream ARCP runtime",
         }
     }
 }
@@ -102,6 +106,7 @@ pub async fn run(agent: &ExternalAgent, job: Arc<Job>) -> Terminal {
         match &agent.backend {
             Backend::Command(backend) => command::run(agent, backend, &job).await,
             Backend::Http(backend) => http::run(agent, backend, &job).await,
+            Backend::Arcp(backend) => arcp::run(agent, backend, &job).await,
         }
     };
     let Some(limit) = agent.max_runtime else {
@@ -391,11 +396,28 @@ impl<'a> AgentOutput<'a> {
         ))
     }
 
+    /// Handles one message already parsed (an upstream ARCP runtime's
+    /// event or terminal, mapped to this protocol).
+    pub fn value(&mut self, value: Value) -> ControlFlow<Finished> {
+        self.lines += 1;
+        match self.message(value) {
+            Ok(flow) => flow,
+            Err(why) => Finished::by_gateway(internal(format!(
+                "the agent {} sent an invalid message {}: {why}; the agent was stopped",
+                self.job.spec.agent, self.lines
+            ))),
+        }
+    }
+
     fn parse(&mut self, line: &[u8]) -> Result<ControlFlow<Finished>, String> {
         let value: Value = crate::json::parse(line).map_err(|error| match error {
             crate::json::JsonError::Syntax(detail) => format!("not JSON ({detail})"),
             refused => refused.to_string(),
         })?;
+        self.message(value)
+    }
+
+    fn message(&mut self, value: Value) -> Result<ControlFlow<Finished>, String> {
         let Value::Object(mut message) = value else {
             return Err("not a JSON object".into());
         };

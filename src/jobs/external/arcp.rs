@@ -1,0 +1,398 @@
+//! Upstream ARCP runtimes as agents: each job opens one session on the
+//! runtime's WebSocket endpoint (`kind = "arcp"` in the agents file),
+//! submits the job there and maps what comes back into the gateway's job.
+//!
+//! - `session.hello` with the configured token (§6.1), then `job.submit` for
+//!   the configured upstream agent with the job's input, lease and trace id.
+//! - Upstream `job.event`s go through the same [`AgentOutput`] as every
+//!   external agent's lines (event kinds, lease checks, budgets, result
+//!   chunks), so they land in the gateway's log under the gateway's own
+//!   `event_seq`, never the runtime's.
+//! - The upstream terminal becomes the job's: `job.result` success, or
+//!   `cancelled`/`timed_out` (as the official runtime ends them), or
+//!   `job.error` with its §12 code; a `session.error` is a failure too.
+//! - Ending the job early (cancel, timeout, lease expiry, budget) drops the
+//!   job's side of the channel; the session task then sends `job.cancel` and
+//!   `session.bye` upstream, bounded in time.
+//! - Bounds: connecting within `connect_timeout_ms`; no message from the
+//!   runtime (its heartbeats included) for `idle_timeout_ms` ends the job;
+//!   messages are limited to `max_line_bytes`.
+//! - A dropped upstream connection ends the job with a retryable
+//!   `INTERNAL_ERROR` that says so: the official runtime renumbers its events
+//!   on every connection and does not replay events produced while nobody
+//!   was connected, so a resumed upstream stream could hide a gap. An
+//!   explicit error is never mistaken for a complete job.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{internal, AgentOutput, ExternalAgent, Finished};
+use crate::ids::MessageId;
+use crate::jobs::{Job, Terminal};
+use crate::protocol::{now_rfc3339, ErrorCode, JobStatus};
+
+/// How long the goodbye (`job.cancel`, `session.bye`) may take.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest `max_runtime_sec` the official SDK accepts.
+const SDK_MAX_RUNTIME_SEC: u64 = 86_400;
+
+pub struct ArcpBackend {
+    /// `ws://…/arcp` (no TLS in the client: put a proxy in between).
+    pub url: String,
+    /// The api token presented in `session.hello` (never logged).
+    token: String,
+    /// The agent to run upstream (`name` or `name@version`).
+    pub upstream_agent: String,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for ArcpBackend {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ArcpBackend")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .field("upstream_agent", &self.upstream_agent)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
+impl ArcpBackend {
+    pub fn new(
+        url: String,
+        token: String,
+        upstream_agent: String,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> ArcpBackend {
+        ArcpBackend {
+            url,
+            token,
+            upstream_agent,
+            connect_timeout,
+            idle_timeout,
+        }
+    }
+}
+
+/// What the session task hands the job.
+enum Upstream {
+    /// One message in the external-agent line protocol (`{kind, body}`,
+    /// `{result}`, `{error}`).
+    Line(Value),
+    /// The job ends this way.
+    End(Terminal),
+}
+
+/// Everything the session task owns.
+struct Params {
+    url: String,
+    token: String,
+    submit: Value,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_message_bytes: usize,
+}
+
+pub(super) async fn run(agent: &ExternalAgent, backend: &ArcpBackend, job: &Arc<Job>) -> Terminal {
+    let spec = &job.spec;
+    let mut submit = json!({
+        "agent": backend.upstream_agent,
+        "input": spec.input,
+        "lease_request": spec.lease,
+    });
+    let max_runtime = match (spec.max_runtime, agent.max_runtime) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(limit) = max_runtime {
+        submit["max_runtime_sec"] = json!(limit.as_secs().clamp(1, SDK_MAX_RUNTIME_SEC));
+    }
+    let params = Params {
+        url: backend.url.clone(),
+        token: backend.token.clone(),
+        submit,
+        connect_timeout: backend.connect_timeout,
+        idle_timeout: backend.idle_timeout,
+        max_message_bytes: agent.max_line_bytes,
+    };
+    let trace_id = spec.trace_id.clone();
+    let (sender, mut receiver) = mpsc::channel(16);
+    tokio::spawn(async move {
+        if let Err(terminal) = session(&params, &trace_id, &sender).await {
+            let _ = sender.send(Upstream::End(terminal)).await;
+        }
+    });
+    let mut output = AgentOutput::new(job, agent);
+    while let Some(item) = receiver.recv().await {
+        match item {
+            Upstream::Line(message) => {
+                if let ControlFlow::Break(Finished { terminal, .. }) = output.value(message) {
+                    return terminal;
+                }
+            }
+            Upstream::End(terminal) => return terminal,
+        }
+    }
+    internal(format!(
+        "the session with the upstream ARCP runtime at {} ended without a terminal",
+        backend.url
+    ))
+}
+
+fn envelope(message_type: &str, session_id: Option<&str>, payload: Value) -> Message {
+    let mut envelope = json!({
+        "arcp": "1.1",
+        "id": MessageId::generate(),
+        "type": message_type,
+        "payload": payload,
+    });
+    if let Some(session_id) = session_id {
+        envelope["session_id"] = json!(session_id);
+    }
+    Message::text(envelope.to_string())
+}
+
+fn upstream_failure(url: &str, what: &str) -> Terminal {
+    Terminal::failure(
+        JobStatus::Error,
+        ErrorCode::InternalError,
+        format!("the upstream ARCP runtime at {url} {what}"),
+    )
+}
+
+/// The error of an upstream `session.error` or `job.error` payload.
+fn upstream_error(payload: &Value) -> Value {
+    json!({
+        "code": payload.get("code").cloned().unwrap_or(json!("INTERNAL_ERROR")),
+        "message": payload.get("message").cloned().unwrap_or(Value::Null),
+        "retryable": payload.get("retryable").cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// One upstream session, from hello to terminal. `Err` is the job's end.
+async fn session(
+    params: &Params,
+    trace_id: &str,
+    out: &mpsc::Sender<Upstream>,
+) -> Result<(), Terminal> {
+    let url = params.url.as_str();
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(params.max_message_bytes))
+        .max_frame_size(Some(params.max_message_bytes));
+    let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
+    let (mut socket, _) = match tokio::time::timeout(params.connect_timeout, connecting).await {
+        Err(_) => return Err(upstream_failure(url, "did not accept a connection in time")),
+        Ok(Err(error)) => {
+            return Err(upstream_failure(
+                url,
+                &format!("could not be reached: {error}"),
+            ))
+        }
+        Ok(Ok(connected)) => connected,
+    };
+    let hello = json!({
+        "client": { "name": "arcp-gateway", "version": env!("CARGO_PKG_VERSION") },
+        "auth": { "scheme": "bearer", "token": params.token },
+        "capabilities": { "encodings": ["json"], "features": ["heartbeat", "progress", "result_chunk"] },
+    });
+    if socket
+        .send(envelope("session.hello", None, hello))
+        .await
+        .is_err()
+    {
+        return Err(upstream_failure(url, "closed the connection at the hello"));
+    }
+    let mut session_id: Option<String> = None;
+    let mut job_id: Option<String> = None;
+    let mut events: u64 = 0;
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = out.closed() => {
+                // The job ended on the gateway's side: cancel upstream.
+                let goodbye = async {
+                    if let Some(job_id) = &job_id {
+                        let mut cancel = json!({"arcp": "1.1", "id": MessageId::generate(), "type": "job.cancel",
+                                                "session_id": session_id, "job_id": job_id,
+                                                "payload": {"reason": "cancelled at the gateway"}});
+                        if session_id.is_none() {
+                            cancel.as_object_mut().map(|o| o.remove("session_id"));
+                        }
+                        let _ = socket.send(Message::text(cancel.to_string())).await;
+                    }
+                    let bye = envelope("session.bye", session_id.as_deref(), json!({"reason": "client.close"}));
+                    let _ = socket.send(bye).await;
+                    let _ = socket.close(None).await;
+                };
+                let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
+                return Ok(());
+            }
+            next = tokio::time::timeout(params.idle_timeout, socket.next()) => next,
+        };
+        let text = match next {
+            Err(_) => {
+                return Err(upstream_failure(
+                    url,
+                    &format!(
+                        "sent nothing for {} ms (idle_timeout_ms)",
+                        params.idle_timeout.as_millis()
+                    ),
+                ))
+            }
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                let mut failure = upstream_failure(
+                    url,
+                    &format!(
+                        "dropped the connection after {events} events of this job; \
+                         events it produced since cannot be recovered without a gap, \
+                         so the job ends here"
+                    ),
+                );
+                if let Terminal::Failure { error, .. } = &mut failure {
+                    error.retryable = true;
+                }
+                return Err(failure);
+            }
+            Ok(Some(Ok(_))) => continue,
+        };
+        // Depth and duplicate keys checked as for every agent's output; the
+        // size is bounded by the socket's message limit.
+        let Ok(Value::Object(message)) = crate::json::parse(text.as_bytes()) else {
+            return Err(upstream_failure(
+                url,
+                "sent a message that is not a JSON object",
+            ));
+        };
+        let message_type = message
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let payload = message.get("payload").cloned().unwrap_or(Value::Null);
+        let for_this_job =
+            job_id.is_some() && message.get("job_id").and_then(Value::as_str) == job_id.as_deref();
+        let line = match message_type {
+            "session.welcome" if session_id.is_none() => {
+                let id = payload
+                    .get("session_id")
+                    .or_else(|| message.get("session_id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                session_id = id;
+                let submit = json!({"arcp": "1.1", "id": MessageId::generate(), "type": "job.submit",
+                                    "session_id": session_id, "trace_id": trace_id,
+                                    "payload": params.submit});
+                if socket
+                    .send(Message::text(submit.to_string()))
+                    .await
+                    .is_err()
+                {
+                    return Err(upstream_failure(url, "closed the connection at the submit"));
+                }
+                None
+            }
+            "session.ping" => {
+                let pong =
+                    json!({"ping_nonce": payload.get("nonce"), "received_at": now_rfc3339()});
+                let _ = socket
+                    .send(envelope("session.pong", session_id.as_deref(), pong))
+                    .await;
+                None
+            }
+            "session.error" => {
+                return Err(Terminal::failure(
+                    JobStatus::Error,
+                    payload
+                        .get("code")
+                        .and_then(Value::as_str)
+                        .and_then(ErrorCode::parse)
+                        .unwrap_or(ErrorCode::InternalError),
+                    format!(
+                        "the upstream ARCP runtime refused: {}",
+                        payload
+                            .get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("no message")
+                    ),
+                ))
+            }
+            "job.accepted" if job_id.is_none() => {
+                job_id = payload
+                    .get("job_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                None
+            }
+            "job.event" if for_this_job => {
+                events += 1;
+                Some(json!({"kind": payload.get("kind"), "body": payload.get("body")}))
+            }
+            "job.result" if for_this_job => {
+                match payload.get("final_status").and_then(Value::as_str) {
+                    Some("success") => Some(
+                        json!({"result": payload.get("result").cloned().unwrap_or(Value::Null)}),
+                    ),
+                    Some("cancelled") => return end(out, Terminal::cancelled(), &mut socket).await,
+                    Some("timed_out") => {
+                        let terminal = Terminal::failure(
+                            JobStatus::TimedOut,
+                            ErrorCode::Timeout,
+                            "the upstream ARCP runtime timed the job out",
+                        );
+                        return end(out, terminal, &mut socket).await;
+                    }
+                    _ => {
+                        return Err(upstream_failure(
+                            url,
+                            "ended the job with an unknown final_status",
+                        ))
+                    }
+                }
+            }
+            "job.error" if for_this_job => Some(json!({"error": upstream_error(&payload)})),
+            _ => None,
+        };
+        let Some(line) = line else { continue };
+        let terminal = line.get("result").is_some() || line.get("error").is_some();
+        if out.send(Upstream::Line(line)).await.is_err() {
+            continue; // the job ended meanwhile: the next turn says goodbye
+        }
+        if terminal {
+            let bye = envelope(
+                "session.bye",
+                session_id.as_deref(),
+                json!({"reason": "client.close"}),
+            );
+            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+                let _ = socket.send(bye).await;
+                let _ = socket.close(None).await;
+            })
+            .await;
+            return Ok(());
+        }
+    }
+}
+
+async fn end<S>(
+    out: &mpsc::Sender<Upstream>,
+    terminal: Terminal,
+    socket: &mut S,
+) -> Result<(), Terminal>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let _ = out.send(Upstream::End(terminal)).await;
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, socket.close()).await;
+    Ok(())
+}
