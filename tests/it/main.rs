@@ -15,5 +15,6 @@ mod jobs;
 mod openapi;
 mod proxy;
 mod resume;
+mod storage_conformance;
 mod subscriptions;
 mod surface;
