@@ -517,7 +517,7 @@ async fn an_expired_lease_gets_exactly_one_terminal_from_racing_reapers<H: Harne
     for _ in 0..5 {
         let job = new_job(&owner, &session).await;
         let lease = owner
-            .acquire_lease(&session, &job, 200)
+            .acquire_lease(&session, &job, 1_000)
             .await
             .expect("lease");
         let first = Append {
@@ -547,7 +547,7 @@ async fn an_expired_lease_gets_exactly_one_terminal_from_racing_reapers<H: Harne
         Ok(vec![])
     );
     // The owner node dies: nothing renews. The reapers race.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
     let now = now_ms();
     let (r1, r2, r3) = tokio::join!(
         reapers[0].reap_expired(now, 100, &node_lost),
@@ -615,13 +615,13 @@ async fn a_node_that_lost_its_lease_cannot_append<H: Harness>(harness: H) {
         a.acquire_lease(&session, &JobId::generate(), 1000).await,
         Err(StorageError::NotFound)
     );
-    let old = a.acquire_lease(&session, &job, 200).await.expect("lease");
+    let old = a.acquire_lease(&session, &job, 1_000).await.expect("lease");
     assert_eq!(
-        b.acquire_lease(&session, &job, 200).await,
+        b.acquire_lease(&session, &job, 1_000).await,
         Err(StorageError::LeaseHeld)
     );
-    assert_eq!(a.renew_lease(&old, 200).await, Ok(false));
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(a.renew_lease(&old, 1_000).await, Ok(false));
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
     // The lease lapsed (a long GC pause, a partition); another node took it.
     let new = b.acquire_lease(&session, &job, 5000).await.expect("lease");
     assert_ne!(new.token, old.token);
@@ -630,7 +630,7 @@ async fn a_node_that_lost_its_lease_cannot_append<H: Harness>(harness: H) {
         ..event(&session, &job, 1)
     };
     assert_eq!(a.append_batch(&[stale]).await, Err(StorageError::Fenced));
-    assert_eq!(a.renew_lease(&old, 200).await, Err(StorageError::Fenced));
+    assert_eq!(a.renew_lease(&old, 1_000).await, Err(StorageError::Fenced));
     assert_eq!(
         a.finish_job(&old, JobStatus::Failed).await,
         Err(StorageError::Fenced)
