@@ -49,24 +49,28 @@ fn redis_server_binary() -> PathBuf {
     }
 }
 
+fn spawn(dir: &Path, socket: &Path) -> Child {
+    Command::new(redis_server_binary())
+        .args(["--port", "0"])
+        .arg("--unixsocket")
+        .arg(socket)
+        .args(["--unixsocketperm", "700"])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--save", "", "--appendonly", "yes"])
+        .args(["--maxmemory-policy", "noeviction"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server starts")
+}
+
 impl RedisServer {
     /// Starts a server and waits until it answers PING.
     pub async fn start() -> RedisServer {
         let dir = tempfile::tempdir().expect("temporary directory");
         let socket = dir.path().join("redis.sock");
-        let child = Command::new(redis_server_binary())
-            .args(["--port", "0"])
-            .arg("--unixsocket")
-            .arg(&socket)
-            .args(["--unixsocketperm", "700"])
-            .arg("--dir")
-            .arg(dir.path())
-            .args(["--save", "", "--appendonly", "yes"])
-            .args(["--maxmemory-policy", "noeviction"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
+        let child = spawn(dir.path(), &socket);
         let server = RedisServer {
             child,
             socket,
@@ -74,6 +78,21 @@ impl RedisServer {
         };
         server.wait_ready().await;
         server
+    }
+
+    /// SIGKILL: Redis dies without a chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts Redis again on the same socket and directory: it reloads its
+    /// AOF, as after a crash.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = spawn(self._dir.path(), &self.socket);
+        self.wait_ready().await;
     }
 
     async fn wait_ready(&self) {
