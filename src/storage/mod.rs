@@ -1,6 +1,6 @@
 //! The storage seam for cluster mode (issue 12): an async event log and a
 //! coordinator for sessions and jobs, with one in-memory and one Redis
-//! backend behind the same traits. `tests/it/storage_conformance.rs` runs one
+//! backend behind the same traits. `tests/it/storage_conformance/` runs one
 //! suite against both.
 //!
 //! This module is the first step of the redesign described in
