@@ -129,14 +129,20 @@ pub struct RawArgs {
 
     /// Largest WebSocket message on /arcp, in either direction. The official
     /// SDKs refuse messages over 1 MiB.
-    #[arg(long, env = "ARCP_GATEWAY_WS_MAX_FRAME_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(
+        long,
+        env = "ARCP_GATEWAY_WS_MAX_FRAME_BYTES",
+        default_value_t = 1024 * 1024,
+        help_heading = heading::LIMITS
+    )]
     pub ws_max_frame_bytes: usize,
 
     /// How long a new WebSocket connection may take to send its session.hello.
     #[arg(
         long,
         env = "ARCP_GATEWAY_WS_HELLO_TIMEOUT_MS",
-        default_value_t = 10_000
+        default_value_t = 10_000,
+        help_heading = heading::LIMITS
     )]
     pub ws_hello_timeout_ms: u64,
 

@@ -114,6 +114,18 @@ impl ConnectionLimiter {
     }
 }
 
+/// A connection's place under the caps, shared by whatever serves it: the
+/// connection's own task and, after an upgrade to WebSocket (`/arcp`), the
+/// upgraded connection's task. The place is freed when the last holder ends.
+#[derive(Clone)]
+pub struct HeldConnection(#[allow(dead_code)] Arc<ConnectionPermit>);
+
+impl HeldConnection {
+    pub fn new(permit: ConnectionPermit) -> HeldConnection {
+        HeldConnection(Arc::new(permit))
+    }
+}
+
 /// One admitted connection; dropping it frees its place.
 pub struct ConnectionPermit {
     limiter: Arc<ConnectionLimiter>,

@@ -23,6 +23,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod storage;
 pub mod store;
 
 use std::future::Future;

@@ -38,7 +38,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::connections::{self, ConnectionLimiter};
+use crate::connections::{self, ConnectionLimiter, HeldConnection};
 use crate::http;
 use crate::http::detect::{self, Detected, Rewind, MAX_HEADER_FIELDS, MAX_HEAD_BYTES};
 use crate::http::error::ApiError;
@@ -140,8 +140,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         let state = state.clone();
         let info = http::browser::ConnectionInfo { peer };
         connections.spawn(async move {
-            serve_connection(state, stream, info).await;
-            drop(permit);
+            serve_connection(state, stream, info, HeldConnection::new(permit)).await;
         });
     }
     drop(listener);
@@ -165,6 +164,7 @@ async fn serve_connection(
     state: Arc<AppState>,
     mut stream: TcpStream,
     info: http::browser::ConnectionInfo,
+    held: HeldConnection,
 ) {
     let mut detected = tokio::select! {
         () = state.shutdown.cancelled() => return,
@@ -195,10 +195,10 @@ async fn serve_connection(
             // Boxed: the fast path's idle streams do not carry hyper's
             // connection state in their task.
             Detected::Http1(prefix) => {
-                return Box::pin(serve_http1(state, Rewind::new(prefix, stream), info)).await;
+                return Box::pin(serve_http1(state, Rewind::new(prefix, stream), info, held)).await;
             }
             Detected::Http2(prefix) => {
-                return Box::pin(serve_http2(state, Rewind::new(prefix, stream), info)).await;
+                return Box::pin(serve_http2(state, Rewind::new(prefix, stream), info, held)).await;
             }
             Detected::Refused(error) => {
                 tracing::debug!(peer = %info.peer, code = error.code().as_str(), "request head refused");
@@ -218,9 +218,10 @@ async fn serve_http1(
     state: Arc<AppState>,
     io: Rewind<TcpStream>,
     info: http::browser::ConnectionInfo,
+    held: HeldConnection,
 ) {
     let activity = Activity::new();
-    let service = service(state.clone(), info, activity.clone());
+    let service = service(state.clone(), info, activity.clone(), held);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -245,9 +246,10 @@ async fn serve_http2(
     state: Arc<AppState>,
     io: Rewind<TcpStream>,
     info: http::browser::ConnectionInfo,
+    held: HeldConnection,
 ) {
     let activity = Activity::new();
-    let service = service(state.clone(), info, activity.clone());
+    let service = service(state.clone(), info, activity.clone(), held);
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -268,10 +270,13 @@ async fn serve_http2(
 
 /// The request handler for one hyper connection: every request carries the
 /// connection's peer, and counts as activity until its response body ends.
+/// Each request also carries the connection's place under the caps, so a
+/// connection upgraded to WebSocket keeps it for as long as it lives.
 fn service(
     state: Arc<AppState>,
     info: http::browser::ConnectionInfo,
     activity: Arc<Activity>,
+    held: HeldConnection,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = hyper::Response<Tracked<http::body::ResponseBody>>,
@@ -284,6 +289,7 @@ fn service(
         let state = state.clone();
         let busy = activity.begin();
         request.extensions_mut().insert(info);
+        request.extensions_mut().insert(held.clone());
         async move {
             let response = http::handle(state, request).await;
             Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))

@@ -470,3 +470,41 @@ async fn an_open_stream_is_not_an_idle_connection() {
     .await;
     assert!(events.len() >= 4);
 }
+
+#[tokio::test]
+async fn websocket_connections_keep_their_place_under_the_cap() {
+    // hyper's connection ends at the upgrade; the upgraded connection must
+    // still count, or WebSocket clients could hold descriptors past the cap.
+    let server = server_with(|limits| {
+        limits.max_connections = 3;
+        limits.max_connections_per_ip = None;
+    });
+    let url = format!("ws://{}/arcp", server.address);
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let (socket, _) = within("websocket connect", tokio_tungstenite::connect_async(&url))
+            .await
+            .expect("websocket handshake");
+        sockets.push(socket);
+    }
+    let (response, took) = exchange(server.address, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+    assert_arcp_error(&response, 503);
+    assert!(took < Duration::from_secs(1));
+
+    drop(sockets);
+    // Their places come back once the upgraded connections have ended.
+    let freed = within("places freed", async {
+        loop {
+            let (response, _) = exchange(
+                server.address,
+                b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            if response.status == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    freed.await;
+}

@@ -21,6 +21,7 @@ mod metrics;
 mod openapi;
 mod proxy;
 mod resume;
+mod storage_conformance;
 mod subscriptions;
 mod surface;
 mod websocket;

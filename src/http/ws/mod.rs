@@ -28,6 +28,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::body::{empty_response, ResponseBody};
 use super::error::ApiError;
+use crate::connections::HeldConnection;
 use crate::state::AppState;
 
 /// True when a header lists `token` among its comma-separated values.
@@ -66,7 +67,11 @@ pub fn upgrade(state: &Arc<AppState>, parts: &Parts) -> Result<Response<Response
     };
     let accept = derive_accept_key(key.as_bytes());
     let state = state.clone();
+    // The upgraded connection keeps its place under the connection caps
+    // until it ends, although hyper's connection ends at the upgrade.
+    let held = parts.extensions.get::<HeldConnection>().cloned();
     tokio::spawn(async move {
+        let _held = held;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {

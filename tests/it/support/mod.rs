@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 mod process;
+pub mod redis_server;
 
 pub use process::GatewayProcess;
 

@@ -1,0 +1,7 @@
+-- KEYS: meta. ARGV: max_events, max_bytes. Replies: {'ok'} | {'exists'}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'exists'}
+end
+redis.call('HSET', KEYS[1], 'top', 0, 'floor', 0, 'bytes', 0,
+  'max_events', ARGV[1], 'max_bytes', ARGV[2])
+return {'ok'}
