@@ -470,3 +470,40 @@ async fn an_open_stream_is_not_an_idle_connection() {
     .await;
     assert!(events.len() >= 4);
 }
+
+/// The HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 §3.4).
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+#[tokio::test]
+async fn an_h2c_connection_without_a_request_is_closed_at_the_header_deadline() {
+    // The idle timeout and HTTP/2 pings (30 s + 20 s) would keep these far
+    // longer: the first request's head is due within the header timeout.
+    let server = server_with(|limits| {
+        limits.header_timeout = Duration::from_secs(1);
+        limits.idle_timeout = Duration::from_secs(60);
+    });
+    // A HEADERS frame's 9-byte frame header announcing 64 bytes, cut short.
+    let trickled: &[u8] = b"\x00\x00\x40\x01\x05";
+    for (case, after_preface) in [("silent", &b""[..]), ("trickled", trickled)] {
+        let started = Instant::now();
+        let mut connection = TcpStream::connect(server.address).await.unwrap();
+        connection.write_all(H2_PREFACE_AND_SETTINGS).await.unwrap();
+        connection.write_all(after_preface).await.unwrap();
+        let received = within(
+            "the h2c connection without a request to close",
+            read_to_close(&mut connection),
+        )
+        .await;
+        let open_for = started.elapsed();
+        assert!(
+            open_for >= Duration::from_millis(900) && open_for < Duration::from_secs(4),
+            "{case}: closed after {open_for:?}"
+        );
+        // The server's SETTINGS, then a GOAWAY (type 7) before the close.
+        assert!(
+            received.windows(4).any(|w| w[1..] == [0x08, 0x07, 0x00]),
+            "{case}: no GOAWAY in {received:?}"
+        );
+    }
+}
