@@ -300,7 +300,7 @@ async fn a_body_that_does_not_arrive_in_time_gets_408() {
 #[tokio::test]
 async fn malformed_and_oversized_heads_get_arcp_errors() {
     let server = TestServer::start();
-    let malformed: [&[u8]; 9] = [
+    let malformed: [&[u8]; 10] = [
         b"NONSENSE\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n",
         b"GET /healthz HTTP/2.0\r\n\r\n",
@@ -310,6 +310,8 @@ async fn malformed_and_oversized_heads_get_arcp_errors() {
         b"POST /v1/sessions HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
         b"POST /v1/sessions HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"GET http://[::1/ HTTP/1.1\r\n\r\n",
+        // Not HTTP and no line end (a TLS ClientHello): refused at once.
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
     ];
     for head in malformed {
         let (response, took) = exchange(server.address, head).await;
