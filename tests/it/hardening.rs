@@ -509,3 +509,58 @@ async fn an_h2c_connection_without_a_request_is_closed_at_the_header_deadline() 
         );
     }
 }
+
+/// A `POST /v1/sessions` with a valid token and a JSON body padded to
+/// `length` bytes; `Connection: close` so the answer ends with the connection.
+fn padded_hello(length: usize) -> Vec<u8> {
+    let body = format!("{{}}{}", " ".repeat(length - 2));
+    format!(
+        "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE_TOKEN}\r\n\
+         Content-Type: application/json\r\nConnection: close\r\nContent-Length: {length}\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn bodies_being_read_share_one_gateway_wide_budget() {
+    // Each body is under --max-body-bytes; together they may not pass
+    // --max-body-bytes-in-flight, or connections sending large bodies
+    // slowly would take 1 MiB each (about 535 MiB for 500 of them).
+    let server = TestServer::with_config(|config| config.max_body_bytes_in_flight = 100_000);
+    let mut hog = TcpStream::connect(server.address).await.unwrap();
+    hog.write_all(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n")
+        .await
+        .unwrap();
+    hog.write_all(&[b' '; 90_000]).await.unwrap();
+    // Once the hog's bytes are read, a body that does not fit beside them
+    // is refused, retryable.
+    let refused = within("a body refused for the budget", async {
+        loop {
+            let (response, _) = exchange(server.address, &padded_hello(20_000)).await;
+            if response.status == 503 {
+                return response;
+            }
+            assert_eq!(response.status, 201, "{}", response.head);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_arcp_error(&refused, 503);
+    assert_eq!(refused.body["code"], "INTERNAL_ERROR");
+    assert_eq!(refused.body["retryable"], true);
+    // A small body still fits; once the hog goes its share is given back.
+    let (small, _) = exchange(server.address, &padded_hello(2_000)).await;
+    assert_eq!(small.status, 201, "{}", small.head);
+    drop(hog);
+    within("the budget to be given back", async {
+        loop {
+            let (response, _) = exchange(server.address, &padded_hello(20_000)).await;
+            if response.status == 201 {
+                return;
+            }
+            assert_eq!(response.status, 503, "{}", response.head);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
