@@ -145,6 +145,10 @@ pub struct RawArgs {
         help_heading = heading::LIMITS
     )]
     pub ws_hello_timeout_ms: u64,
+    /// Bytes of request bodies being read at once, all connections together;
+    /// past it, a body's request gets 503 (retryable).
+    #[arg(long, env = "ARCP_GATEWAY_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 256 * 1024 * 1024, help_heading = heading::LIMITS)]
+    pub max_body_bytes_in_flight: usize,
 
     /// Consumer lag (events past the last ack) that opens a back-pressure episode.
     #[arg(
@@ -335,6 +339,8 @@ pub struct Config {
     pub ws_max_frame_bytes: usize,
     /// The deadline for a WebSocket connection's `session.hello`.
     pub ws_hello_timeout: Duration,
+    /// Bytes of request bodies being read at once, gateway-wide.
+    pub max_body_bytes_in_flight: usize,
     /// How long graceful shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
     /// How often expired sessions are swept.
@@ -437,6 +443,7 @@ impl Config {
             max_body_bytes: 1024 * 1024,
             ws_max_frame_bytes: 1024 * 1024,
             ws_hello_timeout: Duration::from_secs(10),
+            max_body_bytes_in_flight: 256 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(1),
             back_pressure_lag_events: 1_000,
@@ -545,6 +552,12 @@ impl Config {
             100,
             600_000,
         )?);
+        config.max_body_bytes_in_flight = within(
+            "max-body-bytes-in-flight",
+            raw.max_body_bytes_in_flight as u64,
+            config.max_body_bytes as u64,
+            1 << 40,
+        )? as usize;
         config.back_pressure_lag_events = within(
             "back-pressure-lag-events",
             raw.back_pressure_lag_events,
@@ -790,6 +803,26 @@ mod tests {
         assert_eq!(config.api_tokens[0].0, Principal::new("dev"));
         assert!(config.generated_dev_token.is_some());
         assert!(config.secret_was_generated);
+    }
+
+    #[test]
+    fn bodies_in_flight_default_and_are_at_least_one_body() {
+        let defaults = Config::from_raw(raw(&[])).unwrap();
+        assert_eq!(defaults.max_body_bytes_in_flight, 256 << 20);
+        assert_eq!(
+            defaults.max_body_bytes_in_flight,
+            Config::development().max_body_bytes_in_flight
+        );
+        let config = Config::from_raw(raw(&["--max-body-bytes-in-flight", "2097152"])).unwrap();
+        assert_eq!(config.max_body_bytes_in_flight, 2 << 20);
+        // Below one body's limit, a largest body could never be read.
+        assert!(Config::from_raw(raw(&[
+            "--max-body-bytes",
+            "4096",
+            "--max-body-bytes-in-flight",
+            "4095"
+        ]))
+        .is_err());
     }
 
     #[test]

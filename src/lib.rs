@@ -118,6 +118,7 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
         agents: AgentRegistry::with_external(&config.agents),
         log,
         retention,
+        body_budget: http::body::BodyBudget::new(config.max_body_bytes_in_flight),
         store,
         shutdown: CancellationToken::new(),
         metrics,

@@ -24,7 +24,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -64,6 +64,11 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// How long a connection being shut down for idleness may take to close.
 const IDLE_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long an HTTP/2 connection that sent no request within the header
+/// timeout may take to close after its `GOAWAY` (a silent peer never
+/// acknowledges the shutdown's ping).
+const NO_REQUEST_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
     let open_file_limit = connections::raise_open_file_limit();
@@ -311,23 +316,25 @@ async fn drive<C, E>(
 {
     tokio::pin!(connection);
     let idle_timeout = state.config.connections.idle_timeout;
+    // Either the connection's end, or how long it may take to close.
     let result = tokio::select! {
-        result = connection.as_mut() => Some(result),
-        () = state.shutdown.cancelled() => None,
+        result = connection.as_mut() => Ok(result),
+        () = state.shutdown.cancelled() => Err(state.config.shutdown_grace),
         () = activity.idle_for(idle_timeout) => {
             state.metrics.connection_refused(ConnectionRefusal::IdleTimeout);
-            None
+            Err(IDLE_CLOSE_WAIT)
+        }
+        // HTTP/2: the preface came within the header timeout, the first
+        // request's head must too (HTTP/1 heads were read by detection).
+        () = activity.no_request_within(state.config.connections.header_timeout) => {
+            state.metrics.connection_refused(ConnectionRefusal::HeaderTimeout);
+            Err(NO_REQUEST_CLOSE_WAIT)
         }
     };
     let result = match result {
-        Some(result) => result,
-        None => {
+        Ok(result) => result,
+        Err(wait) => {
             graceful_shutdown(connection.as_mut());
-            let wait = if state.shutdown.is_cancelled() {
-                state.config.shutdown_grace
-            } else {
-                IDLE_CLOSE_WAIT
-            };
             match tokio::time::timeout(wait, connection).await {
                 Ok(result) => result,
                 Err(_) => return,
@@ -344,6 +351,8 @@ async fn drive<C, E>(
 struct Activity {
     in_flight: AtomicUsize,
     idle_since: Mutex<Instant>,
+    /// Whether any request has begun on the connection.
+    began: AtomicBool,
 }
 
 impl Activity {
@@ -351,11 +360,13 @@ impl Activity {
         Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
+            began: AtomicBool::new(false),
         })
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.began.store(true, Ordering::SeqCst);
         Busy {
             activity: self.clone(),
         }
@@ -366,6 +377,15 @@ impl Activity {
             .idle_since
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Completes if no request has begun within `timeout` of the
+    /// connection's start; never completes otherwise.
+    async fn no_request_within(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+        if self.began.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Completes once no request has been in progress for `timeout`. Wakes

@@ -39,6 +39,8 @@ pub struct AppState {
     /// Retained event bytes per principal and gateway-wide; `log` charges
     /// them, admission reads them.
     pub retention: Arc<RetentionBudget>,
+    /// Bytes of request bodies being read, gateway-wide.
+    pub body_budget: crate::http::body::BodyBudget,
     /// Session and job records (nothing in memory mode).
     pub store: Arc<dyn Persistence>,
     /// Cancelled when the gateway shuts down; every stream watches it.

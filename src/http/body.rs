@@ -2,6 +2,7 @@
 //! boxed body type every handler returns.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,8 +28,9 @@ pub async fn read_json(
     body: Incoming,
     limit: usize,
     deadline: Duration,
+    budget: &BodyBudget,
 ) -> Result<Value, ApiError> {
-    let collected = read_body_bytes(body, limit, deadline).await?;
+    let collected = read_body_bytes(body, limit, deadline, budget).await?;
     parse_json(&collected)
 }
 
@@ -53,10 +55,12 @@ pub async fn read_body_bytes(
     body: impl Body<Data = Bytes, Error = hyper::Error>,
     limit: usize,
     deadline: Duration,
+    budget: &BodyBudget,
 ) -> Result<Vec<u8>, ApiError> {
     if body.size_hint().lower() > limit as u64 {
         return Err(ApiError::BodyTooLarge { limit });
     }
+    let mut held = BodyBytesHeld { budget, bytes: 0 };
     let deadline = tokio::time::Instant::now() + deadline;
     let mut body = std::pin::pin!(body);
     let mut collected = Vec::new();
@@ -77,7 +81,69 @@ pub async fn read_body_bytes(
         if collected.len() + data.len() > limit {
             return Err(ApiError::BodyTooLarge { limit });
         }
+        held.grow(data.len())?;
         collected.extend_from_slice(&data);
+    }
+}
+
+/// The bytes of request bodies being read, gateway-wide, and their limit
+/// (`--max-body-bytes-in-flight`): each body is bounded, this bounds them all
+/// together, so many connections sending large bodies slowly cannot take
+/// more than this much memory.
+#[derive(Debug)]
+pub struct BodyBudget {
+    in_use: AtomicUsize,
+    limit: usize,
+}
+
+impl BodyBudget {
+    pub fn new(limit: usize) -> BodyBudget {
+        BodyBudget {
+            in_use: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Bytes held by bodies being read now.
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self, bytes: usize) -> bool {
+        self.in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |in_use| {
+                in_use
+                    .checked_add(bytes)
+                    .filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.in_use.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// What one body being read holds of the [`BodyBudget`], given back when
+/// the read ends (with the buffer handed on or dropped).
+struct BodyBytesHeld<'a> {
+    budget: &'a BodyBudget,
+    bytes: usize,
+}
+
+impl BodyBytesHeld<'_> {
+    fn grow(&mut self, bytes: usize) -> Result<(), ApiError> {
+        if !self.budget.try_take(bytes) {
+            return Err(ApiError::BodiesInFlightFull);
+        }
+        self.bytes += bytes;
+        Ok(())
+    }
+}
+
+impl Drop for BodyBytesHeld<'_> {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
     }
 }
 

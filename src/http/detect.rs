@@ -104,9 +104,11 @@ impl Detector {
         if seen.starts_with(HTTP2_PREFACE) {
             return Classified::Http2;
         }
-        // A head can only complete, or fail at a new line, on a line end.
+        // A head can only complete, or fail at a new line, on a line end;
+        // the first bytes are checked at once too, so that a peer speaking
+        // something else (TLS, say) is refused rather than left waiting.
         let newline = seen[before..].contains(&b'\n');
-        if newline {
+        if newline || before == 0 {
             let classified = classify_http1(seen, config);
             if !matches!(classified, Classified::NeedMore) {
                 return classified;

@@ -44,6 +44,8 @@ pub enum ApiError {
     /// The gateway-wide retained-bytes budget is used up: new work waits
     /// until clients acknowledge, close or abandon sessions.
     RetainedBytesFull,
+    /// Request bodies being read hold the gateway's budget for them.
+    BodiesInFlightFull,
     JobAlreadyTerminal {
         status: &'static str,
     },
@@ -95,9 +97,9 @@ impl ApiError {
             ApiError::MalformedHead(_) => StatusCode::BAD_REQUEST,
             ApiError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::HeadTimeout | ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::TooManyConnections | ApiError::RetainedBytesFull => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::TooManyConnections
+            | ApiError::RetainedBytesFull
+            | ApiError::BodiesInFlightFull => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -116,7 +118,9 @@ impl ApiError {
             | ApiError::BodyTimeout => ErrorCode::InvalidRequest,
             // §12: overload is a runtime condition the client may retry, and
             // INTERNAL_ERROR is always retryable.
-            ApiError::TooManyConnections | ApiError::RetainedBytesFull => ErrorCode::InternalError,
+            ApiError::TooManyConnections
+            | ApiError::RetainedBytesFull
+            | ApiError::BodiesInFlightFull => ErrorCode::InternalError,
             ApiError::ResumeWindowExpired(_) => ErrorCode::ResumeWindowExpired,
             ApiError::InvalidRequest(_)
             | ApiError::BodyTooLarge { .. }
@@ -167,6 +171,9 @@ impl ApiError {
             ApiError::RetainedBytesFull => {
                 "the gateway's memory for retained events is full; retry later".into()
             }
+            ApiError::BodiesInFlightFull => {
+                "the gateway's memory for request bodies being read is full; retry later".into()
+            }
             ApiError::TooManySessions { limit } => format!(
                 "this principal already holds {limit} sessions; close some or let them expire"
             ),
@@ -202,6 +209,7 @@ impl ApiError {
                     | ApiError::TooManyRunningJobs { .. }
                     | ApiError::RetainedBytesPerPrincipal { .. }
                     | ApiError::RetainedBytesFull
+                    | ApiError::BodiesInFlightFull
             ),
         }
     }

@@ -87,6 +87,7 @@ pub(super) async fn read_payload<T: for<'de> Deserialize<'de>>(
         body,
         state.config.max_body_bytes,
         state.config.connections.body_timeout,
+        &state.body_budget,
     )
     .await?;
     let (payload, trace_id) = unwrap_envelope(body, expected_type)?;

@@ -300,7 +300,7 @@ async fn a_body_that_does_not_arrive_in_time_gets_408() {
 #[tokio::test]
 async fn malformed_and_oversized_heads_get_arcp_errors() {
     let server = TestServer::start();
-    let malformed: [&[u8]; 9] = [
+    let malformed: [&[u8]; 10] = [
         b"NONSENSE\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n",
         b"GET /healthz HTTP/2.0\r\n\r\n",
@@ -310,6 +310,8 @@ async fn malformed_and_oversized_heads_get_arcp_errors() {
         b"POST /v1/sessions HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
         b"POST /v1/sessions HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"GET http://[::1/ HTTP/1.1\r\n\r\n",
+        // Not HTTP and no line end (a TLS ClientHello): refused at once.
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
     ];
     for head in malformed {
         let (response, took) = exchange(server.address, head).await;
@@ -507,4 +509,96 @@ async fn websocket_connections_keep_their_place_under_the_cap() {
         }
     });
     freed.await;
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 §3.4).
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+#[tokio::test]
+async fn an_h2c_connection_without_a_request_is_closed_at_the_header_deadline() {
+    // The idle timeout and HTTP/2 pings (30 s + 20 s) would keep these far
+    // longer: the first request's head is due within the header timeout.
+    let server = server_with(|limits| {
+        limits.header_timeout = Duration::from_secs(1);
+        limits.idle_timeout = Duration::from_secs(60);
+    });
+    // A HEADERS frame's 9-byte frame header announcing 64 bytes, cut short.
+    let trickled: &[u8] = b"\x00\x00\x40\x01\x05";
+    for (case, after_preface) in [("silent", &b""[..]), ("trickled", trickled)] {
+        let started = Instant::now();
+        let mut connection = TcpStream::connect(server.address).await.unwrap();
+        connection.write_all(H2_PREFACE_AND_SETTINGS).await.unwrap();
+        connection.write_all(after_preface).await.unwrap();
+        let received = within(
+            "the h2c connection without a request to close",
+            read_to_close(&mut connection),
+        )
+        .await;
+        let open_for = started.elapsed();
+        assert!(
+            open_for >= Duration::from_millis(900) && open_for < Duration::from_secs(4),
+            "{case}: closed after {open_for:?}"
+        );
+        // The server's SETTINGS, then a GOAWAY (type 7) before the close.
+        assert!(
+            received.windows(4).any(|w| w[1..] == [0x08, 0x07, 0x00]),
+            "{case}: no GOAWAY in {received:?}"
+        );
+    }
+}
+
+/// A `POST /v1/sessions` with a valid token and a JSON body padded to
+/// `length` bytes; `Connection: close` so the answer ends with the connection.
+fn padded_hello(length: usize) -> Vec<u8> {
+    let body = format!("{{}}{}", " ".repeat(length - 2));
+    format!(
+        "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE_TOKEN}\r\n\
+         Content-Type: application/json\r\nConnection: close\r\nContent-Length: {length}\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn bodies_being_read_share_one_gateway_wide_budget() {
+    // Each body is under --max-body-bytes; together they may not pass
+    // --max-body-bytes-in-flight, or connections sending large bodies
+    // slowly would take 1 MiB each (about 535 MiB for 500 of them).
+    let server = TestServer::with_config(|config| config.max_body_bytes_in_flight = 100_000);
+    let mut hog = TcpStream::connect(server.address).await.unwrap();
+    hog.write_all(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n")
+        .await
+        .unwrap();
+    hog.write_all(&[b' '; 90_000]).await.unwrap();
+    // Once the hog's bytes are read, a body that does not fit beside them
+    // is refused, retryable.
+    let refused = within("a body refused for the budget", async {
+        loop {
+            let (response, _) = exchange(server.address, &padded_hello(20_000)).await;
+            if response.status == 503 {
+                return response;
+            }
+            assert_eq!(response.status, 201, "{}", response.head);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_arcp_error(&refused, 503);
+    assert_eq!(refused.body["code"], "INTERNAL_ERROR");
+    assert_eq!(refused.body["retryable"], true);
+    // A small body still fits; once the hog goes its share is given back.
+    let (small, _) = exchange(server.address, &padded_hello(2_000)).await;
+    assert_eq!(small.status, 201, "{}", small.head);
+    drop(hog);
+    within("the budget to be given back", async {
+        loop {
+            let (response, _) = exchange(server.address, &padded_hello(20_000)).await;
+            if response.status == 201 {
+                return;
+            }
+            assert_eq!(response.status, 503, "{}", response.head);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 }
