@@ -265,3 +265,63 @@ async fn a_runtime_that_cannot_resume_the_session_ends_the_job_explicitly() {
         events.iter().map(|e| &e.data).collect::<Vec<&Value>>()
     );
 }
+
+#[tokio::test]
+async fn a_second_drop_is_resumed_too_and_nothing_is_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = ticker_runtime("upstream-T0ken", &dir.path().join("cancelled")).await;
+    let proxy = CuttableProxy::start(runtime.port).await;
+    let agents = upstream_agent("py-ticker", "ticker", proxy.port, "upstream-T0ken");
+    let server = TestServer::with_config(|config| config.agents = agents);
+    let session = server.create_session(ALICE_TOKEN).await;
+    let sid = &session.session_id;
+    let job = server
+        .submit_ok(
+            sid,
+            ALICE_TOKEN,
+            json!({"agent": "py-ticker", "input": {"count": 30, "interval_ms": 150}}),
+        )
+        .await;
+    let mut stream = server.stream(sid, ALICE_TOKEN, None).await;
+    stream.welcome().await;
+    let mut events = stream.events_until(|event| event.seq() >= 3).await;
+    proxy.cut();
+    // After the first resume, a few resumed ticks, then a second cut.
+    events.extend(stream.events_until(is_warning).await);
+    events.extend(stream.events_until(is_progress).await);
+    events.extend(stream.events_until(is_progress).await);
+    proxy.cut();
+    events.extend(stream.events_until(is_terminal_for(&job)).await);
+    assert_contiguous(&events, 1, events.len() as u64);
+    assert_eq!(proxy.accepted(), 3, "two reconnects through the proxy");
+    let terminal = events.last().unwrap();
+    assert_eq!(terminal.event, "job.result", "{:?}", terminal.data);
+    assert_eq!(terminal.data["payload"]["result"], json!({"ticks": 30}));
+    assert_eq!(events.iter().filter(|e| is_warning(e)).count(), 2);
+    // Between warnings the ticks run without a gap; across the whole job
+    // they only go up (nothing repeated).
+    let mut segments: Vec<Vec<u64>> = vec![Vec::new()];
+    for event in &events {
+        if is_warning(event) {
+            segments.push(Vec::new());
+        } else if is_progress(event) {
+            segments.last_mut().unwrap().push(tick(event));
+        }
+    }
+    let all: Vec<u64> = segments.iter().flatten().copied().collect();
+    assert!(
+        all.windows(2).all(|pair| pair[0] < pair[1]),
+        "ticks only go up: {segments:?}"
+    );
+    for segment in &segments {
+        if let (Some(first), Some(last)) = (segment.first(), segment.last()) {
+            assert_eq!(
+                segment,
+                &(*first..=*last).collect::<Vec<u64>>(),
+                "{segments:?}"
+            );
+        }
+    }
+    assert_eq!(all.last(), Some(&30), "{segments:?}");
+    eprintln!("upstream resume twice: ticks {segments:?}");
+}

@@ -29,7 +29,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -267,7 +267,11 @@ async fn session(
                 if link.job_id.is_none() || link.resume_token.is_none() {
                     return Err(dropped(url, &link));
                 }
-                // A drop before the last resume completed spends the same budget.
+                // A drop before the last resume completed spends its budget;
+                // any other drop starts a new one.
+                if link.resuming.is_none() {
+                    budget = None;
+                }
                 let episode = budget.get_or_insert_with(resume::Budget::start);
                 socket = resume::reconnect(params, out, &mut link, episode, &at)
                     .await
@@ -283,9 +287,6 @@ async fn session(
                         ))
                     })?;
             }
-        }
-        if link.resuming.is_none() {
-            budget = None;
         }
     }
 }
@@ -321,9 +322,15 @@ async fn drive(
         let next = tokio::select! {
             biased;
             () = out.closed() => {
-                // The job ended on the gateway's side: cancel upstream.
-                goodbye(socket, link).await;
-                return Drive::Finished(Ok(()));
+                // The job ended on the gateway's side: cancel upstream, over
+                // a resumed session if this connection is already gone.
+                if !still_open(socket) {
+                    return Drive::Dropped { at: now_rfc3339() };
+                }
+                return match goodbye(socket, link).await {
+                    Goodbye::Done => Drive::Finished(Ok(())),
+                    Goodbye::Dropped => Drive::Dropped { at: now_rfc3339() },
+                };
             }
             next = tokio::time::timeout(params.idle_timeout, socket.next()) => next,
         };
@@ -350,25 +357,76 @@ async fn drive(
     }
 }
 
-/// `job.cancel` (once the job is known upstream) and `session.bye`,
-/// bounded in time.
-async fn goodbye(socket: &mut Socket, link: &Link) {
-    let session_id = link.session_id.as_deref();
-    let goodbye = async {
-        if let Some(job_id) = &link.job_id {
-            let cancel = job_envelope(
-                "job.cancel",
-                session_id,
-                job_id,
-                json!({"reason": "cancelled at the gateway"}),
-            );
-            let _ = socket.send(cancel).await;
+/// Whether the connection is still open, as far as can be told without
+/// waiting. What the runtime sent meanwhile no longer matters: the job ended.
+fn still_open(socket: &mut Socket) -> bool {
+    loop {
+        match socket.next().now_or_never() {
+            None => return true,
+            Some(Some(Ok(Message::Close(_)))) | Some(None) | Some(Some(Err(_))) => return false,
+            Some(Some(Ok(_))) => {}
         }
-        let bye = envelope("session.bye", session_id, json!({"reason": "client.close"}));
+    }
+}
+
+/// How a goodbye went.
+enum Goodbye {
+    Done,
+    /// The connection dropped before the runtime confirmed the cancel.
+    Dropped,
+}
+
+/// `job.cancel` (once the job is known upstream), waiting for the runtime's
+/// terminal that confirms it, then `session.bye`; bounded in time.
+async fn goodbye(socket: &mut Socket, link: &Link) -> Goodbye {
+    let session_id = link.session_id.as_deref();
+    if let Some(job_id) = &link.job_id {
+        let cancel = job_envelope(
+            "job.cancel",
+            session_id,
+            job_id,
+            json!({"reason": "cancelled at the gateway"}),
+        );
+        let confirmed = async {
+            if socket.send(cancel).await.is_err() {
+                return false;
+            }
+            loop {
+                match socket.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        if ends_job(text.as_bytes(), job_id) {
+                            return true;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return false,
+                    Some(Ok(_)) => {}
+                }
+            }
+        };
+        // Not confirmed in time: the runtime ignores cancels; leave anyway.
+        if let Ok(false) = tokio::time::timeout(GOODBYE_TIMEOUT, confirmed).await {
+            return Goodbye::Dropped;
+        }
+    }
+    let bye = envelope("session.bye", session_id, json!({"reason": "client.close"}));
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
         let _ = socket.send(bye).await;
         let _ = socket.close(None).await;
+    })
+    .await;
+    Goodbye::Done
+}
+
+/// Whether an upstream message is the terminal of the job `job_id`.
+fn ends_job(text: &[u8], job_id: &str) -> bool {
+    let Ok(Value::Object(message)) = crate::json::parse(text) else {
+        return false;
     };
-    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
+    message.get("job_id").and_then(Value::as_str) == Some(job_id)
+        && matches!(
+            message.get("type").and_then(Value::as_str),
+            Some("job.result" | "job.error")
+        )
 }
 
 fn job_envelope(

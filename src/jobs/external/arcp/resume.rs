@@ -152,7 +152,10 @@ pub(super) async fn reconnect(
                 link.resuming = Some(Phase::Replaying { nonce });
                 return Ok(socket);
             }
-            Ok(Err(why)) => last = why,
+            Ok(Err(why)) => {
+                tracing::info!(url = %params.url, attempt = budget.attempts, %why, "upstream ARCP resume attempt failed");
+                last = why;
+            }
             Err(_) => last = "the reconnect budget ran out".into(),
         }
     }
@@ -275,5 +278,27 @@ pub(super) async fn progress(
             ControlFlow::Continue(())
         }
         _ => ControlFlow::Continue(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_ids_recognise_replays_and_stay_bounded() {
+        let mut ids = RecentIds::default();
+        assert!(ids.insert(Some("a")));
+        assert!(!ids.insert(Some("a")), "a replay");
+        assert!(ids.insert(None) && ids.insert(None), "no id: never dropped");
+        for n in 0..RECENT_IDS {
+            assert!(ids.insert(Some(&n.to_string())));
+        }
+        assert_eq!(ids.order.len(), RECENT_IDS);
+        assert_eq!(ids.set.len(), RECENT_IDS);
+        assert!(
+            ids.insert(Some("a")),
+            "forgotten after RECENT_IDS newer ones"
+        );
     }
 }
