@@ -126,7 +126,8 @@ async fn an_upstream_drop_is_resumed_with_an_explicit_warning_before_the_resumed
     let rest = resumed.events_until(is_terminal_for(&job)).await;
     let events: Vec<SseEvent> = before.into_iter().chain(rest).collect();
     assert_contiguous(&events, 1, events.len() as u64);
-    assert_eq!(proxy.accepted(), 2, "one reconnect through the proxy");
+    // More than one attempt if the runtime had not yet noticed the drop.
+    assert!(proxy.accepted() >= 2, "a reconnect through the proxy");
 
     let terminal = events.last().unwrap();
     assert_eq!(terminal.event, "job.result", "{:?}", terminal.data);
@@ -210,9 +211,8 @@ async fn a_cancel_during_an_upstream_reconnect_still_reaches_the_runtime() {
         }
     })
     .await;
-    assert_eq!(
-        proxy.accepted(),
-        2,
+    assert!(
+        proxy.accepted() >= 2,
         "the cancel went over a resumed session"
     );
 }
@@ -293,7 +293,7 @@ async fn a_second_drop_is_resumed_too_and_nothing_is_repeated() {
     proxy.cut();
     events.extend(stream.events_until(is_terminal_for(&job)).await);
     assert_contiguous(&events, 1, events.len() as u64);
-    assert_eq!(proxy.accepted(), 3, "two reconnects through the proxy");
+    assert!(proxy.accepted() >= 3, "two reconnects through the proxy");
     let terminal = events.last().unwrap();
     assert_eq!(terminal.event, "job.result", "{:?}", terminal.data);
     assert_eq!(terminal.data["payload"]["result"], json!({"ticks": 30}));
