@@ -24,5 +24,6 @@ mod resume;
 mod storage_conformance;
 mod subscriptions;
 mod surface;
+mod upstream;
 mod websocket;
 mod wire;

@@ -21,7 +21,7 @@ use crate::support::{
 };
 
 /// The Python of the virtual environment holding the official SDK.
-fn sdk_python() -> PathBuf {
+pub(crate) fn sdk_python() -> PathBuf {
     let python = std::env::var_os("ARCP_SDK_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -396,9 +396,9 @@ async fn limits_hold_on_the_websocket() {
 }
 
 /// The official runtime, `arcp serve` (its `echo` agent), on a free port.
-struct OfficialRuntime {
+pub(crate) struct OfficialRuntime {
     _child: tokio::process::Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 async fn official_runtime(token: &str) -> OfficialRuntime {
@@ -417,10 +417,19 @@ async fn official_runtime(token: &str) -> OfficialRuntime {
 
 /// `tests/it/agents/arcp_ticker.py`: the official runtime with a slow agent;
 /// cancelled jobs are noted in `cancelled`.
-async fn ticker_runtime(token: &str, cancelled: &std::path::Path) -> OfficialRuntime {
+pub(crate) async fn ticker_runtime(token: &str, cancelled: &std::path::Path) -> OfficialRuntime {
+    ticker_runtime_on(free_port(), token, cancelled).await
+}
+
+/// [`ticker_runtime`] on a given port (to restart one where it was).
+pub(crate) async fn ticker_runtime_on(
+    port: u16,
+    token: &str,
+    cancelled: &std::path::Path,
+) -> OfficialRuntime {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/agents/arcp_ticker.py");
     let cancelled = cancelled.display().to_string();
-    spawn_runtime(sdk_python(), |port| {
+    spawn_runtime_on(sdk_python(), port, |port| {
         vec![
             script.display().to_string(),
             "--port".into(),
@@ -434,11 +443,22 @@ async fn ticker_runtime(token: &str, cancelled: &std::path::Path) -> OfficialRun
     .await
 }
 
-async fn spawn_runtime(program: PathBuf, args: impl FnOnce(u16) -> Vec<String>) -> OfficialRuntime {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
-        .port();
+        .port()
+}
+
+async fn spawn_runtime(program: PathBuf, args: impl FnOnce(u16) -> Vec<String>) -> OfficialRuntime {
+    spawn_runtime_on(program, free_port(), args).await
+}
+
+async fn spawn_runtime_on(
+    program: PathBuf,
+    port: u16,
+    args: impl FnOnce(u16) -> Vec<String>,
+) -> OfficialRuntime {
     let child = tokio::process::Command::new(program)
         .args(args(port))
         .stdout(Stdio::null())
@@ -465,7 +485,7 @@ fn upstream_agents(port: u16, token: &str) -> Vec<arcp_gateway::agents_file::Age
     upstream_agent("py-echo", "echo", port, token)
 }
 
-fn upstream_agent(
+pub(crate) fn upstream_agent(
     name: &str,
     upstream: &str,
     port: u16,

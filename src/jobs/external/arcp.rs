@@ -17,23 +17,27 @@
 //! - Bounds: connecting within `connect_timeout_ms`; no message from the
 //!   runtime (its heartbeats included) for `idle_timeout_ms` ends the job;
 //!   messages are limited to `max_line_bytes`.
-//! - A dropped upstream connection ends the job with a retryable
-//!   `INTERNAL_ERROR` that says so: the official runtime renumbers its events
-//!   on every connection and does not replay events produced while nobody
-//!   was connected, so a resumed upstream stream could hide a gap. An
-//!   explicit error is never mistaken for a complete job.
+//! - A dropped upstream connection is resumed ([`resume`]): reconnect
+//!   within a small budget, `session.hello` with `resume`, `job.subscribe`,
+//!   and a `warn` log event in the job before the resumed events, since the
+//!   official runtime loses what it produced while nobody was connected. A
+//!   resume that fails ends the job with a retryable `INTERNAL_ERROR` that
+//!   says so. An explicit error or warning is never mistaken for a
+//!   complete job.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{internal, AgentOutput, ExternalAgent, Finished};
+
+mod resume;
 use crate::ids::MessageId;
 use crate::jobs::{Job, Terminal};
 use crate::protocol::{now_rfc3339, ErrorCode, JobStatus};
@@ -97,6 +101,7 @@ enum Upstream {
 /// Everything the session task owns.
 struct Params {
     url: String,
+    upstream_agent: String,
     token: String,
     submit: Value,
     connect_timeout: Duration,
@@ -120,6 +125,7 @@ pub(super) async fn run(agent: &ExternalAgent, backend: &ArcpBackend, job: &Arc<
     }
     let params = Params {
         url: backend.url.clone(),
+        upstream_agent: backend.upstream_agent.clone(),
         token: backend.token.clone(),
         submit,
         connect_timeout: backend.connect_timeout,
@@ -180,208 +186,432 @@ fn upstream_error(payload: &Value) -> Value {
     })
 }
 
-/// One upstream session, from hello to terminal. `Err` is the job's end.
+/// What the session task knows of the upstream session and job, kept
+/// across connections.
+#[derive(Default)]
+struct Link {
+    session_id: Option<String>,
+    resume_token: Option<String>,
+    job_id: Option<String>,
+    /// The highest upstream `event_seq` of this job seen on the current
+    /// connection (the official runtime restarts its numbering on each).
+    last_seq: u64,
+    /// Upstream events of this job mapped so far, over all connections.
+    events: u64,
+    /// Envelope ids of the events mapped last, to drop replays of them.
+    seen: resume::RecentIds,
+    /// Set while a resume is under way.
+    resuming: Option<resume::Phase>,
+}
+
+/// How one connection ended.
+enum Drive {
+    /// The job's end (`Err`) or the session's (`Ok`).
+    Finished(Result<(), Terminal>),
+    /// The connection dropped; `at` is when.
+    Dropped { at: String },
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(params: &Params, limit: Duration) -> Result<Socket, String> {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(params.max_message_bytes))
+        .max_frame_size(Some(params.max_message_bytes));
+    let connecting =
+        tokio_tungstenite::connect_async_with_config(params.url.as_str(), Some(config), false);
+    match tokio::time::timeout(limit, connecting).await {
+        Err(_) => Err("did not accept a connection in time".to_owned()),
+        Ok(Err(error)) => Err(format!("could not be reached: {error}")),
+        Ok(Ok((socket, _))) => Ok(socket),
+    }
+}
+
+fn hello_payload(token: &str) -> Value {
+    json!({
+        "client": { "name": "arcp-gateway", "version": env!("CARGO_PKG_VERSION") },
+        "auth": { "scheme": "bearer", "token": token },
+        "capabilities": { "encodings": ["json"], "features": ["heartbeat", "progress", "result_chunk", "subscribe"] },
+    })
+}
+
+/// One upstream session, from hello to terminal, resumed after drops
+/// ([`resume`]). `Err` is the job's end.
 async fn session(
     params: &Params,
     trace_id: &str,
     out: &mpsc::Sender<Upstream>,
 ) -> Result<(), Terminal> {
     let url = params.url.as_str();
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(params.max_message_bytes))
-        .max_frame_size(Some(params.max_message_bytes));
-    let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
-    let (mut socket, _) = match tokio::time::timeout(params.connect_timeout, connecting).await {
-        Err(_) => return Err(upstream_failure(url, "did not accept a connection in time")),
-        Ok(Err(error)) => {
-            return Err(upstream_failure(
-                url,
-                &format!("could not be reached: {error}"),
-            ))
-        }
-        Ok(Ok(connected)) => connected,
-    };
-    let hello = json!({
-        "client": { "name": "arcp-gateway", "version": env!("CARGO_PKG_VERSION") },
-        "auth": { "scheme": "bearer", "token": params.token },
-        "capabilities": { "encodings": ["json"], "features": ["heartbeat", "progress", "result_chunk"] },
-    });
+    let mut socket = connect(params, params.connect_timeout)
+        .await
+        .map_err(|why| upstream_failure(url, &why))?;
     if socket
-        .send(envelope("session.hello", None, hello))
+        .send(envelope(
+            "session.hello",
+            None,
+            hello_payload(&params.token),
+        ))
         .await
         .is_err()
     {
         return Err(upstream_failure(url, "closed the connection at the hello"));
     }
-    let mut session_id: Option<String> = None;
-    let mut job_id: Option<String> = None;
-    let mut events: u64 = 0;
+    let mut link = Link::default();
+    let mut budget: Option<resume::Budget> = None;
+    loop {
+        match drive(params, trace_id, out, &mut socket, &mut link).await {
+            Drive::Finished(end) => return end,
+            Drive::Dropped { at } => {
+                if link.job_id.is_none() || link.resume_token.is_none() {
+                    return Err(dropped(url, &link));
+                }
+                // A drop before the last resume completed spends its budget;
+                // any other drop starts a new one.
+                if link.resuming.is_none() {
+                    budget = None;
+                }
+                let episode = budget.get_or_insert_with(resume::Budget::start);
+                socket = resume::reconnect(params, out, &mut link, episode, &at)
+                    .await
+                    .map_err(|why| {
+                        retryable(upstream_failure(
+                            url,
+                            &format!(
+                                "dropped the connection after {} events of this job and the \
+                                 session could not be resumed ({why}); the job ends here rather \
+                                 than pass for complete",
+                                link.events
+                            ),
+                        ))
+                    })?;
+            }
+        }
+    }
+}
+
+fn retryable(mut terminal: Terminal) -> Terminal {
+    if let Terminal::Failure { error, .. } = &mut terminal {
+        error.retryable = true;
+    }
+    terminal
+}
+
+fn dropped(url: &str, link: &Link) -> Terminal {
+    retryable(upstream_failure(
+        url,
+        &format!(
+            "dropped the connection after {} events of this job, before the job was accepted, \
+             so there is nothing to resume; the job ends here",
+            link.events
+        ),
+    ))
+}
+
+/// Reads one connection until the job's end or the connection's.
+async fn drive(
+    params: &Params,
+    trace_id: &str,
+    out: &mpsc::Sender<Upstream>,
+    socket: &mut Socket,
+    link: &mut Link,
+) -> Drive {
+    let url = params.url.as_str();
     loop {
         let next = tokio::select! {
             biased;
             () = out.closed() => {
-                // The job ended on the gateway's side: cancel upstream.
-                let goodbye = async {
-                    if let Some(job_id) = &job_id {
-                        let mut cancel = json!({"arcp": "1.1", "id": MessageId::generate(), "type": "job.cancel",
-                                                "session_id": session_id, "job_id": job_id,
-                                                "payload": {"reason": "cancelled at the gateway"}});
-                        if session_id.is_none() {
-                            cancel.as_object_mut().map(|o| o.remove("session_id"));
-                        }
-                        let _ = socket.send(Message::text(cancel.to_string())).await;
-                    }
-                    let bye = envelope("session.bye", session_id.as_deref(), json!({"reason": "client.close"}));
-                    let _ = socket.send(bye).await;
-                    let _ = socket.close(None).await;
+                // The job ended on the gateway's side: cancel upstream, over
+                // a resumed session if this connection is already gone.
+                if !still_open(socket) {
+                    return Drive::Dropped { at: now_rfc3339() };
+                }
+                return match goodbye(socket, link).await {
+                    Goodbye::Done => Drive::Finished(Ok(())),
+                    Goodbye::Dropped => Drive::Dropped { at: now_rfc3339() },
                 };
-                let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
-                return Ok(());
             }
             next = tokio::time::timeout(params.idle_timeout, socket.next()) => next,
         };
         let text = match next {
             Err(_) => {
-                return Err(upstream_failure(
+                return Drive::Finished(Err(upstream_failure(
                     url,
                     &format!(
                         "sent nothing for {} ms (idle_timeout_ms)",
                         params.idle_timeout.as_millis()
                     ),
-                ))
+                )))
             }
             Ok(Some(Ok(Message::Text(text)))) => text,
             Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
-                let mut failure = upstream_failure(
-                    url,
-                    &format!(
-                        "dropped the connection after {events} events of this job; \
-                         events it produced since cannot be recovered without a gap, \
-                         so the job ends here"
-                    ),
-                );
-                if let Terminal::Failure { error, .. } = &mut failure {
-                    error.retryable = true;
-                }
-                return Err(failure);
+                return Drive::Dropped { at: now_rfc3339() }
             }
             Ok(Some(Ok(_))) => continue,
         };
-        // Depth and duplicate keys checked as for every agent's output; the
-        // size is bounded by the socket's message limit.
-        let Ok(Value::Object(message)) = crate::json::parse(text.as_bytes()) else {
-            return Err(upstream_failure(
-                url,
-                "sent a message that is not a JSON object",
-            ));
-        };
-        let message_type = message
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let payload = message.get("payload").cloned().unwrap_or(Value::Null);
-        let for_this_job =
-            job_id.is_some() && message.get("job_id").and_then(Value::as_str) == job_id.as_deref();
-        let line = match message_type {
-            "session.welcome" if session_id.is_none() => {
-                let id = payload
-                    .get("session_id")
-                    .or_else(|| message.get("session_id"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                session_id = id;
-                let submit = json!({"arcp": "1.1", "id": MessageId::generate(), "type": "job.submit",
-                                    "session_id": session_id, "trace_id": trace_id,
-                                    "payload": params.submit});
-                if socket
-                    .send(Message::text(submit.to_string()))
-                    .await
-                    .is_err()
-                {
-                    return Err(upstream_failure(url, "closed the connection at the submit"));
-                }
-                None
-            }
-            "session.ping" => {
-                let pong =
-                    json!({"ping_nonce": payload.get("nonce"), "received_at": now_rfc3339()});
-                let _ = socket
-                    .send(envelope("session.pong", session_id.as_deref(), pong))
-                    .await;
-                None
-            }
-            "session.error" => {
-                return Err(Terminal::failure(
-                    JobStatus::Error,
-                    payload
-                        .get("code")
-                        .and_then(Value::as_str)
-                        .and_then(ErrorCode::parse)
-                        .unwrap_or(ErrorCode::InternalError),
-                    format!(
-                        "the upstream ARCP runtime refused: {}",
-                        payload
-                            .get("message")
-                            .and_then(Value::as_str)
-                            .unwrap_or("no message")
-                    ),
-                ))
-            }
-            "job.accepted" if job_id.is_none() => {
-                job_id = payload
-                    .get("job_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                None
-            }
-            "job.event" if for_this_job => {
-                events += 1;
-                Some(json!({"kind": payload.get("kind"), "body": payload.get("body")}))
-            }
-            "job.result" if for_this_job => {
-                match payload.get("final_status").and_then(Value::as_str) {
-                    Some("success") => Some(
-                        json!({"result": payload.get("result").cloned().unwrap_or(Value::Null)}),
-                    ),
-                    Some("cancelled") => return end(out, Terminal::cancelled(), &mut socket).await,
-                    Some("timed_out") => {
-                        let terminal = Terminal::failure(
-                            JobStatus::TimedOut,
-                            ErrorCode::Timeout,
-                            "the upstream ARCP runtime timed the job out",
-                        );
-                        return end(out, terminal, &mut socket).await;
-                    }
-                    _ => {
-                        return Err(upstream_failure(
-                            url,
-                            "ended the job with an unknown final_status",
-                        ))
-                    }
-                }
-            }
-            "job.error" if for_this_job => Some(json!({"error": upstream_error(&payload)})),
-            _ => None,
-        };
-        let Some(line) = line else { continue };
-        let terminal = line.get("result").is_some() || line.get("error").is_some();
-        if out.send(Upstream::Line(line)).await.is_err() {
-            continue; // the job ended meanwhile: the next turn says goodbye
-        }
-        if terminal {
-            let bye = envelope(
-                "session.bye",
-                session_id.as_deref(),
-                json!({"reason": "client.close"}),
-            );
-            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
-                let _ = socket.send(bye).await;
-                let _ = socket.close(None).await;
-            })
-            .await;
-            return Ok(());
+        match message(params, trace_id, out, socket, link, text.as_bytes()).await {
+            ControlFlow::Continue(()) => {}
+            ControlFlow::Break(end) => return Drive::Finished(end),
         }
     }
+}
+
+/// Whether the connection is still open, as far as can be told without
+/// waiting. What the runtime sent meanwhile no longer matters: the job ended.
+fn still_open(socket: &mut Socket) -> bool {
+    loop {
+        match socket.next().now_or_never() {
+            None => return true,
+            Some(Some(Ok(Message::Close(_)))) | Some(None) | Some(Some(Err(_))) => return false,
+            Some(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// How a goodbye went.
+enum Goodbye {
+    Done,
+    /// The connection dropped before the runtime confirmed the cancel.
+    Dropped,
+}
+
+/// `job.cancel` (once the job is known upstream), waiting for the runtime's
+/// terminal that confirms it, then `session.bye`; bounded in time.
+async fn goodbye(socket: &mut Socket, link: &Link) -> Goodbye {
+    let session_id = link.session_id.as_deref();
+    if let Some(job_id) = &link.job_id {
+        let cancel = job_envelope(
+            "job.cancel",
+            session_id,
+            job_id,
+            json!({"reason": "cancelled at the gateway"}),
+        );
+        let confirmed = async {
+            if socket.send(cancel).await.is_err() {
+                return false;
+            }
+            loop {
+                match socket.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        if ends_job(text.as_bytes(), job_id) {
+                            return true;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return false,
+                    Some(Ok(_)) => {}
+                }
+            }
+        };
+        // Not confirmed in time: the runtime ignores cancels; leave anyway.
+        if let Ok(false) = tokio::time::timeout(GOODBYE_TIMEOUT, confirmed).await {
+            return Goodbye::Dropped;
+        }
+    }
+    let bye = envelope("session.bye", session_id, json!({"reason": "client.close"}));
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        let _ = socket.send(bye).await;
+        let _ = socket.close(None).await;
+    })
+    .await;
+    Goodbye::Done
+}
+
+/// Whether an upstream message is the terminal of the job `job_id`.
+fn ends_job(text: &[u8], job_id: &str) -> bool {
+    let Ok(Value::Object(message)) = crate::json::parse(text) else {
+        return false;
+    };
+    message.get("job_id").and_then(Value::as_str) == Some(job_id)
+        && matches!(
+            message.get("type").and_then(Value::as_str),
+            Some("job.result" | "job.error")
+        )
+}
+
+fn job_envelope(
+    message_type: &str,
+    session_id: Option<&str>,
+    job_id: &str,
+    payload: Value,
+) -> Message {
+    let mut envelope = json!({
+        "arcp": "1.1",
+        "id": MessageId::generate(),
+        "type": message_type,
+        "job_id": job_id,
+        "payload": payload,
+    });
+    if let Some(session_id) = session_id {
+        envelope["session_id"] = json!(session_id);
+    }
+    Message::text(envelope.to_string())
+}
+
+/// Handles one upstream message; `Break` ends the session.
+async fn message(
+    params: &Params,
+    trace_id: &str,
+    out: &mpsc::Sender<Upstream>,
+    socket: &mut Socket,
+    link: &mut Link,
+    text: &[u8],
+) -> ControlFlow<Result<(), Terminal>> {
+    let url = params.url.as_str();
+    // Depth and duplicate keys checked as for every agent's output; the
+    // size is bounded by the socket's message limit.
+    let Ok(Value::Object(message)) = crate::json::parse(text) else {
+        return ControlFlow::Break(Err(upstream_failure(
+            url,
+            "sent a message that is not a JSON object",
+        )));
+    };
+    let message_type = message
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let payload = message.get("payload").cloned().unwrap_or(Value::Null);
+    let for_this_job = link.job_id.is_some()
+        && message.get("job_id").and_then(Value::as_str) == link.job_id.as_deref();
+    if for_this_job && matches!(message_type, "job.event" | "job.result" | "job.error") {
+        if let Some(seq) = message.get("event_seq").and_then(Value::as_u64) {
+            link.last_seq = link.last_seq.max(seq);
+        }
+        let id = message.get("id").and_then(Value::as_str);
+        if !link.seen.insert(id) {
+            tracing::debug!(url, "dropped an upstream replay of an event already mapped");
+            return ControlFlow::Continue(());
+        }
+    }
+    let line = match message_type {
+        "session.welcome" if link.session_id.is_none() => {
+            link.session_id = payload
+                .get("session_id")
+                .or_else(|| message.get("session_id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            link.resume_token = payload
+                .get("resume_token")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let submit = json!({"arcp": "1.1", "id": MessageId::generate(), "type": "job.submit",
+                                "session_id": link.session_id, "trace_id": trace_id,
+                                "payload": params.submit});
+            if socket
+                .send(Message::text(submit.to_string()))
+                .await
+                .is_err()
+            {
+                return ControlFlow::Break(Err(upstream_failure(
+                    url,
+                    "closed the connection at the submit",
+                )));
+            }
+            None
+        }
+        "session.ping" => {
+            let pong = json!({"ping_nonce": payload.get("nonce"), "received_at": now_rfc3339()});
+            let _ = socket
+                .send(envelope("session.pong", link.session_id.as_deref(), pong))
+                .await;
+            None
+        }
+        "session.pong" | "job.subscribed" if link.resuming.is_some() => {
+            return resume::progress(socket, link, message_type, &payload)
+                .await
+                .map_break(|why| {
+                    Err(retryable(upstream_failure(
+                        url,
+                        &format!("could not resume the job after a dropped connection: {why}"),
+                    )))
+                });
+        }
+        "session.error" if link.resuming.is_some() => {
+            return ControlFlow::Break(Err(retryable(upstream_failure(
+                url,
+                &format!(
+                    "refused to resume the job after a dropped connection: {}",
+                    payload
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no message")
+                ),
+            ))))
+        }
+        "session.error" => {
+            return ControlFlow::Break(Err(Terminal::failure(
+                JobStatus::Error,
+                payload
+                    .get("code")
+                    .and_then(Value::as_str)
+                    .and_then(ErrorCode::parse)
+                    .unwrap_or(ErrorCode::InternalError),
+                format!(
+                    "the upstream ARCP runtime refused: {}",
+                    payload
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no message")
+                ),
+            )))
+        }
+        "job.accepted" if link.job_id.is_none() => {
+            link.job_id = payload
+                .get("job_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            None
+        }
+        "job.event" if for_this_job => {
+            link.events += 1;
+            Some(json!({"kind": payload.get("kind"), "body": payload.get("body")}))
+        }
+        "job.result" if for_this_job => match payload.get("final_status").and_then(Value::as_str) {
+            Some("success") => {
+                Some(json!({"result": payload.get("result").cloned().unwrap_or(Value::Null)}))
+            }
+            Some("cancelled") => {
+                return ControlFlow::Break(end(out, Terminal::cancelled(), socket).await)
+            }
+            Some("timed_out") => {
+                let terminal = Terminal::failure(
+                    JobStatus::TimedOut,
+                    ErrorCode::Timeout,
+                    "the upstream ARCP runtime timed the job out",
+                );
+                return ControlFlow::Break(end(out, terminal, socket).await);
+            }
+            _ => {
+                return ControlFlow::Break(Err(upstream_failure(
+                    url,
+                    "ended the job with an unknown final_status",
+                )))
+            }
+        },
+        "job.error" if for_this_job => Some(json!({"error": upstream_error(&payload)})),
+        _ => None,
+    };
+    let Some(line) = line else {
+        return ControlFlow::Continue(());
+    };
+    let terminal = line.get("result").is_some() || line.get("error").is_some();
+    if out.send(Upstream::Line(line)).await.is_err() {
+        return ControlFlow::Continue(()); // the job ended meanwhile: the next turn says goodbye
+    }
+    if terminal {
+        let bye = envelope(
+            "session.bye",
+            link.session_id.as_deref(),
+            json!({"reason": "client.close"}),
+        );
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            let _ = socket.send(bye).await;
+            let _ = socket.close(None).await;
+        })
+        .await;
+        return ControlFlow::Break(Ok(()));
+    }
+    ControlFlow::Continue(())
 }
 
 async fn end<S>(
