@@ -207,32 +207,41 @@ impl EventStream {
     /// here, in the request's own task, so they leave with the response
     /// head (time to first event).
     pub fn open(plan: StreamPlan) -> EventStream {
+        let (mut stream, prelude) = EventStream::attach(plan);
+        let mut initial = BytesMut::from(&prelude[..]);
+        if let Ok(Some((last, chunk))) =
+            stream
+                .log
+                .read_chunk_after(&stream.session.id, stream.cursor, FIRST_READ_LIMIT)
+        {
+            initial.extend_from_slice(&chunk);
+            count_events(&stream.metrics, stream.replay_until, stream.cursor, last);
+            stream.cursor = last;
+        }
+        stream.initial = Some(initial.freeze());
+        stream
+    }
+
+    /// The stream's state at `plan.cursor`, counted as open, with nothing
+    /// read yet (what both kinds of reader start from), and the plan's
+    /// prelude.
+    fn attach(plan: StreamPlan) -> (EventStream, Bytes) {
         let open = plan.metrics.stream_opened(plan.transport);
         let replay_until = plan
             .log
             .bounds(&plan.session.id)
             .map_or(plan.cursor, |bounds| bounds.newest);
-        let mut initial = BytesMut::from(&plan.prelude[..]);
-        let mut cursor = plan.cursor;
-        if let Ok(Some((last, chunk))) =
-            plan.log
-                .read_chunk_after(&plan.session.id, plan.cursor, FIRST_READ_LIMIT)
-        {
-            initial.extend_from_slice(&chunk);
-            count_events(&plan.metrics, replay_until, cursor, last);
-            cursor = last;
-        }
         let newest = plan.log.watch_newest(&plan.session.id).ok();
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        EventStream {
+        let stream = EventStream {
             attached: plan.session.watch_attached_stream(),
             log: plan.log,
             session: plan.session,
             stream_id: plan.stream_id,
-            cursor,
-            initial: Some(initial.freeze()),
+            cursor: plan.cursor,
+            initial: None,
             newest,
             heartbeat,
             deadline: plan
@@ -245,7 +254,8 @@ impl EventStream {
             metrics: plan.metrics,
             replay_until,
             _open: open,
-        }
+        };
+        (stream, plan.prelude)
     }
 
     /// The next thing to write. Cancel-safe: dropping the future loses
@@ -316,35 +326,7 @@ impl EventStream {
     /// Opens a stream whose reader takes entries ([`EventStream::next_entries`])
     /// instead of SSE chunks: no prelude, nothing read ahead.
     pub fn open_for_entries(plan: StreamPlan) -> EventStream {
-        let open = plan.metrics.stream_opened(plan.transport);
-        let replay_until = plan
-            .log
-            .bounds(&plan.session.id)
-            .map_or(plan.cursor, |bounds| bounds.newest);
-        let newest = plan.log.watch_newest(&plan.session.id).ok();
-        let mut heartbeat =
-            tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        EventStream {
-            attached: plan.session.watch_attached_stream(),
-            log: plan.log,
-            session: plan.session,
-            stream_id: plan.stream_id,
-            cursor: plan.cursor,
-            initial: None,
-            newest,
-            heartbeat,
-            deadline: plan
-                .max_duration
-                .map(|duration| Box::pin(tokio::time::sleep(duration))),
-            shutdown: plan.shutdown,
-            retry: plan.retry,
-            stopped: None,
-            finished: false,
-            metrics: plan.metrics,
-            replay_until,
-            _open: open,
-        }
+        EventStream::attach(plan).0
     }
 
     /// The read loop shared by both kinds of reader: read after the cursor;
