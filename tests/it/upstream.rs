@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::support::{
-    assert_contiguous, is_terminal_for, within, SseEvent, TestServer, ALICE_TOKEN,
+    assert_contiguous, is_terminal_for, within, SseEvent, TestServer, Welcome, ALICE_TOKEN,
 };
 use crate::websocket::{ticker_runtime, upstream_agent};
 
@@ -77,6 +77,63 @@ impl Drop for CuttableProxy {
     }
 }
 
+/// The official ticker runtime behind a [`CuttableProxy`], a gateway whose
+/// `py-ticker` agent reaches it through the proxy, and a session there.
+struct Upstream {
+    /// Where the runtime records the cancels it received.
+    cancelled: std::path::PathBuf,
+    runtime: crate::websocket::OfficialRuntime,
+    proxy: CuttableProxy,
+    server: TestServer,
+    session: Welcome,
+    sid: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let dir = tempfile::tempdir().unwrap();
+        let cancelled = dir.path().join("cancelled");
+        let runtime = ticker_runtime("upstream-T0ken", &cancelled).await;
+        let proxy = CuttableProxy::start(runtime.port).await;
+        let agents = upstream_agent("py-ticker", "ticker", proxy.port, "upstream-T0ken");
+        let server = TestServer::with_config(|config| config.agents = agents);
+        let session = server.create_session(ALICE_TOKEN).await;
+        let sid = session.session_id.clone();
+        Upstream {
+            cancelled,
+            runtime,
+            proxy,
+            server,
+            session,
+            sid,
+            _dir: dir,
+        }
+    }
+
+    /// Submits a `py-ticker` job of `count` ticks every `interval_ms`.
+    async fn submit(&self, count: u64, interval_ms: u64) -> String {
+        self.server
+            .submit_ok(
+                &self.sid,
+                ALICE_TOKEN,
+                json!({"agent": "py-ticker", "input": {"count": count, "interval_ms": interval_ms}}),
+            )
+            .await
+    }
+
+    /// A long job, once its first two events are in the gateway's log.
+    async fn running_job(&self) -> String {
+        let job = self.submit(1000, 50).await;
+        self.server
+            .wait_for_job(&self.sid, &job, ALICE_TOKEN, |job| {
+                job["last_event_seq"].as_u64() >= Some(2)
+            })
+            .await;
+        job
+    }
+}
+
 fn is_progress(event: &SseEvent) -> bool {
     event.event == "job.event" && event.data["payload"]["kind"] == "progress"
 }
@@ -95,20 +152,10 @@ fn tick(event: &SseEvent) -> u64 {
 
 #[tokio::test]
 async fn an_upstream_drop_is_resumed_with_an_explicit_warning_before_the_resumed_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = ticker_runtime("upstream-T0ken", &dir.path().join("cancelled")).await;
-    let proxy = CuttableProxy::start(runtime.port).await;
-    let agents = upstream_agent("py-ticker", "ticker", proxy.port, "upstream-T0ken");
-    let server = TestServer::with_config(|config| config.agents = agents);
-    let session = server.create_session(ALICE_TOKEN).await;
-    let sid = &session.session_id;
-    let job = server
-        .submit_ok(
-            sid,
-            ALICE_TOKEN,
-            json!({"agent": "py-ticker", "input": {"count": 20, "interval_ms": 150}}),
-        )
-        .await;
+    let upstream = Upstream::start().await;
+    let (server, proxy, sid) = (&upstream.server, &upstream.proxy, &upstream.sid);
+    let session = &upstream.session;
+    let job = upstream.submit(20, 150).await;
 
     // Follow over SSE until a few ticks arrived, then cut the upstream link
     // and the SSE stream alike.
@@ -178,26 +225,10 @@ async fn an_upstream_drop_is_resumed_with_an_explicit_warning_before_the_resumed
 
 #[tokio::test]
 async fn a_cancel_during_an_upstream_reconnect_still_reaches_the_runtime() {
-    let dir = tempfile::tempdir().unwrap();
-    let cancelled = dir.path().join("cancelled");
-    let runtime = ticker_runtime("upstream-T0ken", &cancelled).await;
-    let proxy = CuttableProxy::start(runtime.port).await;
-    let agents = upstream_agent("py-ticker", "ticker", proxy.port, "upstream-T0ken");
-    let server = TestServer::with_config(|config| config.agents = agents);
-    let session = server.create_session(ALICE_TOKEN).await;
-    let sid = &session.session_id;
-    let job = server
-        .submit_ok(
-            sid,
-            ALICE_TOKEN,
-            json!({"agent": "py-ticker", "input": {"count": 1000, "interval_ms": 50}}),
-        )
-        .await;
-    server
-        .wait_for_job(sid, &job, ALICE_TOKEN, |job| {
-            job["last_event_seq"].as_u64() >= Some(2)
-        })
-        .await;
+    let upstream = Upstream::start().await;
+    let (server, proxy, sid) = (&upstream.server, &upstream.proxy, &upstream.sid);
+    let cancelled = &upstream.cancelled;
+    let job = upstream.running_job().await;
     proxy.cut();
     let (status, _) = server.cancel(sid, &job, ALICE_TOKEN).await;
     assert_eq!(status, StatusCode::OK);
@@ -206,7 +237,7 @@ async fn a_cancel_during_an_upstream_reconnect_still_reaches_the_runtime() {
         .await;
     assert_eq!(ended["terminal"]["code"], "CANCELLED", "{ended}");
     within("the upstream runtime to see the cancel", async {
-        while !std::fs::read_to_string(&cancelled).is_ok_and(|text| text.contains("cancelled")) {
+        while !std::fs::read_to_string(cancelled).is_ok_and(|text| text.contains("cancelled")) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -221,26 +252,17 @@ async fn a_cancel_during_an_upstream_reconnect_still_reaches_the_runtime() {
 async fn a_runtime_that_cannot_resume_the_session_ends_the_job_explicitly() {
     // The runtime restarts behind the proxy: the session is gone, so the
     // resume is refused and the job ends with a retryable INTERNAL_ERROR.
-    let dir = tempfile::tempdir().unwrap();
-    let cancelled = dir.path().join("cancelled");
-    let runtime = ticker_runtime("upstream-T0ken", &cancelled).await;
-    let proxy = CuttableProxy::start(runtime.port).await;
-    let agents = upstream_agent("py-ticker", "ticker", proxy.port, "upstream-T0ken");
-    let server = TestServer::with_config(|config| config.agents = agents);
-    let session = server.create_session(ALICE_TOKEN).await;
-    let sid = &session.session_id;
-    let job = server
-        .submit_ok(
-            sid,
-            ALICE_TOKEN,
-            json!({"agent": "py-ticker", "input": {"count": 1000, "interval_ms": 50}}),
-        )
-        .await;
-    server
-        .wait_for_job(sid, &job, ALICE_TOKEN, |job| {
-            job["last_event_seq"].as_u64() >= Some(2)
-        })
-        .await;
+    let upstream = Upstream::start().await;
+    let job = upstream.running_job().await;
+    let Upstream {
+        cancelled,
+        runtime,
+        proxy,
+        server,
+        sid,
+        ..
+    } = upstream;
+    let sid = &sid;
     let port = runtime.port;
     drop(runtime);
     proxy.cut();
@@ -268,20 +290,9 @@ async fn a_runtime_that_cannot_resume_the_session_ends_the_job_explicitly() {
 
 #[tokio::test]
 async fn a_second_drop_is_resumed_too_and_nothing_is_repeated() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = ticker_runtime("upstream-T0ken", &dir.path().join("cancelled")).await;
-    let proxy = CuttableProxy::start(runtime.port).await;
-    let agents = upstream_agent("py-ticker", "ticker", proxy.port, "upstream-T0ken");
-    let server = TestServer::with_config(|config| config.agents = agents);
-    let session = server.create_session(ALICE_TOKEN).await;
-    let sid = &session.session_id;
-    let job = server
-        .submit_ok(
-            sid,
-            ALICE_TOKEN,
-            json!({"agent": "py-ticker", "input": {"count": 30, "interval_ms": 150}}),
-        )
-        .await;
+    let upstream = Upstream::start().await;
+    let (server, proxy, sid) = (&upstream.server, &upstream.proxy, &upstream.sid);
+    let job = upstream.submit(30, 150).await;
     let mut stream = server.stream(sid, ALICE_TOKEN, None).await;
     stream.welcome().await;
     let mut events = stream.events_until(|event| event.seq() >= 3).await;
