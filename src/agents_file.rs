@@ -433,28 +433,15 @@ fn arcp_backend(raw: &RawVersion, agent_name: &str) -> Result<ArcpBackend, Strin
             .map_err(|_| format!("token_env: the environment variable {variable:?} is not set"))?,
         (None, None) => return Err("kind = \"arcp\" needs a `token` or `token_env`".into()),
     };
-    let connect_timeout = within(
-        "connect_timeout_ms",
-        raw.connect_timeout_ms,
-        DEFAULT_CONNECT_TIMEOUT_MS,
-        1,
-        600_000,
-    )?;
-    let idle_timeout = within(
-        "idle_timeout_ms",
-        raw.idle_timeout_ms,
-        DEFAULT_IDLE_TIMEOUT_MS,
-        1,
-        86_400_000,
-    )?;
+    let (connect_timeout, idle_timeout) = upstream_timeouts(raw)?;
     Ok(ArcpBackend::new(
         url.to_string(),
         token,
         raw.upstream_agent
             .clone()
             .unwrap_or_else(|| agent_name.to_owned()),
-        Duration::from_millis(connect_timeout),
-        Duration::from_millis(idle_timeout),
+        connect_timeout,
+        idle_timeout,
     ))
 }
 
@@ -483,6 +470,18 @@ fn http_backend(url: &str, raw: &RawVersion) -> Result<HttpBackend, String> {
         })?),
         (None, None) => None,
     };
+    let (connect_timeout, idle_timeout) = upstream_timeouts(raw)?;
+    HttpBackend::new(
+        url,
+        cancel_url,
+        authorization.as_deref(),
+        connect_timeout,
+        idle_timeout,
+    )
+}
+
+/// The connect and idle timeouts of an upstream (HTTP or ARCP) agent.
+fn upstream_timeouts(raw: &RawVersion) -> Result<(Duration, Duration), String> {
     let connect_timeout = within(
         "connect_timeout_ms",
         raw.connect_timeout_ms,
@@ -497,13 +496,10 @@ fn http_backend(url: &str, raw: &RawVersion) -> Result<HttpBackend, String> {
         1,
         86_400_000,
     )?;
-    HttpBackend::new(
-        url,
-        cancel_url,
-        authorization.as_deref(),
+    Ok((
         Duration::from_millis(connect_timeout),
         Duration::from_millis(idle_timeout),
-    )
+    ))
 }
 
 #[cfg(test)]
