@@ -216,7 +216,9 @@ async fn serve(
                 dispatch(&strong, &message);
             }
             _ = ping.tick() => {
-                let alive = tokio::time::timeout(PUBSUB_TIMEOUT, sink.ping::<String>()).await;
+                // Subscribed, Redis answers PING with `["pong", ""]`, not a string:
+                // any reply proves the connection alive.
+                let alive = tokio::time::timeout(PUBSUB_TIMEOUT, sink.ping::<redis::Value>()).await;
                 if !matches!(alive, Ok(Ok(_))) {
                     return true;
                 }

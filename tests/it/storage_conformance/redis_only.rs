@@ -272,3 +272,42 @@ async fn redis_killed_then_restarted_with_aof_loses_nothing_acknowledged_and_rec
     })
     .await;
 }
+
+/// The ids of the pub/sub clients Redis has now.
+async fn pubsub_client_ids(server: &RedisServer) -> Vec<String> {
+    let mut connection = server.connection().await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut connection)
+        .await
+        .expect("CLIENT LIST");
+    list.lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A node's wake connection is pinged every 5 s; subscribed, Redis answers
+/// `["pong", ""]`. That reply once failed to parse as a string, so every
+/// node dropped and re-made its pub/sub connection at each ping, and live
+/// delivery stalled ~100 ms (the reconnect delay) every 5 s (found by
+/// `cargo bench --bench cluster`). The same connection must survive pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_the_wake_connection_survives_its_keepalive_pings() {
+    bounded(async {
+        let server = RedisServer::start().await;
+        let _node = redis_node(&server, "n1").await;
+        let before = pubsub_client_ids(&server).await;
+        assert_eq!(before.len(), 1, "one pub/sub connection per node");
+        // Past the first ping (5 s) and the 100 ms a reconnect would wait.
+        tokio::time::sleep(Duration::from_millis(6_500)).await;
+        assert_eq!(
+            pubsub_client_ids(&server).await,
+            before,
+            "the pub/sub connection was replaced: its ping was taken for a failure"
+        );
+    })
+    .await;
+}
