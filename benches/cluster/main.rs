@@ -217,6 +217,13 @@ fn record_delivery(
         "ms",
         Some(percentile(&latencies, 0.99)),
     );
+    table.put(
+        column,
+        label,
+        "max latency",
+        "ms",
+        Some(percentile(&latencies, 1.0)),
+    );
 }
 
 async fn scenario_live(plan: &Plan, target: &Target, column: usize, table: &mut Table) {
