@@ -1,0 +1,253 @@
+//! Cases only the SQLite backend can show: corrupt rows, a foreign file,
+//! reopening, back-pressure of the bounded writer queue. (A writer thread
+//! that dies is tested beside the writer, `storage::sqlite::writer`.)
+
+use super::*;
+
+/// Runs `sql` on the database through a connection of its own.
+async fn tamper(harness: &SqliteHarness, sql: String) {
+    let path = harness.path.clone();
+    tokio::task::spawn_blocking(move || {
+        let connection = rusqlite::Connection::open(&path).expect("open");
+        connection
+            .busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        connection.execute_batch(&sql).expect("tamper");
+    })
+    .await
+    .expect("tamper task");
+}
+
+fn assert_corrupt<T: std::fmt::Debug>(what: &str, result: Result<T, StorageError>) {
+    match result {
+        Err(StorageError::Corrupt(_)) => {}
+        other => panic!("{what}: expected Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_corrupt_rows_are_corrupt_never_a_panic() {
+    bounded(async {
+        let harness = SqliteHarness::new();
+        let node = harness.node("n1").await;
+        let session = new_session(&node).await;
+        let job = new_job(&node, &session).await;
+        for index in 1..=3 {
+            stored(&node, event(&session, &job, index)).await;
+        }
+        let (s, j) = (session.as_str(), job.as_str());
+        // Records that are not their JSON, statuses and counts of the wrong
+        // type, an event body that is text.
+        tamper(
+            &harness,
+            format!(
+                "UPDATE sessions SET record = '{{\"session_id\": 7', holder = 'x' WHERE session_id = '{s}';
+                 UPDATE jobs SET status = 'exploded' WHERE job_id = '{j}';
+                 UPDATE events SET body = 'text, not a blob' WHERE session_id = '{s}' AND seq = 2;"
+            ),
+        )
+        .await;
+        assert_corrupt("session record", node.session(&session).await);
+        assert_corrupt(
+            "stream holder",
+            node.attach(&session, Some(1), &holder("n1", 1)).await,
+        );
+        assert_corrupt("job status", node.job(&session, &job).await);
+        assert_corrupt("event body", node.read_after(&session, 0, ALL).await);
+        // The event before the bad one is still readable on its own.
+        let budget = ReadBudget {
+            max_events: 1,
+            max_bytes: usize::MAX,
+        };
+        assert_eq!(node.read_after(&session, 0, budget).await.unwrap().len(), 1);
+
+        tamper(
+            &harness,
+            format!(
+                "UPDATE logs SET newest = -4 WHERE session_id = '{s}';
+                 UPDATE jobs SET record = 'null', status = 'running' WHERE job_id = '{j}';"
+            ),
+        )
+        .await;
+        assert_corrupt("negative newest", node.bounds(&session).await);
+        assert_corrupt(
+            "append onto a corrupt log",
+            node.append_batch(&[event(&session, &job, 4)]).await,
+        );
+        assert_corrupt("job record", node.job(&session, &job).await);
+
+        tamper(
+            &harness,
+            format!("UPDATE logs SET newest = 'many' WHERE session_id = '{s}';"),
+        )
+        .await;
+        assert_corrupt("text newest", node.release_through(&session, 1).await);
+        // Nothing of the refused append was stored, and the store still
+        // works for everything else.
+        tamper(
+            &harness,
+            format!("UPDATE logs SET newest = 3 WHERE session_id = '{s}';"),
+        )
+        .await;
+        assert_eq!(node.bounds(&session).await.map(|b| b.newest), Ok(3));
+        let other = new_session(&node).await;
+        assert_eq!(stored(&node, event(&other, &job, 1)).await, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_everything_survives_reopening_and_is_never_renumbered() {
+    bounded(async {
+        let harness = SqliteHarness::new();
+        let (session, job) = {
+            let node = harness.node("n1").await;
+            let session = new_session(&node).await;
+            let job = new_job(&node, &session).await;
+            for index in 1..=5 {
+                stored(&node, event(&session, &job, index)).await;
+            }
+            node.release_through(&session, 2).await.expect("ack");
+            (session, job)
+        };
+        // Every handle dropped: the writer and readers stop. A new open
+        // starts new ones on the same file.
+        let node = harness.node("n1").await;
+        assert_eq!(
+            node.bounds(&session).await,
+            Ok(LogBounds {
+                floor: 2,
+                newest: 5
+            })
+        );
+        assert_eq!(
+            node.append_batch(&[event(&session, &job, 5)]).await,
+            Ok(vec![AppendOutcome::Duplicate(Some(5))]),
+            "the retry key survives"
+        );
+        assert_eq!(stored(&node, event(&session, &job, 6)).await, 6);
+        assert_eq!(node.resume(&session, Some(1)).await, Ok(2));
+        assert_eq!(
+            node.job(&session, &job).await.map(|j| j.agent),
+            Ok("echo".to_owned())
+        );
+        let events = node.read_after(&session, 2, ALL).await.expect("read");
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5, 6]
+        );
+        assert_eq!(events[0].body, body(&job, 3));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_foreign_database_is_refused_and_left_alone() {
+    bounded(async {
+        let harness = SqliteHarness::new();
+        tamper(
+            &harness,
+            "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER);
+             INSERT INTO accounts VALUES (1, 100);"
+                .into(),
+        )
+        .await;
+        assert_corrupt(
+            "someone else's database",
+            SqliteStorage::open(&harness.path, "n1").await.map(drop),
+        );
+        let path = harness.path.clone();
+        let tables = tokio::task::spawn_blocking(move || {
+            let connection = rusqlite::Connection::open(&path).expect("open");
+            connection
+                .query_row("SELECT count(*) FROM sqlite_master", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .expect("count")
+        })
+        .await
+        .expect("count task");
+        assert_eq!(tables, 1, "no table added to it");
+        // A path that cannot be a database is unavailable, not a panic.
+        let dir = harness.path.parent().expect("parent").to_owned();
+        assert!(matches!(
+            SqliteStorage::open(&dir, "n1").await,
+            Err(StorageError::Unavailable(_))
+        ));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_full_writer_queue_is_awaited_and_nothing_is_lost() {
+    bounded(async {
+        // Far more concurrent appends than the writer queue holds (1024).
+        const APPENDERS: u64 = 3_000;
+        let harness = SqliteHarness::new();
+        let node = harness.node("n1").await;
+        let session = new_log(&node, ROOMY).await;
+        let tasks: Vec<_> = (0..APPENDERS)
+            .map(|_| {
+                let (node, session) = (node.clone(), session.clone());
+                tokio::spawn(async move {
+                    let job = JobId::generate();
+                    stored(&node, event(&session, &job, 1)).await
+                })
+            })
+            .collect();
+        let mut seqs = BTreeSet::new();
+        for task in tasks {
+            seqs.insert(task.await.expect("appender"));
+        }
+        assert_eq!(seqs, (1..=APPENDERS).collect());
+    })
+    .await;
+}
+
+/// The generic wake property never has to wait on a backend whose append
+/// replies after commit (the read after the reply already sees the event):
+/// here the reader waits first, on another handle opened through another
+/// spelling of the path, and the append comes later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_waiting_reader_on_another_handle_is_woken_and_released_by_remove() {
+    bounded(async {
+        let harness = SqliteHarness::new();
+        let node = harness.node("n1").await;
+        let alias = harness
+            .path
+            .parent()
+            .expect("parent")
+            .join(".")
+            .join("storage.sqlite3");
+        let other = SqliteStorage::open(&alias, "n2").await.expect("open alias");
+        let session = new_log(&node, ROOMY).await;
+        let mut wake = other.watch(&session).await.expect("watch");
+        wake.mark_unchanged();
+        assert_eq!(other.read_after(&session, 0, ALL).await, Ok(vec![]));
+        let appender = {
+            let (node, session) = (node.clone(), session.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                stored(&node, event(&session, &JobId::generate(), 1)).await
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(5), wake.changed())
+            .await
+            .expect("woken within 5 s")
+            .expect("watch open");
+        assert_eq!(appender.await.expect("appender"), 1);
+        assert_eq!(other.read_after(&session, 0, ALL).await.unwrap().len(), 1);
+        // Removing the log closes its watchers' channel; watching a missing
+        // log is Gone.
+        node.remove_log(&session).await.expect("remove");
+        let closed = tokio::time::timeout(Duration::from_secs(5), wake.changed())
+            .await
+            .expect("the watch ends within 5 s");
+        assert!(closed.is_err(), "the channel closed");
+        assert!(matches!(
+            other.watch(&session).await,
+            Err(StorageError::Gone(GoneReason::SessionMissing))
+        ));
+    })
+    .await;
+}
