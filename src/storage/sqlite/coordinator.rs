@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 use super::writer::{Effect, Effects};
 use super::{expiry, log, now_ms, SqliteStorage};
 use crate::ids::{JobId, Principal, SessionId};
+use crate::storage::redis::keys::MAX_IDEMPOTENCY_KEY_LEN;
 use crate::storage::{
     Coordinator, EventKind, GoneReason, IdempotencyClaim, IdempotencyRecord, JobRecord, JobStatus,
     Lease, NodeNotice, ReapedJob, SessionRecord, StorageError, StorageResult, StreamHolder,
@@ -625,6 +626,11 @@ impl Coordinator for SqliteStorage {
         record: &IdempotencyRecord,
         ttl_ms: u64,
     ) -> StorageResult<IdempotencyClaim> {
+        // The same bound as the Redis backend, so a key one accepts the
+        // other does too.
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(StorageError::InvalidId);
+        }
         let (principal, key) = (principal.clone(), key.to_owned());
         let record = to_json(record)?;
         self.write(move |connection, _| {

@@ -251,3 +251,29 @@ async fn sqlite_a_waiting_reader_on_another_handle_is_woken_and_released_by_remo
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_idempotency_keys_have_the_redis_length_bound() {
+    bounded(async {
+        let harness = SqliteHarness::new();
+        let node = harness.node("n1").await;
+        let alice = Principal::new("alice");
+        let record = IdempotencyRecord {
+            session_id: SessionId::generate(),
+            job_id: JobId::generate(),
+            fingerprint: "f".into(),
+        };
+        for bad in [String::new(), "k".repeat(257)] {
+            assert_eq!(
+                node.claim_idempotency(&alice, &bad, &record, 60_000).await,
+                Err(StorageError::InvalidId)
+            );
+        }
+        assert_eq!(
+            node.claim_idempotency(&alice, &"k".repeat(256), &record, 60_000)
+                .await,
+            Ok(IdempotencyClaim::Claimed)
+        );
+    })
+    .await;
+}
