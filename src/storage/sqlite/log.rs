@@ -8,17 +8,16 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::writer::{Effect, Effects};
+use super::Sql;
 use crate::ids::{EventSeq, JobId, SessionId};
 use crate::storage::memory::check_cursor;
 use crate::storage::{
     Append, AppendOutcome, EventKind, GoneReason, Lease, LogBounds, ReadBudget, Retention,
-    StorageError, StorageResult, StoredEvent,
+    StorageError, StoredEvent,
 };
 
 /// The most events one read returns (the same cap as the Redis backend).
 pub const MAX_READ_EVENTS: usize = 1024;
-
-type Sql<T> = rusqlite::Result<StorageResult<T>>;
 
 fn gone<T>() -> Sql<T> {
     Ok(Err(StorageError::Gone(GoneReason::SessionMissing)))

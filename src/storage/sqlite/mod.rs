@@ -15,8 +15,10 @@
 //! rows (SQLite has no TTL). The `Coordinator` half is in `coordinator.rs`.
 
 mod coordinator;
+mod jobs;
 mod log;
 mod schema;
+mod sessions;
 mod writer;
 
 use std::collections::HashMap;
@@ -126,6 +128,20 @@ impl SqliteStorage {
     {
         self.hub.readers.read(op).await
     }
+}
+
+/// What the SQL functions return: `Err` for an SQL failure (the request is
+/// rolled back), `Ok(Err(_))` for a refusal.
+type Sql<T> = rusqlite::Result<StorageResult<T>>;
+
+/// A record as stored (serde JSON of the `records.rs` types).
+fn to_json<T: serde::Serialize>(value: &T) -> StorageResult<String> {
+    serde_json::to_string(value).map_err(|error| StorageError::Corrupt(error.to_string()))
+}
+
+/// A stored record; anything that does not decode is `Corrupt`.
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> StorageResult<T> {
+    serde_json::from_str(text).map_err(|error| StorageError::Corrupt(error.to_string()))
 }
 
 /// The wall clock in milliseconds: lease and idempotency expiry.

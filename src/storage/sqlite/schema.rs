@@ -50,19 +50,25 @@ CREATE TABLE IF NOT EXISTS sessions (
     issued INTEGER NOT NULL,
     used INTEGER NOT NULL,
     closed INTEGER NOT NULL,
+    acked INTEGER,
     holder TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS jobs (
     session_id TEXT NOT NULL,
     job_id TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    position INTEGER NOT NULL,
     record TEXT NOT NULL,
     status TEXT NOT NULL,
     owner TEXT,
     cancel_requested INTEGER NOT NULL,
     lease_token TEXT,
     lease_expires_ms INTEGER,
+    terminal TEXT,
     PRIMARY KEY (session_id, job_id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_by_id ON jobs (job_id);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_principal ON jobs (principal, position);
 CREATE INDEX IF NOT EXISTS jobs_by_lease_expiry
     ON jobs (lease_expires_ms) WHERE lease_token IS NOT NULL;
 CREATE TABLE IF NOT EXISTS idempotency (

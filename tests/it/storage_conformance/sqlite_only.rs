@@ -70,11 +70,44 @@ async fn sqlite_corrupt_rows_are_corrupt_never_a_panic() {
         )
         .await;
         assert_corrupt("negative newest", node.bounds(&session).await);
+        assert_corrupt("session state", node.session_state(&session).await);
         assert_corrupt(
             "append onto a corrupt log",
             node.append_batch(&[event(&session, &job, 4)]).await,
         );
         assert_corrupt("job record", node.job(&session, &job).await);
+        assert_corrupt(
+            "a listed job record",
+            node.list_jobs(&Principal::new("alice"), 0, 10).await,
+        );
+        // Valid records again, then an unreadable ack and terminal payload.
+        tamper(
+            &harness,
+            format!(
+                "UPDATE sessions SET holder = NULL, acked = 'lots', record = json_object(
+                     'session_id', '{s}', 'principal', 'alice', 'features', json_array(),
+                     'created_at_ms', 1) WHERE session_id = '{s}';
+                 UPDATE jobs SET terminal = '{{\"final', record = json_object(
+                     'session_id', '{s}', 'job_id', '{j}', 'principal', 'alice', 'agent', 'echo',
+                     'submitted_at_ms', 1, 'status', 'running', 'owner', NULL,
+                     'cancel_requested', json('false')) WHERE job_id = '{j}';"
+            ),
+        )
+        .await;
+        assert!(node.session(&session).await.is_ok(), "the record reads again");
+        assert_corrupt("textual ack", node.session_state(&session).await);
+        assert_corrupt("acknowledge over it", node.acknowledge(&session, 2).await);
+        assert_corrupt("terminal payload", node.job(&session, &job).await);
+        tamper(
+            &harness,
+            format!("UPDATE jobs SET terminal = NULL WHERE job_id = '{j}';"),
+        )
+        .await;
+        assert_eq!(
+            node.job(&session, &job).await.map(|j| j.terminal),
+            Ok(None),
+            "it was the terminal payload"
+        );
 
         tamper(
             &harness,
