@@ -171,21 +171,8 @@ impl Coordinator for SqliteStorage {
         terminal: &(dyn Fn(&SessionId, &JobId) -> Bytes + Sync),
     ) -> StorageResult<Vec<ReapedJob>> {
         let cutoff = now_ms.min(super::now_ms());
-        let limit = limit.min(i64::MAX as usize) as u64;
-        let candidates: Vec<(String, String, String)> = self
-            .read(move |connection| {
-                let mut statement = connection.prepare_cached(
-                    "SELECT session_id, job_id, lease_token FROM jobs
-                     WHERE lease_token IS NOT NULL AND lease_expires_ms <= ?1
-                     ORDER BY lease_expires_ms LIMIT ?2",
-                )?;
-                let rows = statement
-                    .query_map(params![cutoff, limit], |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                Ok(Ok(rows))
-            })
+        let candidates = self
+            .read(move |connection| jobs::reap_candidates(connection, cutoff, limit))
             .await?;
         if candidates.is_empty() {
             return Ok(Vec::new());
@@ -193,8 +180,6 @@ impl Coordinator for SqliteStorage {
         let candidates: Vec<_> = candidates
             .into_iter()
             .map(|(session_id, job_id, token)| {
-                let session_id = SessionId::from_client(&session_id);
-                let job_id = JobId::from_client(&job_id);
                 let body = terminal(&session_id, &job_id);
                 (session_id, job_id, token, body)
             })
@@ -202,11 +187,24 @@ impl Coordinator for SqliteStorage {
         self.write(move |connection, effects| {
             let mut reaped = Vec::new();
             for (session_id, job_id, token, body) in &candidates {
-                match jobs::reap_one(connection, session_id, job_id, token, cutoff, body, effects)?
-                {
-                    Ok(Some(job)) => reaped.push(job),
-                    Ok(None) => {}
-                    Err(error) => return Ok(Err(error)),
+                // Each job in its own savepoint: one corrupt job row is
+                // logged and skipped, never a reason to leave the others'
+                // nodes unreaped.
+                connection.execute_batch("SAVEPOINT reap_one")?;
+                let outcome =
+                    jobs::reap_one(connection, session_id, job_id, token, cutoff, body, effects);
+                match outcome {
+                    Ok(Ok(job)) => {
+                        connection.execute_batch("RELEASE reap_one")?;
+                        reaped.extend(job);
+                    }
+                    Ok(Err(error)) => skip_unreapable(connection, session_id, job_id, &error)?,
+                    Err(error) => skip_unreapable(
+                        connection,
+                        session_id,
+                        job_id,
+                        &super::writer::sql_error(error),
+                    )?,
                 }
             }
             Ok(Ok(reaped))
@@ -281,4 +279,21 @@ impl Coordinator for SqliteStorage {
         })
         .await
     }
+}
+
+/// Rolls back one job's reaping and says why, loudly.
+fn skip_unreapable(
+    connection: &rusqlite::Connection,
+    session_id: &SessionId,
+    job_id: &JobId,
+    error: &StorageError,
+) -> rusqlite::Result<()> {
+    connection.execute_batch("ROLLBACK TO reap_one; RELEASE reap_one")?;
+    tracing::error!(
+        session_id = %session_id,
+        job_id = %job_id,
+        %error,
+        "a job whose lease expired could not be reaped; skipped"
+    );
+    Ok(())
 }

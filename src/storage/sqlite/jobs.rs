@@ -186,6 +186,40 @@ pub fn acquire_lease(
     }))
 }
 
+/// Jobs whose lease expired by `cutoff_ms`, oldest expiry first. A row
+/// whose ids or token cannot be read is logged and left out, so it never
+/// blocks the reaping of the others.
+pub fn reap_candidates(
+    connection: &Connection,
+    cutoff_ms: u64,
+    limit: usize,
+) -> Sql<Vec<(SessionId, JobId, String)>> {
+    let limit = limit.min(i64::MAX as usize) as u64;
+    let mut statement = connection.prepare_cached(
+        "SELECT session_id, job_id, lease_token FROM jobs
+         WHERE lease_token IS NOT NULL AND lease_expires_ms <= ?1
+         ORDER BY lease_expires_ms LIMIT ?2",
+    )?;
+    let mut rows = statement.query(params![cutoff_ms, limit])?;
+    let mut candidates = Vec::new();
+    while let Some(row) = rows.next()? {
+        let read = |row: &rusqlite::Row<'_>| -> rusqlite::Result<(String, String, String)> {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        };
+        match read(row) {
+            Ok((session_id, job_id, token)) => candidates.push((
+                SessionId::from_client(&session_id),
+                JobId::from_client(&job_id),
+                token,
+            )),
+            Err(error) => {
+                tracing::error!(%error, "an unreadable job row with an expired lease; skipped");
+            }
+        }
+    }
+    Ok(Ok(candidates))
+}
+
 /// Ends one job whose lease expired by `cutoff_ms`, unless its lease was
 /// renewed or taken since the candidate was read (`token` no longer the
 /// lease). `None` when there was nothing to do.

@@ -310,3 +310,234 @@ async fn sqlite_idempotency_keys_have_the_redis_length_bound() {
     })
     .await;
 }
+
+/// Every column a row decoder reads.
+const COLUMNS: &[(&str, &str)] = &[
+    ("logs", "floor"),
+    ("logs", "newest"),
+    ("logs", "bytes"),
+    ("logs", "max_events"),
+    ("logs", "max_bytes"),
+    ("events", "seq"),
+    ("events", "job_id"),
+    ("events", "body"),
+    ("log_jobs", "last_index"),
+    ("log_jobs", "last_seq"),
+    ("log_jobs", "terminal_seq"),
+    ("sessions", "record"),
+    ("sessions", "issued"),
+    ("sessions", "used"),
+    ("sessions", "closed"),
+    ("sessions", "acked"),
+    ("sessions", "holder"),
+    ("jobs", "record"),
+    ("jobs", "status"),
+    ("jobs", "owner"),
+    ("jobs", "cancel_requested"),
+    ("jobs", "lease_token"),
+    ("jobs", "lease_expires_ms"),
+    ("jobs", "terminal"),
+    ("jobs", "position"),
+    ("subscriptions", "subscriber"),
+];
+
+fn any_sql_value() -> impl proptest::strategy::Strategy<Value = rusqlite::types::Value> {
+    use proptest::prelude::*;
+    use rusqlite::types::Value;
+    prop_oneof![
+        Just(Value::Null),
+        any::<i64>().prop_map(Value::Integer),
+        prop_oneof![Just(-1i64), Just(0), Just(1), Just(2), Just(i64::MAX)]
+            .prop_map(Value::Integer),
+        any::<f64>().prop_map(Value::Real),
+        "\\PC{0,12}".prop_map(Value::Text),
+        Just(Value::Text("{\"node\":\"n1\",\"stream\":-1}".into())),
+        proptest::collection::vec(any::<u8>(), 0..12).prop_map(Value::Blob),
+    ]
+}
+
+/// Any value in any column a decoder reads: every operation answers (a
+/// result or a `Corrupt`/domain error), nothing panics, and the writer and
+/// readers keep serving other sessions.
+#[test]
+fn sqlite_any_value_in_any_column_is_answered_never_a_panic() {
+    use proptest::strategy::Strategy;
+    use proptest::test_runner::{Config, TestRunner};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let harness = SqliteHarness::new();
+    let node = runtime.block_on(harness.node("n1"));
+    let tamper = rusqlite::Connection::open(&harness.path).expect("open");
+    tamper
+        .busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    let mut runner = TestRunner::new(Config {
+        cases: 128,
+        ..Config::default()
+    });
+    let strategy = (0..COLUMNS.len(), any_sql_value());
+    let started = std::time::Instant::now();
+    runner
+        .run(&strategy.boxed(), |(column, value)| {
+            let (table, column) = COLUMNS[column];
+            // A fresh session, job, lease, events and subscriber per case.
+            // Its own principal too: rows of earlier cases stay as they were
+            // left, and must not stop this one.
+            let principal = Principal::new(&format!("p{}", SessionId::generate()));
+            let (session, job, lease) = runtime.block_on(async {
+                let session = new_session(&node).await;
+                let job = JobId::generate();
+                let record = JobRecord {
+                    session_id: session.clone(),
+                    job_id: job.clone(),
+                    principal: principal.as_str().into(),
+                    agent: "echo".into(),
+                    submitted_at_ms: 1,
+                    status: JobStatus::Running,
+                    owner: None,
+                    cancel_requested: false,
+                    descriptor: serde_json::Value::Null,
+                    accepted: serde_json::Value::Null,
+                    terminal: None,
+                };
+                node.put_job(&record).await.expect("put job");
+                let lease = node
+                    .acquire_lease(&session, &job, 60_000)
+                    .await
+                    .expect("lease");
+                for index in 1..=3 {
+                    stored(
+                        &node,
+                        Append {
+                            fence: Some(lease.clone()),
+                            ..event(&session, &job, index)
+                        },
+                    )
+                    .await;
+                }
+                node.attach(&session, Some(1), &holder("n1", 1))
+                    .await
+                    .expect("attach");
+                node.subscribe(&SessionId::generate(), &session, &job)
+                    .await
+                    .expect("subscribe");
+                (session, job, lease)
+            });
+            let filter = match table {
+                "events" => "session_id = ?2 AND seq = 2",
+                "jobs" | "log_jobs" => "job_id = ?3",
+                "subscriptions" => "owner = ?2",
+                _ => "session_id = ?2",
+            };
+            // A value a constraint refuses (NULL in NOT NULL, a duplicate
+            // key) leaves the row as it was: still a valid case.
+            let _ = tamper.execute(
+                &format!("UPDATE \"{table}\" SET \"{column}\" = ?1 WHERE {filter}"),
+                rusqlite::params![value, session.as_str(), job.as_str()],
+            );
+            runtime.block_on(async {
+                let results: Vec<Result<(), StorageError>> = vec![
+                    node.bounds(&session).await.map(drop),
+                    node.read_after(&session, 0, ALL).await.map(drop),
+                    node.read_after(&session, 1, ALL).await.map(drop),
+                    node.session(&session).await.map(drop),
+                    node.session_state(&session).await.map(drop),
+                    node.job(&session, &job).await.map(drop),
+                    node.locate_job(&job).await.map(drop),
+                    node.list_jobs(&principal, 0, 1_000).await.map(drop),
+                    node.subscribers(&session, &job).await.map(drop),
+                    node.append_batch(&[Append {
+                        fence: Some(lease.clone()),
+                        ..event(&session, &job, 4)
+                    }])
+                    .await
+                    .map(drop),
+                    node.release_through(&session, 1).await.map(drop),
+                    node.acknowledge(&session, 2).await.map(drop),
+                    node.attach(&session, Some(2), &holder("n1", 2))
+                        .await
+                        .map(drop),
+                    node.detach(&session, &holder("n1", 2)).await.map(drop),
+                    node.resume(&session, None).await.map(drop),
+                    node.renew_lease(&lease, 60_000).await.map(drop),
+                    node.request_cancel(&session, &job).await.map(drop),
+                    node.close_session(&session).await.map(drop),
+                    node.finish_job(&lease, JobStatus::Succeeded, &serde_json::Value::Null)
+                        .await,
+                ];
+                // One corrupt job row never stops the reaper.
+                let reaped = node
+                    .reap_expired(now_ms(), 1_000, &|_: &SessionId, _: &JobId| {
+                        Bytes::from_static(b"{}")
+                    })
+                    .await;
+                assert!(
+                    reaped.is_ok(),
+                    "{table}.{column} = {value:?}: reap {reaped:?}"
+                );
+                for result in results {
+                    assert!(
+                        !matches!(
+                            result,
+                            Err(StorageError::WriterStopped | StorageError::Unavailable(_))
+                        ),
+                        "{table}.{column} = {value:?}: {result:?}"
+                    );
+                }
+                // The store keeps serving everything else.
+                let other = new_log(&node, ROOMY).await;
+                assert_eq!(stored(&node, event(&other, &JobId::generate(), 1)).await, 1);
+            });
+            Ok(())
+        })
+        .expect("every case answered");
+    assert!(started.elapsed() < PROPERTY_LIMIT, "within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_one_corrupt_job_row_never_stops_the_reaper() {
+    bounded(async {
+        let harness = SqliteHarness::new();
+        let node = harness.node("n1").await;
+        let session = new_session(&node).await;
+        let mut jobs = Vec::new();
+        for _ in 0..3 {
+            let job = new_job(&node, &session).await;
+            node.acquire_lease(&session, &job, 1).await.expect("lease");
+            jobs.push(job);
+        }
+        // The first expired long ago but its expiry is unreadable; the
+        // second's token is a blob; the third is healthy.
+        tamper(
+            &harness,
+            format!(
+                "UPDATE jobs SET lease_expires_ms = -1 WHERE job_id = '{}';
+                 UPDATE jobs SET lease_token = x'00ff' WHERE job_id = '{}';",
+                jobs[0], jobs[1]
+            ),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let reaped = node
+            .reap_expired(now_ms(), 100, &|_: &SessionId, _: &JobId| {
+                Bytes::from_static(b"{\"lost\":true}")
+            })
+            .await
+            .expect("the reaper goes on");
+        assert_eq!(
+            reaped.iter().map(|r| &r.job_id).collect::<Vec<_>>(),
+            vec![&jobs[2]]
+        );
+        assert_eq!(
+            node.job(&session, &jobs[2]).await.map(|j| j.status),
+            Ok(JobStatus::Lost)
+        );
+        let events = node.read_after(&session, 0, ALL).await.expect("read");
+        assert_eq!(events.len(), 1, "one terminal, for the healthy job only");
+        assert_eq!(events[0].job_id, jobs[2]);
+    })
+    .await;
+}
