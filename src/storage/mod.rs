@@ -17,6 +17,7 @@
 pub mod memory;
 pub mod records;
 pub mod redis;
+pub mod sqlite;
 
 use std::future::Future;
 
