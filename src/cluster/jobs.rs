@@ -400,7 +400,23 @@ impl ClusterNode {
         if record.principal != principal.as_str() {
             return Err(StorageError::NotFound);
         }
-        Ok(SharedJob::from_record(record))
+        let mut jobs = [SharedJob::from_record(record)];
+        self.fill_positions(&mut jobs).await?;
+        let [job] = jobs;
+        Ok(job)
+    }
+
+    /// Sets each descriptor's `last_event_seq` (§6.6) from the shared log.
+    async fn fill_positions(&self, jobs: &mut [SharedJob]) -> StorageResult<()> {
+        let keys: Vec<(SessionId, JobId)> = jobs
+            .iter()
+            .map(|job| (job.session_id.clone(), job.job_id.clone()))
+            .collect();
+        let positions = self.storage().last_event_seqs(&keys).await?;
+        for (job, seq) in jobs.iter_mut().zip(positions) {
+            job.descriptor["last_event_seq"] = json!(seq);
+        }
+        Ok(())
     }
 
     /// `job.cancel` (§7.4) for a job submitted in `session_id`: at once if
@@ -445,6 +461,7 @@ impl ClusterNode {
         loop {
             let page = self.storage().list_jobs(principal, after, 100).await?;
             if page.is_empty() {
+                self.fill_positions(&mut jobs).await?;
                 return Ok((jobs, None));
             }
             for (position, record) in page {
@@ -454,6 +471,7 @@ impl ClusterNode {
                     continue;
                 }
                 if jobs.len() == limit {
+                    self.fill_positions(&mut jobs).await?;
                     return Ok((jobs, Some(last_listed)));
                 }
                 last_listed = position;

@@ -38,6 +38,40 @@ fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> StorageResult<T> {
 }
 
 impl RedisStorage {
+    /// Each job's newest `event_seq` in its own session's log (0 before its
+    /// first event, or once the log is gone), in one round trip.
+    pub async fn last_event_seqs(
+        &self,
+        jobs: &[(SessionId, JobId)],
+    ) -> StorageResult<Vec<EventSeq>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (session_id, job_id) in jobs {
+            let keys = SessionKeys::new(session_id)?;
+            pipe.cmd("HGET")
+                .arg(keys.meta())
+                .arg(format!("j:{}", keys::checked(job_id.as_str())?));
+        }
+        let mut connection = self.connection.clone();
+        let positions: Vec<Option<String>> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(read_error)?;
+        // `index:seq`, written by the append script.
+        Ok(positions
+            .iter()
+            .map(|position| {
+                position
+                    .as_deref()
+                    .and_then(|text| text.split_once(':'))
+                    .and_then(|(_, seq)| seq.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect())
+    }
+
     async fn session_script(
         &self,
         session_id: &SessionId,
