@@ -266,6 +266,18 @@ impl ClusterNode {
         Ok((stream_id, session.attach_shared(stream_id, generation)))
     }
 
+    /// Whether this node's stream `stream_id` is the session's holder in
+    /// Redis (true when Redis cannot say).
+    pub async fn holds_stream(&self, session_id: &SessionId, stream_id: StreamId) -> bool {
+        match self.storage.session_state(session_id).await {
+            Ok(state) => state.holder.is_some_and(|holder| {
+                holder.node == self.config.node_id && holder.stream == stream_id
+            }),
+            Err(StorageError::Gone(_)) => false,
+            Err(_) => true,
+        }
+    }
+
     /// A stream ended: the shared state forgets it (and the resume window
     /// starts) unless a newer stream took its place.
     pub fn detach(&self, session: &Arc<Session>, stream_id: StreamId) {
