@@ -267,6 +267,26 @@ impl ClusterNode {
         }
     }
 
+    /// At a graceful shutdown: ends the jobs this node runs at once (one
+    /// retryable `INTERNAL_ERROR` each) rather than leaving them to the
+    /// reapers after their leases lapse, and waits (bounded) for their
+    /// writers to store the terminals.
+    pub async fn end_jobs_at_shutdown(&self, limit: Duration) {
+        let running: Vec<Arc<Job>> = locked(&self.running).values().cloned().collect();
+        for job in &running {
+            job.finish(Terminal::failure(
+                JobStatus::Error,
+                ErrorCode::InternalError,
+                "the gateway node running this job shut down; the job did not finish and may be \
+                 submitted again",
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        while !locked(&self.running).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Ends jobs whose node was lost, forever (every node runs it; the
     /// script makes each job end exactly once).
     pub(super) async fn reap_forever(&self) {
