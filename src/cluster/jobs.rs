@@ -322,7 +322,11 @@ impl ClusterNode {
     /// A job the caller's principal may see (others' jobs are `NotFound`,
     /// so their existence does not leak, §6.6).
     pub async fn job(&self, principal: &Principal, job_id: &JobId) -> StorageResult<SharedJob> {
-        let session_id = self.storage().locate_job(job_id).await?;
+        let session_id = match self.storage().locate_job(job_id).await {
+            // An id that could never name a job is simply unknown.
+            Err(StorageError::InvalidId) => return Err(StorageError::NotFound),
+            other => other?,
+        };
         let record = self.storage().job(&session_id, job_id).await?;
         if record.principal != principal.as_str() {
             return Err(StorageError::NotFound);

@@ -173,7 +173,11 @@ impl AppState {
         };
         match node.load_session(session_id).await {
             Ok(session) => Ok(Some(session)),
-            Err(StorageError::Gone(GoneReason::SessionMissing)) => Ok(None),
+            // An id that could never name a session (not a key part) is
+            // unknown, as on one node.
+            Err(StorageError::Gone(GoneReason::SessionMissing) | StorageError::InvalidId) => {
+                Ok(None)
+            }
             Err(error) => Err(error.into()),
         }
     }
