@@ -86,7 +86,7 @@ pub struct RawArgs {
     pub data_dir: Option<std::path::PathBuf>,
 
     /// Cluster mode: keep sessions, logs and jobs in this Redis (e.g. redis://127.0.0.1:6379/0);
-    /// every node with the same URL, --secret and --tokens is one gateway (docs/cluster.md).
+    /// every node with the same URL, --secret and --token values is one gateway (docs/cluster.md).
     #[arg(long, env = "ARCP_GATEWAY_REDIS_URL", hide_env_values = true, help_heading = heading::STORAGE)]
     pub redis_url: Option<String>,
 
@@ -942,6 +942,43 @@ mod tests {
         assert!(defaults.metrics_listen.is_none());
         assert!(Config::from_raw(raw(&["--log-format", "xml"])).is_err());
         assert!(Config::from_raw(raw(&["--metrics-listen", "localhost"])).is_err());
+    }
+
+    #[test]
+    fn cluster_mode_needs_an_explicit_secret_and_tokens() {
+        let base = [
+            "--redis-url",
+            "redis://127.0.0.1:6379/0",
+            "--token",
+            "alice:alice-token-1",
+            "--secret",
+            "0123456789abcdef0123",
+        ];
+        let config = Config::from_raw(raw(&base)).unwrap();
+        let cluster = config.cluster.expect("cluster mode");
+        assert!(cluster.node_id.starts_with("node-"));
+        assert_eq!(cluster.lease_ttl, Duration::from_secs(10));
+        let error = Config::from_raw(raw(&base[..4])).err().expect("no secret");
+        assert!(error.0.contains("--secret"), "{}", error.0);
+        let mut no_token = base.to_vec();
+        no_token.drain(2..4);
+        let error = Config::from_raw(raw(&no_token)).err().expect("no token");
+        assert!(error.0.contains("--token"), "{}", error.0);
+        for extra in [
+            &["--data-dir", "/tmp/x"][..],
+            &["--node-id", "no spaces"][..],
+            &["--node-id", ""][..],
+            &["--job-lease-ttl-ms", "10"][..],
+        ] {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            assert!(Config::from_raw(raw(&args)).is_err(), "{extra:?}");
+        }
+        let mut named = base.to_vec();
+        named.extend_from_slice(&["--node-id", "node_2-b", "--job-lease-ttl-ms", "3000"]);
+        let cluster = Config::from_raw(raw(&named)).unwrap().cluster.unwrap();
+        assert_eq!(cluster.node_id, "node_2-b");
+        assert_eq!(cluster.reaper_interval(), Duration::from_millis(600));
     }
 
     #[test]

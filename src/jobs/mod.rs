@@ -31,7 +31,7 @@ use crate::protocol::{format_rfc3339, parse_utc_timestamp};
 use crate::protocol::{now_rfc3339, ErrorCode, ErrorPayload, JobStatus};
 use crate::session::Session;
 use crate::store::{Durable, Persistence};
-pub use output::{JobOutput, Outgoing, SharedOutput};
+pub use output::{JobMessage, JobOutput, Outgoing, SharedOutput};
 
 /// Remaining budget at or below this counts as exhausted (§9.6).
 const BUDGET_EPSILON: f64 = 1e-9;
@@ -704,13 +704,18 @@ impl Job {
         });
     }
 
-    /// Waits until the job's output has room for one more event (cluster
-    /// mode; at once otherwise). Agents' tasks call it before they emit, so
-    /// a slow shared store slows the agent, never a runtime thread or a
-    /// holder of the job's lock.
+    /// Waits until the job's output has room for one more event: the
+    /// durable store's write queue, or the queue to the cluster's log (at
+    /// once in memory). Agents' tasks call it before they emit, so a slow
+    /// store slows the agent, never a runtime thread or a holder of the
+    /// job's lock.
     pub async fn ready(&self) {
-        let JobOutput::Shared(output) = &self.output else {
-            return;
+        let output = match &self.output {
+            JobOutput::Local(_) => {
+                crate::store::wait_for_room(self.store.as_ref()).await;
+                return;
+            }
+            JobOutput::Shared(output) => output,
         };
         if self.state().reserved.is_some() {
             return;
@@ -719,6 +724,14 @@ impl Job {
         let mut state = self.state();
         if state.reserved.is_none() {
             state.reserved = permit;
+        }
+    }
+
+    /// The queue to the cluster's log (cluster mode only).
+    pub fn shared_output(&self) -> Option<&SharedOutput> {
+        match &self.output {
+            JobOutput::Shared(output) => Some(output),
+            JobOutput::Local(_) => None,
         }
     }
 

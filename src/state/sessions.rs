@@ -32,6 +32,12 @@ impl From<EventLogError> for OpError {
     }
 }
 
+impl From<crate::store::WriterStopped> for OpError {
+    fn from(_: crate::store::WriterStopped) -> Self {
+        OpError::Storage(StorageError::WriterStopped)
+    }
+}
+
 impl From<StorageError> for OpError {
     fn from(error: StorageError) -> Self {
         OpError::Storage(error)
@@ -106,6 +112,17 @@ impl LogReader {
         }
     }
 
+    /// Whether stream `stream_id` is still the session's one stream. In
+    /// cluster mode this asks Redis: the backstop for a lost notice from the
+    /// node that attached a newer stream. An unreachable store answers yes
+    /// (the stream's next read will tell).
+    pub async fn still_attached(&self, session: &Session, stream_id: StreamId) -> bool {
+        match self {
+            LogReader::Local(_) => true,
+            LogReader::Shared(node) => node.holds_stream(&session.id, stream_id).await,
+        }
+    }
+
     /// A stream ended (called from its `Drop`: never waits).
     pub fn detach(&self, session: &Arc<Session>, stream_id: StreamId) {
         match self {
@@ -142,7 +159,7 @@ impl AppState {
         self.log.create_owned(&session.id, &session.principal)?;
         self.sessions.insert(session.clone());
         let welcome = session.welcome_new();
-        self.persist_session(&session).await;
+        self.persist_session(&session).await?;
         Ok((session, welcome))
     }
 
@@ -156,7 +173,11 @@ impl AppState {
         };
         match node.load_session(session_id).await {
             Ok(session) => Ok(Some(session)),
-            Err(StorageError::Gone(GoneReason::SessionMissing)) => Ok(None),
+            // An id that could never name a session (not a key part) is
+            // unknown, as on one node.
+            Err(StorageError::Gone(GoneReason::SessionMissing) | StorageError::InvalidId) => {
+                Ok(None)
+            }
             Err(error) => Err(error.into()),
         }
     }
@@ -175,7 +196,7 @@ impl AppState {
             return Ok(node.resume(session, presented).await?);
         }
         let welcome = session.resume(presented, self.config.resume_window)?;
-        self.persist_session(session).await;
+        self.persist_session(session).await?;
         Ok(welcome)
     }
 
@@ -189,7 +210,7 @@ impl AppState {
             return Ok(node.attach(session, presented).await?);
         }
         let attached = session.attach_stream(presented, self.config.resume_window)?;
-        self.persist_session(session).await;
+        self.persist_session(session).await?;
         Ok(attached)
     }
 
@@ -199,7 +220,7 @@ impl AppState {
             return Ok(node.close(session).await?);
         }
         session.close();
-        self.persist_session(session).await;
+        self.persist_session(session).await?;
         Ok(())
     }
 
