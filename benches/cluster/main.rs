@@ -27,12 +27,12 @@
 //! - replay: one session's finished log read from the start (best of 3).
 //! - live: one session, one paced job, latency from the event's `ts_ns` to
 //!   its arrival at the client.
-//! - fan-out: the single-node fan-out is one job copied to K subscriber
-//!   sessions (`subscribe`, §7.6). Cluster nodes do not offer `subscribe`, so
-//!   the cluster figure is its closest equivalent: K sessions, each with its
-//!   own paced job and its own stream, at the same total delivered rate (K
-//!   appends and K streams, as the subscriber copies are). The memory
-//!   gateway runs both, so the two can be compared.
+//! - fan-out: one paced job, its events copied into K = 100 subscriber
+//!   sessions (`subscribe`, §7.6), each read by its own stream; through
+//!   nginx the subscribers' streams land on every node, the job on one.
+//! - many producers: K = 100 sessions, each with its own paced job and its
+//!   own stream, at the same total delivered rate as the fan-out (the same
+//!   number of appends and streams, K producers instead of one).
 
 // Shared with benches/gateway.rs, which uses the parts this one does not.
 #[allow(dead_code)]
@@ -232,17 +232,15 @@ async fn scenario_live(plan: &Plan, target: &Target, column: usize, table: &mut 
 }
 
 async fn scenario_fanout(plan: &Plan, target: &Target, column: usize, table: &mut Table) {
+    subscribe_fanout(plan, target, column, table).await;
     let label = format!(
-        "fan-out equivalent: {FANOUT_SESSIONS} sessions, a job each, {} ev/s total",
+        "many producers: {FANOUT_SESSIONS} sessions, a job each, {} ev/s total",
         plan.rate
     );
     paced_sessions(plan, target, FANOUT_SESSIONS, &label, column, table).await;
-    if target.redis.is_none() && target.nginx.is_none() {
-        subscribe_fanout(plan, target, column, table).await;
-    }
 }
 
-/// The single-node fan-out proper: one job, FANOUT_SESSIONS subscribers.
+/// The fan-out proper: one job, FANOUT_SESSIONS subscriber sessions.
 async fn subscribe_fanout(plan: &Plan, target: &Target, column: usize, table: &mut Table) {
     let seconds = if plan.quick { 2 } else { 4 };
     let rate = (plan.rate / FANOUT_SESSIONS).max(1);
@@ -252,24 +250,35 @@ async fn subscribe_fanout(plan: &Plan, target: &Target, column: usize, table: &m
     let delay = 1500 + FANOUT_SESSIONS * 5;
     let input = json!({"count": count, "size": 64, "rate": rate, "delay_ms": delay});
     let job = api.submit(&submitter, input).await;
+    let job_starts = Instant::now() + Duration::from_millis(delay);
     let mut readers = Vec::new();
     for _ in 0..FANOUT_SESSIONS {
         let session = api.session().await;
         let subscription = json!({"job_id": job});
-        api.post(
-            &format!("/v1/sessions/{session}/subscriptions"),
-            subscription,
-        )
-        .await;
+        let answer = api
+            .post(
+                &format!("/v1/sessions/{session}/subscriptions"),
+                subscription,
+            )
+            .await;
+        assert!(answer.get("code").is_none(), "subscribe refused: {answer}");
         let path = format!("/v1/sessions/{session}/events");
         readers.push(connect(target.entry(), &path, None, false).await);
     }
-    let (latencies, delivered) = read_all(readers, count).await;
+    // CPU from the job's first event (readers already read meanwhile).
+    let reading = tokio::spawn(read_all(readers, count));
+    tokio::time::sleep_until(job_starts.into()).await;
+    let before = target.cpu().await;
+    let window = Instant::now();
+    let (latencies, delivered) = reading.await.expect("readers");
+    let after = target.cpu().await;
     let label = format!(
-        "fan-out (subscribe, single node only): 1 job -> {FANOUT_SESSIONS} sessions, {} ev/s delivered",
+        "fan-out: 1 job -> {FANOUT_SESSIONS} subscribers, {} ev/s delivered",
         rate * FANOUT_SESSIONS
     );
     record_delivery(table, column, &label, latencies, delivered);
+    let seconds = window.elapsed().as_secs_f64();
+    cpu_rows(table, column, &label, &before, &after, seconds);
 }
 
 fn load_average() -> String {
