@@ -27,7 +27,7 @@ use crate::ids::{EventSeq, JobId, Principal, SessionId};
 
 pub use records::{
     GoneReason, IdempotencyClaim, IdempotencyRecord, JobRecord, JobStatus, Lease, NodeNotice,
-    ReapedJob, SessionRecord, StreamHolder,
+    ReapedJob, SessionRecord, SessionState, StreamHolder,
 };
 
 /// Why a storage operation failed. Each variant is small and says what a
@@ -239,6 +239,21 @@ pub trait Coordinator: Send + Sync + 'static {
         session_id: &SessionId,
     ) -> impl Future<Output = StorageResult<SessionRecord>> + Send;
 
+    /// The session's shared state (record, generations, close, ack,
+    /// holder); `Gone(SessionMissing)` when it vanished.
+    fn session_state(
+        &self,
+        session_id: &SessionId,
+    ) -> impl Future<Output = StorageResult<SessionState>> + Send;
+
+    /// Records an acknowledgement (§6.5); returns the high-water mark (an
+    /// older acknowledgement changes nothing).
+    fn acknowledge(
+        &self,
+        session_id: &SessionId,
+        up_to: EventSeq,
+    ) -> impl Future<Output = StorageResult<EventSeq>> + Send;
+
     /// `session.resume` without a stream (§6.3): consumes `presented` (older
     /// generations stop working), reopens a closed session and issues the
     /// next generation, atomically.
@@ -266,16 +281,32 @@ pub trait Coordinator: Send + Sync + 'static {
         holder: &StreamHolder,
     ) -> impl Future<Output = StorageResult<bool>> + Send;
 
+    /// Closes the session (§6.7) and detaches its stream; the holder, if
+    /// any, is returned and sent [`NodeNotice::SessionClosed`].
     fn close_session(
         &self,
         session_id: &SessionId,
-    ) -> impl Future<Output = StorageResult<()>> + Send;
+    ) -> impl Future<Output = StorageResult<Option<StreamHolder>>> + Send;
 
     /// This node's notices (stream replaced, cancel requested).
     fn notices(&self) -> broadcast::Receiver<NodeNotice>;
 
-    /// Stores a new job record (`Exists` if the id is taken).
+    /// Stores a new job record (`Exists` if the id is taken) and lists it
+    /// under its principal, in submission order.
     fn put_job(&self, record: &JobRecord) -> impl Future<Output = StorageResult<()>> + Send;
+
+    /// The session a job was submitted in (`NotFound` if unknown).
+    fn locate_job(&self, job_id: &JobId) -> impl Future<Output = StorageResult<SessionId>> + Send;
+
+    /// A principal's jobs in submission order after position `after` (0:
+    /// from the start), at most `limit`, each with its position (the next
+    /// page's cursor). Jobs whose record is gone are skipped.
+    fn list_jobs(
+        &self,
+        principal: &Principal,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = StorageResult<Vec<(u64, JobRecord)>>> + Send;
 
     fn job(
         &self,
@@ -306,6 +337,7 @@ pub trait Coordinator: Send + Sync + 'static {
         &self,
         lease: &Lease,
         status: JobStatus,
+        terminal: &serde_json::Value,
     ) -> impl Future<Output = StorageResult<()>> + Send;
 
     /// Marks the job cancel-requested and notifies the owning node. Returns

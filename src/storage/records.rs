@@ -72,6 +72,29 @@ pub struct JobRecord {
     /// The node running it (set by `acquire_lease`).
     pub owner: Option<String>,
     pub cancel_requested: bool,
+    /// The job's descriptor at acceptance (§6.6), as any node lists it.
+    #[serde(default)]
+    pub descriptor: serde_json::Value,
+    /// The `job.accepted` payload, answered again to an idempotent
+    /// resubmission through any node (§7.2).
+    #[serde(default)]
+    pub accepted: serde_json::Value,
+    /// The terminal event's payload, once the job has ended on its node.
+    #[serde(default)]
+    pub terminal: Option<serde_json::Value>,
+}
+
+/// A session's shared state: its record and what every node must agree on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionState {
+    pub record: SessionRecord,
+    /// The newest token generation issued, and the newest one presented.
+    pub issued: u64,
+    pub used: u64,
+    pub closed: bool,
+    /// The highest acknowledged `event_seq` (§6.5), if any.
+    pub acked: Option<EventSeq>,
+    pub holder: Option<StreamHolder>,
 }
 
 /// A job's lease: who may append its events. The token is unique per
@@ -101,6 +124,12 @@ pub enum NodeNotice {
         session_id: SessionId,
         #[serde(with = "job_id")]
         job_id: JobId,
+    },
+    /// The session was closed (§6.7) while this node held its stream.
+    SessionClosed {
+        #[serde(with = "session_id")]
+        session_id: SessionId,
+        stream: u64,
     },
 }
 

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use super::{LeaseState, MemoryNode, SessionState};
-use crate::ids::{JobId, Principal, SessionId};
+use super::{LeaseState, MemoryNode};
+use crate::ids::{EventSeq, JobId, Principal, SessionId};
 use crate::storage::{
     Coordinator, EventKind, GoneReason, IdempotencyClaim, IdempotencyRecord, JobRecord, JobStatus,
-    Lease, NodeNotice, ReapedJob, SessionRecord, StorageError, StorageResult, StreamHolder,
+    Lease, NodeNotice, ReapedJob, SessionRecord, SessionState, StorageError, StorageResult,
+    StreamHolder,
 };
 
 impl Coordinator for MemoryNode {
@@ -34,6 +35,7 @@ impl Coordinator for MemoryNode {
                     issued: 1,
                     used: 0,
                     closed: false,
+                    acked: None,
                     holder: None,
                 },
             );
@@ -54,6 +56,38 @@ impl Coordinator for MemoryNode {
                 .map(|state| state.record.clone())
                 .ok_or(StorageError::Gone(GoneReason::SessionMissing)),
         )
+    }
+
+    fn session_state(
+        &self,
+        session_id: &SessionId,
+    ) -> impl Future<Output = StorageResult<SessionState>> + Send {
+        let shared = self.shared();
+        ready(
+            shared
+                .sessions
+                .get(session_id)
+                .cloned()
+                .ok_or(StorageError::Gone(GoneReason::SessionMissing)),
+        )
+    }
+
+    fn acknowledge(
+        &self,
+        session_id: &SessionId,
+        up_to: EventSeq,
+    ) -> impl Future<Output = StorageResult<EventSeq>> + Send {
+        let mut shared = self.shared();
+        let result = shared
+            .sessions
+            .get_mut(session_id)
+            .ok_or(StorageError::Gone(GoneReason::SessionMissing))
+            .map(|state| {
+                let acked = state.acked.map_or(up_to, |acked| acked.max(up_to));
+                state.acked = Some(acked);
+                acked
+            });
+        ready(result)
     }
 
     fn resume(
@@ -130,13 +164,25 @@ impl Coordinator for MemoryNode {
     fn close_session(
         &self,
         session_id: &SessionId,
-    ) -> impl Future<Output = StorageResult<()>> + Send {
+    ) -> impl Future<Output = StorageResult<Option<StreamHolder>>> + Send {
         let mut shared = self.shared();
         let result = shared
             .sessions
             .get_mut(session_id)
             .ok_or(StorageError::Gone(GoneReason::SessionMissing))
-            .map(|state| state.closed = true);
+            .map(|state| {
+                state.closed = true;
+                state.holder.take()
+            });
+        if let Ok(Some(holder)) = &result {
+            shared.notify(
+                &holder.node,
+                NodeNotice::SessionClosed {
+                    session_id: session_id.clone(),
+                    stream: holder.stream,
+                },
+            );
+        }
         ready(result)
     }
 
@@ -154,7 +200,52 @@ impl Coordinator for MemoryNode {
                 Ok(())
             }
         };
+        if result.is_ok() {
+            shared.list_counter += 1;
+            let position = shared.list_counter;
+            let principal = Principal::new(&record.principal);
+            shared
+                .listed
+                .entry(principal)
+                .or_default()
+                .insert(position, (record.session_id.clone(), record.job_id.clone()));
+            shared
+                .located
+                .insert(record.job_id.clone(), record.session_id.clone());
+        }
         ready(result)
+    }
+
+    fn locate_job(&self, job_id: &JobId) -> impl Future<Output = StorageResult<SessionId>> + Send {
+        let shared = self.shared();
+        ready(
+            shared
+                .located
+                .get(job_id)
+                .cloned()
+                .ok_or(StorageError::NotFound),
+        )
+    }
+
+    fn list_jobs(
+        &self,
+        principal: &Principal,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = StorageResult<Vec<(u64, JobRecord)>>> + Send {
+        let shared = self.shared();
+        let page = shared
+            .listed
+            .get(principal)
+            .map(|listed| {
+                listed
+                    .range(after.saturating_add(1)..)
+                    .filter_map(|(position, key)| Some((*position, shared.jobs.get(key)?.clone())))
+                    .take(limit)
+                    .collect()
+            })
+            .unwrap_or_default();
+        ready(Ok(page))
     }
 
     fn job(
@@ -233,6 +324,7 @@ impl Coordinator for MemoryNode {
         &self,
         lease: &Lease,
         status: JobStatus,
+        terminal: &serde_json::Value,
     ) -> impl Future<Output = StorageResult<()>> + Send {
         let mut shared = self.shared();
         let key = (lease.session_id.clone(), lease.job_id.clone());
@@ -240,6 +332,7 @@ impl Coordinator for MemoryNode {
             shared.leases.remove(&key);
             if let Some(job) = shared.jobs.get_mut(&key) {
                 job.status = status;
+                job.terminal = Some(terminal.clone());
             }
             Ok(())
         } else {

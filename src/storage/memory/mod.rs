@@ -18,8 +18,8 @@ use tokio::sync::{broadcast, watch};
 
 use super::{
     Append, AppendOutcome, EventKind, EventStore, GoneReason, IdempotencyRecord, JobRecord, Lease,
-    LogBounds, NodeNotice, ReadBudget, Retention, SessionRecord, StorageError, StorageResult,
-    StoredEvent, StreamHolder,
+    LogBounds, NodeNotice, ReadBudget, Retention, SessionState, StorageError, StorageResult,
+    StoredEvent,
 };
 use crate::ids::{EventSeq, JobId, Principal, SessionId};
 
@@ -46,6 +46,10 @@ struct Shared {
     logs: HashMap<SessionId, Log>,
     sessions: HashMap<SessionId, SessionState>,
     jobs: HashMap<(SessionId, JobId), JobRecord>,
+    /// Each principal's jobs by submission position, and where each job is.
+    listed: HashMap<Principal, std::collections::BTreeMap<u64, (SessionId, JobId)>>,
+    located: HashMap<JobId, SessionId>,
+    list_counter: u64,
     leases: HashMap<(SessionId, JobId), LeaseState>,
     idempotency: HashMap<(Principal, String), (IdempotencyRecord, Instant)>,
     subscribers: HashMap<(SessionId, JobId), BTreeSet<SessionId>>,
@@ -64,14 +68,6 @@ struct Log {
     /// Per job: the terminal's sequence.
     terminals: HashMap<JobId, EventSeq>,
     wake: watch::Sender<u64>,
-}
-
-struct SessionState {
-    record: SessionRecord,
-    issued: u64,
-    used: u64,
-    closed: bool,
-    holder: Option<StreamHolder>,
 }
 
 struct LeaseState {

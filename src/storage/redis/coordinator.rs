@@ -11,11 +11,15 @@ use tokio::sync::broadcast;
 
 use super::keys::{self, SessionKeys, RUNNING};
 use super::{number, read_error, status, text, unexpected, write_error, RedisStorage};
-use crate::ids::{JobId, Principal, SessionId};
+use crate::ids::{EventSeq, JobId, Principal, SessionId};
 use crate::storage::{
     Coordinator, GoneReason, IdempotencyClaim, IdempotencyRecord, JobRecord, JobStatus, Lease,
-    NodeNotice, ReapedJob, SessionRecord, StorageError, StorageResult, StreamHolder,
+    NodeNotice, ReapedJob, SessionRecord, SessionState, StorageError, StorageResult, StreamHolder,
 };
+
+/// How long a job's record, its listing entry and its location outlive the
+/// job's end (a listing is bounded in time, not only by the session).
+const LISTING_KEEP_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// The wall clock in milliseconds, for the reapers' index only (lease expiry
 /// itself is Redis's PX, on Redis's clock).
@@ -40,8 +44,18 @@ impl RedisStorage {
         args: &[&[u8]],
     ) -> StorageResult<Vec<Value>> {
         let keys = SessionKeys::new(session_id)?;
-        self.run_script(&self.scripts.session, &[&keys.session()], args, write_error)
-            .await
+        let window = self.window_arg();
+        let mut full: Vec<&[u8]> = Vec::with_capacity(args.len() + 1);
+        full.push(args[0]);
+        full.push(window.as_bytes());
+        full.extend_from_slice(&args[1..]);
+        self.run_script(
+            &self.scripts.session,
+            &[&keys.session(), &keys.meta(), &keys.log()],
+            &full,
+            write_error,
+        )
+        .await
     }
 
     async fn job_script(
@@ -121,6 +135,52 @@ impl Coordinator for RedisStorage {
         }
     }
 
+    async fn session_state(&self, session_id: &SessionId) -> StorageResult<SessionState> {
+        let keys = SessionKeys::new(session_id)?;
+        let mut connection = self.connection.clone();
+        #[allow(clippy::type_complexity)]
+        let (rec, issued, used, closed, acked, holder): (
+            Option<Vec<u8>>,
+            Option<u64>,
+            Option<u64>,
+            Option<String>,
+            Option<u64>,
+            Option<Vec<u8>>,
+        ) = redis::cmd("HMGET")
+            .arg(keys.session())
+            .arg(&["rec", "issued", "used", "closed", "acked", "holder"])
+            .query_async(&mut connection)
+            .await
+            .map_err(read_error)?;
+        let Some(rec) = rec else {
+            return Err(StorageError::Gone(GoneReason::SessionMissing));
+        };
+        Ok(SessionState {
+            record: from_json(&rec)?,
+            issued: issued.unwrap_or(0),
+            used: used.unwrap_or(0),
+            closed: closed.as_deref() == Some("1"),
+            acked,
+            holder: holder.map(|holder| from_json(&holder)).transpose()?,
+        })
+    }
+
+    async fn acknowledge(
+        &self,
+        session_id: &SessionId,
+        up_to: EventSeq,
+    ) -> StorageResult<EventSeq> {
+        let up_to = up_to.to_string();
+        let reply = self
+            .session_script(session_id, &[b"ack", up_to.as_bytes()])
+            .await?;
+        match (status(&reply)?, reply.get(1)) {
+            ("ok", Some(acked)) => number(acked),
+            ("gone", _) => Err(StorageError::Gone(GoneReason::SessionMissing)),
+            _ => Err(unexpected(&reply)),
+        }
+    }
+
     async fn resume(&self, session_id: &SessionId, presented: Option<u64>) -> StorageResult<u64> {
         let presented = presented.map(|g| g.to_string()).unwrap_or_default();
         let reply = self
@@ -167,13 +227,24 @@ impl Coordinator for RedisStorage {
         }
     }
 
-    async fn close_session(&self, session_id: &SessionId) -> StorageResult<()> {
+    async fn close_session(&self, session_id: &SessionId) -> StorageResult<Option<StreamHolder>> {
         let reply = self.session_script(session_id, &[b"close"]).await?;
-        match status(&reply)? {
-            "ok" => Ok(()),
-            "gone" => Err(StorageError::Gone(GoneReason::SessionMissing)),
-            _ => Err(unexpected(&reply)),
+        let holder = match (status(&reply)?, reply.get(1)) {
+            ("ok", Some(holder)) => match text(holder)? {
+                "" => None,
+                holder => Some(from_json::<StreamHolder>(holder.as_bytes())?),
+            },
+            ("gone", _) => return Err(StorageError::Gone(GoneReason::SessionMissing)),
+            _ => return Err(unexpected(&reply)),
+        };
+        if let Some(holder) = &holder {
+            let notice = NodeNotice::SessionClosed {
+                session_id: session_id.clone(),
+                stream: holder.stream,
+            };
+            self.publish_notice(&holder.node, &notice).await;
         }
+        Ok(holder)
     }
 
     fn notices(&self) -> broadcast::Receiver<NodeNotice> {
@@ -186,30 +257,127 @@ impl Coordinator for RedisStorage {
             .job_script(&record.session_id, &record.job_id, &[b"put", &rec])
             .await?;
         match status(&reply)? {
-            "ok" => Ok(()),
-            "exists" => Err(StorageError::Exists),
-            _ => Err(unexpected(&reply)),
+            "ok" => {}
+            "exists" => return Err(StorageError::Exists),
+            _ => return Err(unexpected(&reply)),
         }
+        // The listing index and the job's location live outside the
+        // session's slot (they are per principal and per job id).
+        let listing = keys::principal_jobs(&Principal::new(&record.principal));
+        let member = keys::running_member(&record.session_id, &record.job_id)?;
+        let mut connection = self.connection.clone();
+        let position: u64 = redis::cmd("HINCRBY")
+            .arg(&listing)
+            .arg("next")
+            .arg(1)
+            .query_async(&mut connection)
+            .await
+            .map_err(write_error)?;
+        redis::pipe()
+            .cmd("ZADD")
+            .arg(format!("{listing}:order"))
+            .arg(position)
+            .arg(&member)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(format!("{listing}:order"))
+            .arg(LISTING_KEEP_MS)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&listing)
+            .arg(LISTING_KEEP_MS)
+            .ignore()
+            .cmd("SET")
+            .arg(keys::job_location(&record.job_id)?)
+            .arg(record.session_id.as_str())
+            .arg("PX")
+            .arg(LISTING_KEEP_MS)
+            .ignore()
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(write_error)
+    }
+
+    async fn locate_job(&self, job_id: &JobId) -> StorageResult<SessionId> {
+        let mut connection = self.connection.clone();
+        let session: Option<String> = redis::cmd("GET")
+            .arg(keys::job_location(job_id)?)
+            .query_async(&mut connection)
+            .await
+            .map_err(read_error)?;
+        session
+            .map(|session| SessionId::from_client(&session))
+            .ok_or(StorageError::NotFound)
+    }
+
+    async fn list_jobs(
+        &self,
+        principal: &Principal,
+        after: u64,
+        limit: usize,
+    ) -> StorageResult<Vec<(u64, JobRecord)>> {
+        let order = format!("{}:order", keys::principal_jobs(principal));
+        let mut connection = self.connection.clone();
+        let mut page = Vec::new();
+        let mut after = after;
+        while page.len() < limit {
+            let members: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&order)
+                .arg(format!("({after}"))
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit - page.len())
+                .query_async(&mut connection)
+                .await
+                .map_err(read_error)?;
+            let Some(last) = members.last().map(|(_, position)| *position) else {
+                break;
+            };
+            after = last;
+            for (member, position) in members {
+                let Some((session_id, job_id)) = keys::parse_running_member(&member) else {
+                    continue;
+                };
+                match self.job(&session_id, &job_id).await {
+                    Ok(record) => page.push((position, record)),
+                    Err(StorageError::NotFound) => {
+                        // Its session expired: drop it from the listing.
+                        let _ = redis::cmd("ZREM")
+                            .arg(&order)
+                            .arg(&member)
+                            .query_async::<i64>(&mut connection)
+                            .await;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(page)
     }
 
     async fn job(&self, session_id: &SessionId, job_id: &JobId) -> StorageResult<JobRecord> {
         let keys = SessionKeys::new(session_id)?;
         let mut connection = self.connection.clone();
+        #[allow(clippy::type_complexity)]
         let fields: (
             Option<Vec<u8>>,
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<Vec<u8>>,
         ) = redis::cmd("HMGET")
             .arg(keys.job(job_id)?)
             .arg("rec")
             .arg("status")
             .arg("owner")
             .arg("cancel")
+            .arg("term")
             .query_async(&mut connection)
             .await
             .map_err(read_error)?;
-        let (Some(rec), status, owner, cancel) = fields else {
+        let (Some(rec), status, owner, cancel, term) = fields else {
             return Err(StorageError::NotFound);
         };
         let mut record: JobRecord = from_json(&rec)?;
@@ -218,6 +386,9 @@ impl Coordinator for RedisStorage {
         }
         record.owner = owner.or(record.owner);
         record.cancel_requested = cancel.as_deref() == Some("1");
+        if let Some(term) = term.filter(|term| !term.is_empty()) {
+            record.terminal = Some(from_json(&term)?);
+        }
         Ok(record)
     }
 
@@ -278,8 +449,14 @@ impl Coordinator for RedisStorage {
         }
     }
 
-    async fn finish_job(&self, lease: &Lease, status_after: JobStatus) -> StorageResult<()> {
+    async fn finish_job(
+        &self,
+        lease: &Lease,
+        status_after: JobStatus,
+        terminal: &serde_json::Value,
+    ) -> StorageResult<()> {
         let member = keys::running_member(&lease.session_id, &lease.job_id)?;
+        let terminal = to_json(terminal)?;
         let reply = self
             .job_script(
                 &lease.session_id,
@@ -289,6 +466,8 @@ impl Coordinator for RedisStorage {
                     lease.token.as_bytes(),
                     status_after.as_str().as_bytes(),
                     member.as_bytes(),
+                    &terminal,
+                    LISTING_KEEP_MS.to_string().as_bytes(),
                 ],
             )
             .await?;

@@ -99,6 +99,17 @@ pub fn node_channel(node_id: &str) -> StorageResult<String> {
     Ok(format!("arcp:node:{}:ctl", checked(node_id)?))
 }
 
+/// One principal's job listing: a hash holding the position counter, and
+/// `<this>:order`, a sorted set of `"<sid> <jid>"` by position.
+pub fn principal_jobs(principal: &Principal) -> String {
+    format!("arcp:{{p:{}}}:jobs", hex(principal.as_str().as_bytes()))
+}
+
+/// Where a job lives: its session id, by job id.
+pub fn job_location(job_id: &JobId) -> StorageResult<String> {
+    Ok(format!("arcp:jobloc:{}", checked(job_id.as_str())?))
+}
+
 /// One principal's idempotency key: both parts hex-encoded, so no byte of
 /// either can reach another principal's namespace.
 pub fn idempotency(principal: &Principal, key: &str) -> StorageResult<String> {

@@ -74,6 +74,9 @@ pub struct RedisStorage {
     scripts: Arc<Scripts>,
     node_id: Arc<str>,
     wakes: wake::WakeHub,
+    /// The resume window (§6.3) as the expiry of a session's keys while no
+    /// stream is attached; 0 keeps them forever.
+    session_window_ms: u64,
 }
 
 impl RedisStorage {
@@ -102,7 +105,19 @@ impl RedisStorage {
             scripts: Arc::new(Scripts::new()),
             node_id: Arc::from(node_id),
             wakes,
+            session_window_ms: 0,
         })
+    }
+
+    /// Makes a session's keys expire once it has had no stream for
+    /// `window` (the resume window, §6.3).
+    pub fn with_session_window(mut self, window: Duration) -> Self {
+        self.session_window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    fn window_arg(&self) -> String {
+        self.session_window_ms.to_string()
     }
 
     /// Waits until this node's pub/sub connection is up: until then it
@@ -193,6 +208,7 @@ impl EventStore for RedisStorage {
                 &[
                     retention.max_events.to_string().as_bytes(),
                     retention.max_bytes.to_string().as_bytes(),
+                    self.window_arg().as_bytes(),
                 ],
                 write_error,
             )

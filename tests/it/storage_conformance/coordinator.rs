@@ -11,7 +11,100 @@ on_both_backends!(
     a_new_stream_ends_the_old_one_on_its_node,
     cancel_reaches_the_owning_node,
     subscriptions_are_shared,
+    shared_session_state_acks_and_close_reach_every_node,
+    jobs_are_listed_per_principal_and_located_by_id,
 );
+
+async fn shared_session_state_acks_and_close_reach_every_node<H: Harness>(harness: H) {
+    let a = harness.node("n1").await;
+    let b = harness.node("n2").await;
+    let session = new_session(&a).await;
+    let state = b
+        .session_state(&session)
+        .await
+        .expect("state on another node");
+    assert_eq!((state.issued, state.used, state.closed), (1, 0, false));
+    assert_eq!(state.acked, None);
+    assert_eq!(a.acknowledge(&session, 5).await, Ok(5));
+    // An older acknowledgement changes nothing (§6.5).
+    assert_eq!(b.acknowledge(&session, 3).await, Ok(5));
+    let mut notices = a.notices();
+    let holder = StreamHolder {
+        node: "n1".into(),
+        stream: 7,
+    };
+    b.attach(&session, Some(1), &holder).await.expect("attach");
+    let state = b.session_state(&session).await.expect("state");
+    assert_eq!(state.holder.as_ref(), Some(&holder));
+    assert_eq!((state.used, state.issued, state.acked), (1, 2, Some(5)));
+    // Closing through node 2 tells node 1, whose stream it was.
+    assert_eq!(b.close_session(&session).await, Ok(Some(holder)));
+    let notice = tokio::time::timeout(Duration::from_secs(5), notices.recv())
+        .await
+        .expect("close notice within 5 s")
+        .expect("notice");
+    assert_eq!(
+        notice,
+        NodeNotice::SessionClosed {
+            session_id: session.clone(),
+            stream: 7
+        }
+    );
+    let state = a.session_state(&session).await.expect("state");
+    assert!(state.closed);
+    assert_eq!(state.holder, None);
+    assert_eq!(a.close_session(&session).await, Ok(None));
+    harness.lose_everything().await;
+    assert_eq!(
+        b.session_state(&session).await,
+        Err(StorageError::Gone(GoneReason::SessionMissing))
+    );
+}
+
+async fn jobs_are_listed_per_principal_and_located_by_id<H: Harness>(harness: H) {
+    let a = harness.node("n1").await;
+    let b = harness.node("n2").await;
+    let first = new_session(&a).await;
+    let second = new_session(&b).await;
+    let jobs = [
+        new_job(&a, &first).await,
+        new_job(&b, &second).await,
+        new_job(&a, &first).await,
+    ];
+    assert_eq!(b.locate_job(&jobs[0]).await, Ok(first.clone()));
+    assert_eq!(a.locate_job(&jobs[1]).await, Ok(second.clone()));
+    assert_eq!(
+        a.locate_job(&JobId::generate()).await,
+        Err(StorageError::NotFound)
+    );
+    let alice = Principal::new("alice");
+    let all = b.list_jobs(&alice, 0, 10).await.expect("list");
+    let listed: Vec<&JobId> = all.iter().map(|(_, record)| &record.job_id).collect();
+    assert_eq!(listed, jobs.iter().collect::<Vec<_>>());
+    // Pages continue after the last position seen, in submission order.
+    let page = a.list_jobs(&alice, 0, 2).await.expect("page");
+    assert_eq!(page.len(), 2);
+    let rest = a.list_jobs(&alice, page[1].0, 2).await.expect("rest");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].1.job_id, jobs[2]);
+    assert!(a
+        .list_jobs(&Principal::new("mallory"), 0, 10)
+        .await
+        .expect("other principal")
+        .is_empty());
+    // The terminal payload is kept with the record.
+    let lease = a
+        .acquire_lease(&first, &jobs[0], 5_000)
+        .await
+        .expect("lease");
+    let terminal = serde_json::json!({ "final_status": "success" });
+    a.finish_job(&lease, JobStatus::Succeeded, &terminal)
+        .await
+        .expect("finish");
+    let record = b.job(&first, &jobs[0]).await.expect("record");
+    assert_eq!(record.status, JobStatus::Succeeded);
+    assert_eq!(record.terminal, Some(terminal));
+}
 
 fn node_lost(session: &SessionId, job: &JobId) -> Bytes {
     Bytes::from(format!(
@@ -49,7 +142,11 @@ async fn an_expired_lease_gets_exactly_one_terminal_from_racing_reapers<H: Harne
     };
     stored(&owner, last).await;
     owner
-        .finish_job(&done_lease, JobStatus::Succeeded)
+        .finish_job(
+            &done_lease,
+            JobStatus::Succeeded,
+            &serde_json::json!({"final_status": "success"}),
+        )
         .await
         .expect("finish");
     let before = owner.bounds(&session).await.expect("bounds").newest;
@@ -146,7 +243,8 @@ async fn a_node_that_lost_its_lease_cannot_append<H: Harness>(harness: H) {
     assert_eq!(a.append_batch(&[stale]).await, Err(StorageError::Fenced));
     assert_eq!(a.renew_lease(&old, 1_000).await, Err(StorageError::Fenced));
     assert_eq!(
-        a.finish_job(&old, JobStatus::Failed).await,
+        a.finish_job(&old, JobStatus::Failed, &serde_json::Value::Null)
+            .await,
         Err(StorageError::Fenced)
     );
     let fresh = Append {

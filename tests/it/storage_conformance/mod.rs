@@ -177,6 +177,9 @@ async fn new_job<N: Coordinator>(node: &N, session: &SessionId) -> JobId {
         status: JobStatus::Running,
         owner: None,
         cancel_requested: false,
+        descriptor: serde_json::json!({ "job_id": job.as_str() }),
+        accepted: serde_json::json!({ "job_id": job.as_str() }),
+        terminal: None,
     };
     node.put_job(&record).await.expect("put job");
     assert_eq!(node.put_job(&record).await, Err(StorageError::Exists));

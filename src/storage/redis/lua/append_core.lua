@@ -13,6 +13,12 @@ local function store_event(meta, log, m, job, index, terminal, body, wake)
   local max_events = tonumber(m[4])
   local max_bytes = tonumber(m[5])
   redis.call('XADD', log, top .. '-0', 'j', job, 'b', body)
+  -- A log first written while its session waits for a stream takes the
+  -- session's expiry (the resume window), so it never outlives it.
+  local ttl = redis.call('PTTL', meta)
+  if ttl > 0 and redis.call('PTTL', log) == -1 then
+    redis.call('PEXPIRE', log, ttl)
+  end
   -- Retention: drop the oldest events until both caps hold; the newest
   -- event always stays.
   local new_floor = floor

@@ -3,7 +3,7 @@
 -- put      rec                          -> {'ok'} | {'exists'}
 -- acquire  token, ttl_ms, node, expiry_ms, member -> {'ok'} | {'notfound'} | {'held'}
 -- renew    token, ttl_ms, expiry_ms, member -> {'ok', cancel} | {'fenced'}
--- finish   token, status, member        -> {'ok'} | {'fenced'}
+-- finish   token, status, member, terminal, keep_ms -> {'ok'} | {'fenced'}
 -- cancel                                -> {'ok', owner} | {'notfound'}
 -- subscribe subscriber                  -> {'ok'} | {'notfound'}
 -- Leases are Redis keys with PX expiry (Redis's clock decides); `running`
@@ -28,7 +28,10 @@ if op == 'renew' or op == 'finish' then
   end
   redis.call('DEL', lease)
   redis.call('ZREM', running, ARGV[4])
-  redis.call('HSET', job, 'status', ARGV[3])
+  redis.call('HSET', job, 'status', ARGV[3], 'term', ARGV[5])
+  if tonumber(ARGV[6]) > 0 then
+    redis.call('PEXPIRE', job, ARGV[6])
+  end
   return {'ok'}
 end
 if redis.call('EXISTS', job) == 0 then
