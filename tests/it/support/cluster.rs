@@ -383,6 +383,8 @@ impl RawEvent {
 pub enum ReadEnd {
     /// The client cut the connection at its byte budget.
     Cut,
+    /// The client closed the connection after the event it waited for.
+    Stopped,
     /// The server ended the stream.
     Ended,
     /// Nothing arrived for the idle period; the stream is still open.
@@ -526,16 +528,24 @@ impl RawStream {
 
     /// Reads whole events until `budget` bytes of the body have arrived (the
     /// client then drops the connection mid-frame, as a network cut would),
+    /// an event satisfies `stop` (the client then drops the connection too),
     /// the server ends the stream, or nothing arrives for `idle`.
     pub async fn read_until_cut(
         &mut self,
         budget: usize,
         idle: Duration,
+        mut stop: impl FnMut(&RawEvent) -> bool,
     ) -> (Vec<RawEvent>, ReadEnd) {
         let mut events = Vec::new();
         loop {
             while let Some(frame) = self.take_frame() {
-                events.extend(frame);
+                let Some(event) = frame else { continue };
+                let done = stop(&event);
+                events.push(event);
+                if done {
+                    self.body = None;
+                    return (events, ReadEnd::Stopped);
+                }
             }
             let Some(body) = self.body.as_mut() else {
                 return (events, ReadEnd::Ended);
