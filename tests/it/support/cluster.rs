@@ -404,6 +404,8 @@ pub struct RawStream {
     pub bytes_read: usize,
     pub retry_lines: Vec<String>,
     pub welcome: Option<Welcome>,
+    /// Body bytes up to the end of the welcome.
+    pub welcome_bytes: Option<usize>,
     /// Unsequenced events other than the welcome (`session.closed`, …).
     pub unsequenced: Vec<(String, Value)>,
     pub comments: Vec<String>,
@@ -432,6 +434,7 @@ impl RawStream {
                 bytes_read: 0,
                 retry_lines: Vec::new(),
                 welcome: None,
+                welcome_bytes: None,
                 unsequenced: Vec::new(),
                 comments: Vec::new(),
             };
@@ -445,6 +448,7 @@ impl RawStream {
             bytes_read: 0,
             retry_lines: Vec::new(),
             welcome: None,
+            welcome_bytes: None,
             unsequenced: Vec::new(),
             comments: Vec::new(),
         }
@@ -599,7 +603,7 @@ impl RawStream {
         let raw: Vec<u8> = self.buffer.drain(..end + 2).collect();
         let text = std::str::from_utf8(&raw).expect("utf-8 stream");
         let (mut id, mut event, mut data) = (None, None, Vec::new());
-        for line in text.lines() {
+        for line in text.lines().filter(|line| !line.is_empty()) {
             if let Some(comment) = line.strip_prefix(':') {
                 self.comments.push(comment.trim().to_owned());
                 continue;
@@ -623,6 +627,7 @@ impl RawStream {
             if event == "session.welcome" {
                 assert!(self.welcome.is_none(), "a second welcome: {text}");
                 self.welcome = Some(Welcome::from_envelope(data));
+                self.welcome_bytes = Some(self.bytes_read - self.buffer.len());
             } else {
                 self.unsequenced.push((event, data));
             }
