@@ -85,6 +85,21 @@ pub struct RawArgs {
     #[arg(long, env = "ARCP_GATEWAY_DATA_DIR", help_heading = heading::STORAGE)]
     pub data_dir: Option<std::path::PathBuf>,
 
+    /// Cluster mode: keep sessions, logs and jobs in this Redis (e.g. redis://127.0.0.1:6379/0);
+    /// every node with the same URL, --secret and --token values is one gateway (docs/cluster.md).
+    #[arg(long, env = "ARCP_GATEWAY_REDIS_URL", hide_env_values = true, help_heading = heading::STORAGE)]
+    pub redis_url: Option<String>,
+
+    /// This node's name in a cluster, in logs and job ownership: letters, digits, `_`, `-`
+    /// (default: random).
+    #[arg(long, env = "ARCP_GATEWAY_NODE_ID", help_heading = heading::STORAGE)]
+    pub node_id: Option<String>,
+
+    /// Cluster mode: how long a job's lease lasts unless its node renews it; a lost node's jobs
+    /// end within about this plus a fifth of it.
+    #[arg(long, env = "ARCP_GATEWAY_JOB_LEASE_TTL_MS", default_value_t = 10_000, help_heading = heading::STORAGE)]
+    pub job_lease_ttl_ms: u64,
+
     /// A TOML file of external agents (commands or HTTP upstreams) to serve beside the built-in ones.
     #[arg(long = "agents", env = "ARCP_GATEWAY_AGENTS", help_heading = heading::AGENTS)]
     pub agents: Option<std::path::PathBuf>,
@@ -368,6 +383,8 @@ pub struct Config {
     pub max_stream_duration: Option<Duration>,
     /// `Some` selects the durable SQLite store.
     pub data_dir: Option<std::path::PathBuf>,
+    /// `Some` makes this gateway one node of a cluster on Redis.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// External agents from `--agents` (tests set them directly).
     pub agents: Vec<crate::agents_file::AgentDefinition>,
     /// Connection, head and body limits (docs/limits.md).
@@ -463,6 +480,7 @@ impl Config {
             trusted_proxies: Vec::new(),
             max_stream_duration: Some(Duration::from_secs(300)),
             data_dir: None,
+            cluster: None,
             agents: Vec::new(),
             connections: ConnectionLimits {
                 header_timeout: Duration::from_secs(10),
@@ -616,7 +634,8 @@ impl Config {
                 )))
             }
         };
-        config.data_dir = raw.data_dir;
+        config.data_dir = raw.data_dir.clone();
+        config.cluster = cluster_config(&raw, &config)?;
         if let Some(path) = &raw.agents {
             config.agents =
                 crate::agents_file::load(path).map_err(|error| ConfigError(error.to_string()))?;
@@ -781,6 +800,55 @@ fn parse_proxy(text: &str) -> Result<ipnet::IpNet, ConfigError> {
         })
 }
 
+/// Cluster mode's settings, checked: every node must verify what another
+/// signed and accept the same api tokens, so both must be explicit.
+fn cluster_config(
+    raw: &RawArgs,
+    config: &Config,
+) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
+    let Some(redis_url) = &raw.redis_url else {
+        return Ok(None);
+    };
+    if raw.secrets.is_empty() {
+        return Err(ConfigError(
+            crate::storage::ClusterConfigError::SecretRequired.to_string(),
+        ));
+    }
+    if config.generated_dev_token.is_some() {
+        return Err(ConfigError(
+            "cluster mode needs explicit --token values shared by every node (a generated dev \
+             token would differ from node to node)"
+                .into(),
+        ));
+    }
+    if config.data_dir.is_some() {
+        return Err(ConfigError(
+            "--data-dir and --redis-url exclude each other: in cluster mode Redis keeps the state"
+                .into(),
+        ));
+    }
+    let node_id = match &raw.node_id {
+        Some(node_id) => node_id.clone(),
+        None => format!("node-{:08x}", rand::random::<u32>()),
+    };
+    let valid = !node_id.is_empty()
+        && node_id.len() <= 64
+        && node_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid {
+        return Err(ConfigError(format!(
+            "--node-id must be 1 to 64 letters, digits, `_` or `-` (got {node_id:?})"
+        )));
+    }
+    let lease_ttl_ms = within("job-lease-ttl-ms", raw.job_lease_ttl_ms, 1_000, 600_000)?;
+    Ok(Some(crate::cluster::ClusterConfig {
+        redis_url: redis_url.clone(),
+        node_id,
+        lease_ttl: Duration::from_millis(lease_ttl_ms),
+    }))
+}
+
 fn generate_secret() -> Vec<u8> {
     rand::random::<[u8; 32]>().to_vec()
 }
@@ -874,6 +942,43 @@ mod tests {
         assert!(defaults.metrics_listen.is_none());
         assert!(Config::from_raw(raw(&["--log-format", "xml"])).is_err());
         assert!(Config::from_raw(raw(&["--metrics-listen", "localhost"])).is_err());
+    }
+
+    #[test]
+    fn cluster_mode_needs_an_explicit_secret_and_tokens() {
+        let base = [
+            "--redis-url",
+            "redis://127.0.0.1:6379/0",
+            "--token",
+            "alice:alice-token-1",
+            "--secret",
+            "0123456789abcdef0123",
+        ];
+        let config = Config::from_raw(raw(&base)).unwrap();
+        let cluster = config.cluster.expect("cluster mode");
+        assert!(cluster.node_id.starts_with("node-"));
+        assert_eq!(cluster.lease_ttl, Duration::from_secs(10));
+        let error = Config::from_raw(raw(&base[..4])).err().expect("no secret");
+        assert!(error.0.contains("--secret"), "{}", error.0);
+        let mut no_token = base.to_vec();
+        no_token.drain(2..4);
+        let error = Config::from_raw(raw(&no_token)).err().expect("no token");
+        assert!(error.0.contains("--token"), "{}", error.0);
+        for extra in [
+            &["--data-dir", "/tmp/x"][..],
+            &["--node-id", "no spaces"][..],
+            &["--node-id", ""][..],
+            &["--job-lease-ttl-ms", "10"][..],
+        ] {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            assert!(Config::from_raw(raw(&args)).is_err(), "{extra:?}");
+        }
+        let mut named = base.to_vec();
+        named.extend_from_slice(&["--node-id", "node_2-b", "--job-lease-ttl-ms", "3000"]);
+        let cluster = Config::from_raw(raw(&named)).unwrap().cluster.unwrap();
+        assert_eq!(cluster.node_id, "node_2-b");
+        assert_eq!(cluster.reaper_interval(), Duration::from_millis(600));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod agents_file;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod event_log;
@@ -52,6 +53,8 @@ pub enum ServeError {
     /// The data directory could not be opened, or holds something that is
     /// not ours (a clear start-up error, never a silent reset).
     Storage(String),
+    /// Cluster mode could not start: Redis unreachable or unfit.
+    Cluster(cluster::ClusterStartError),
 }
 
 impl std::fmt::Display for ServeError {
@@ -61,15 +64,16 @@ impl std::fmt::Display for ServeError {
                 formatter.write_str("at least one non-empty resume-token secret is required")
             }
             ServeError::Storage(message) => write!(formatter, "data directory: {message}"),
+            ServeError::Cluster(error) => write!(formatter, "cluster mode: {error}"),
         }
     }
 }
 
 impl std::error::Error for ServeError {}
 
-/// Builds the shared state for a configuration: in memory, or recovered from
-/// the data directory.
-pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
+/// Builds the shared state for a configuration: in memory, recovered from
+/// the data directory, or one node of a cluster on Redis.
+pub async fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
     let storage = |error: event_log::sqlite::StoreError| ServeError::Storage(error.to_string());
     if let (Some(data_dir), true) = (&config.data_dir, config.secret_was_generated) {
         config.secrets = vec![event_log::sqlite::load_or_create_secret(data_dir).map_err(storage)?];
@@ -110,6 +114,23 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
         }
     };
     let log: Arc<dyn EventLog> = memory;
+    let cluster = match &config.cluster {
+        None => None,
+        Some(cluster_config) => Some(
+            cluster::ClusterNode::start(
+                cluster_config.clone(),
+                storage::Retention {
+                    max_events: config.retention.max_events as u64,
+                    max_bytes: config.retention.max_bytes as u64,
+                },
+                config.resume_window,
+                http::sse::encode_job_event,
+                metrics.clone(),
+            )
+            .await
+            .map_err(ServeError::Cluster)?,
+        ),
+    };
     let state = Arc::new(AppState {
         api_tokens: ApiTokens::new(&config.api_tokens),
         token_keys,
@@ -122,6 +143,7 @@ pub fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError> {
         store,
         shutdown: CancellationToken::new(),
         metrics,
+        cluster,
         config,
     });
     if let Some(recovered) = recovered {
@@ -268,7 +290,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let state = build_state(config)?;
+    let state = build_state(config).await?;
     serve_state(state, listener, shutdown).await;
     Ok(())
 }
@@ -281,6 +303,9 @@ pub async fn serve_state(
     shutdown: impl Future<Output = ()>,
 ) {
     let sweeper = tokio::spawn(sweep_expired_sessions(state.clone()));
+    if let Some(node) = &state.cluster {
+        node.spawn_background(state.shutdown.clone());
+    }
     server::run(listener, state.clone(), shutdown).await;
     state.store.flush().wait().await;
     sweeper.abort();

@@ -73,7 +73,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         let data_dir = config.data_dir.clone();
         let dev_token = config.generated_dev_token.clone();
         // Opens (and recovers) the data directory before announcing anything.
-        let state = arcp_gateway::build_state(config)?;
+        let state = arcp_gateway::build_state(config).await?;
         println!("arcp-gateway listening on http://{address}");
         if let Some(metrics_listener) = metrics_listener {
             let metrics_address = metrics_listener

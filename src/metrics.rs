@@ -115,6 +115,7 @@ pub struct Metrics {
     jobs_accepted: Family<AgentLabel, Counter>,
     jobs_finished: Family<JobEndLabel, Counter>,
     idempotent_hits: Counter,
+    jobs_reaped: Counter,
     back_pressure_signals: Counter,
     events_appended: Counter,
     event_bytes_appended: Counter,
@@ -150,6 +151,7 @@ impl Metrics {
             jobs_accepted: Family::default(),
             jobs_finished: Family::default(),
             idempotent_hits: Counter::default(),
+            jobs_reaped: Counter::default(),
             back_pressure_signals: Counter::default(),
             events_appended: Counter::default(),
             event_bytes_appended: Counter::default(),
@@ -225,6 +227,11 @@ impl Metrics {
             "idempotent_hits",
             "Job submissions answered with an earlier job through their idempotency key",
             metrics.idempotent_hits.clone(),
+        );
+        r.register(
+            "jobs_reaped",
+            "Cluster mode: jobs this node ended because their node was lost (its lease lapsed)",
+            metrics.jobs_reaped.clone(),
         );
         r.register(
             "back_pressure_signals",
@@ -425,6 +432,10 @@ impl Metrics {
                 status: status.as_str(),
             })
             .inc();
+    }
+
+    pub fn jobs_reaped(&self, count: usize) {
+        self.jobs_reaped.inc_by(count as u64);
     }
 
     pub fn idempotent_hit(&self) {

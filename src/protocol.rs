@@ -213,6 +213,7 @@ pub fn job_envelope_head(
     message_type: &str,
     session_id: &SessionId,
     event_seq: EventSeq,
+    id: MessageId,
 ) {
     #[derive(Serialize)]
     struct Head<'a> {
@@ -225,7 +226,7 @@ pub fn job_envelope_head(
     }
     let head = Head {
         arcp: ARCP_VERSION,
-        id: MessageId::generate(),
+        id,
         message_type,
         session_id,
         event_seq,

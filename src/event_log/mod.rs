@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::ids::{EventSeq, JobId, Principal, SessionId};
+use crate::ids::{EventSeq, JobId, MessageId, Principal, SessionId};
 
 pub use memory::{LogSink, MemoryEventLog};
 
@@ -33,6 +33,10 @@ pub struct EventDraft {
     pub job_id: JobId,
     pub trace_id: Option<String>,
     pub payload: Value,
+    /// The envelope's `id`, when it was fixed before the event was stored
+    /// (cluster mode: a stored event reads back with the same id on every
+    /// node and every replay). `None`: a fresh id when the frame is encoded.
+    pub message_id: Option<MessageId>,
     /// The part of the envelope JSON that is the same in every session,
     /// serialized on first use. A job's event goes to its own session and to
     /// every subscribed one (§7.6), each with its own `session_id` and
@@ -52,8 +56,24 @@ impl EventDraft {
             job_id,
             trace_id,
             payload,
+            message_id: None,
             shared_envelope: OnceLock::new(),
         }
+    }
+
+    /// A draft whose shared envelope was serialized already (an event read
+    /// back from the cluster's shared log, `crate::cluster`). Its payload
+    /// is not kept: only the encoder's view (`shared_envelope`) is.
+    pub fn from_shared_envelope(
+        message_type: &'static str,
+        job_id: JobId,
+        message_id: MessageId,
+        shared: Bytes,
+    ) -> Self {
+        let mut draft = EventDraft::new(message_type, job_id, None, Value::Null);
+        draft.message_id = Some(message_id);
+        let _ = draft.shared_envelope.set(shared);
+        draft
     }
 
     /// The session-independent end of this event's envelope

@@ -3,9 +3,12 @@
 
 use hyper::StatusCode;
 
+use crate::cluster::jobs::CancelError;
 use crate::event_log::EventLogError;
 use crate::protocol::{ErrorCode, ErrorPayload};
 use crate::session::SessionError;
+use crate::state::OpError;
+use crate::storage::StorageError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApiError {
@@ -71,6 +74,9 @@ pub enum ApiError {
     TooManyConnectionsFromPeer {
         limit: usize,
     },
+    /// Cluster mode: the shared store (Redis) cannot be reached or did not
+    /// confirm a write; nothing was lost, the request may be retried.
+    StoreUnavailable(String),
 }
 
 impl ApiError {
@@ -99,7 +105,8 @@ impl ApiError {
             ApiError::HeadTimeout | ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyConnections
             | ApiError::RetainedBytesFull
-            | ApiError::BodiesInFlightFull => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::BodiesInFlightFull
+            | ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -120,7 +127,8 @@ impl ApiError {
             // INTERNAL_ERROR is always retryable.
             ApiError::TooManyConnections
             | ApiError::RetainedBytesFull
-            | ApiError::BodiesInFlightFull => ErrorCode::InternalError,
+            | ApiError::BodiesInFlightFull
+            | ApiError::StoreUnavailable(_) => ErrorCode::InternalError,
             ApiError::ResumeWindowExpired(_) => ErrorCode::ResumeWindowExpired,
             ApiError::InvalidRequest(_)
             | ApiError::BodyTooLarge { .. }
@@ -192,6 +200,9 @@ impl ApiError {
             ApiError::TooManyConnectionsFromPeer { limit } => {
                 format!("this client address already holds {limit} connections; close some first")
             }
+            ApiError::StoreUnavailable(reason) => {
+                format!("the gateway's shared store is unavailable ({reason}); retry shortly")
+            }
         }
     }
 
@@ -248,6 +259,60 @@ pub fn cursor_error(error: EventLogError) -> ApiError {
         )),
         EventLogError::UnknownSession | EventLogError::SessionExists => {
             ApiError::ResumeWindowExpired("the session's event log is gone".into())
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::Gone(reason) => ApiError::ResumeWindowExpired(format!(
+                "{reason}: cannot resume without a gap"
+            )),
+            // The store holds fewer events than the client has seen: it lost
+            // writes (a restart without its AOF tail, a failover). Never a
+            // silent gap (§6.3).
+            StorageError::RolledBack { cursor, newest } => ApiError::ResumeWindowExpired(format!(
+                "the gateway's store holds events up to {newest} only, below the cursor {cursor}: history was lost"
+            )),
+            StorageError::GenerationSuperseded => SessionError::GenerationSuperseded.into(),
+            StorageError::SessionClosed => SessionError::Closed.into(),
+            StorageError::NotFound => ApiError::JobNotFound,
+            StorageError::InvalidId => ApiError::InvalidRequest("malformed identifier".into()),
+            StorageError::Unavailable(reason) | StorageError::Indeterminate(reason) => {
+                ApiError::StoreUnavailable(reason)
+            }
+            StorageError::WriterStopped => ApiError::StoreUnavailable("writer stopped".into()),
+            // Cannot reach a request (jobs' own writes), but never a 500.
+            StorageError::Exists
+            | StorageError::Fenced
+            | StorageError::LeaseHeld
+            | StorageError::JobClosed { .. }
+            | StorageError::Corrupt(_) => ApiError::StoreUnavailable(error.to_string()),
+        }
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(error: OpError) -> Self {
+        match error {
+            OpError::Session(error) => error.into(),
+            OpError::Log(error) => cursor_error(error),
+            OpError::Storage(error) => error.into(),
+        }
+    }
+}
+
+impl From<CancelError> for ApiError {
+    fn from(error: CancelError) -> Self {
+        match error {
+            CancelError::Storage(error) => error.into(),
+            CancelError::NotSubmitter => {
+                ApiError::PermissionDenied("only the submitting session may cancel a job".into())
+            }
+            CancelError::Finished(status) => ApiError::JobAlreadyTerminal {
+                status: status.as_str(),
+            },
         }
     }
 }

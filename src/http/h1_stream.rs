@@ -137,7 +137,7 @@ pub async fn serve(
             let head = encode_head(&opened.head, framing);
             stream.write_all(&head).await.ok()?;
             drop(head);
-            let events = EventStream::open(opened.plan);
+            let events = EventStream::open(opened.plan).await;
             let ended_cleanly = write_stream(&mut stream, events, chunked).await;
             (ended_cleanly && keep_alive).then_some(stream)
         }

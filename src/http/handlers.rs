@@ -22,15 +22,16 @@ use super::credentials::{
 use super::error::{cursor_error, ApiError};
 use super::sse::{encode_retry, encode_unsequenced_event, jittered, open_stream, StreamPlan};
 use crate::auth::ResumeClaims;
-use crate::config::SubscribePolicy;
+use crate::cluster::jobs::CancelError;
 use crate::event_log::EventLogError;
 use crate::ids::{EventSeq, JobId, Principal, SessionId};
 use crate::jobs::agents::AgentResolveError;
-use crate::jobs::{runner, Job, JobLimits, JobSpec, Registration};
+use crate::jobs::{Job, JobLimits, JobSpec};
 use crate::metrics::Transport;
 use crate::protocol::{format_rfc3339, now_rfc3339, parse_utc_timestamp, Envelope};
-use crate::session::{Session, SessionError, StreamId};
-use crate::state::{AppState, RUNTIME_FEATURES};
+use crate::session::{Session, SessionError, StreamId, Welcome};
+use crate::state::{Accepted, AppState, JobView, SubmitError};
+use crate::storage::StorageError;
 
 /// The longest accepted `max_runtime_sec`: one week.
 const MAX_RUNTIME_SEC: u64 = 7 * 24 * 3600;
@@ -226,22 +227,21 @@ pub async fn create_session(
             authenticate_api_token(state, parts, payload_token)?
         }
     };
-    let session = open_session(state, principal, hello.capabilities.unwrap_or_default())?;
-    let generation = session.welcome_new().generation;
-    state.persist_session(&session).await;
-    let (envelope, token) = welcome(state, &session, generation, 0);
+    let (session, issued) =
+        open_session(state, principal, hello.capabilities.unwrap_or_default()).await?;
+    let (envelope, token) = welcome(state, &session, issued.generation, 0);
     let response = json_response(StatusCode::CREATED, &envelope);
     Ok(with_cookie(response, state, parts, &session.id, &token))
 }
 
 /// A new session for an authenticated principal (§6.2), whatever the
 /// binding: negotiates features, enforces the per-principal cap, creates
-/// its log. The caller issues the first welcome.
-pub(super) fn open_session(
+/// its log and issues its first generation.
+pub(super) async fn open_session(
     state: &AppState,
     principal: Principal,
     capabilities: HelloCapabilities,
-) -> Result<Arc<Session>, ApiError> {
+) -> Result<(Arc<Session>, Welcome), ApiError> {
     if let Some(encodings) = &capabilities.encodings {
         if !encodings.iter().any(|encoding| encoding == "json") {
             return Err(ApiError::InvalidRequest(
@@ -251,7 +251,8 @@ pub(super) fn open_session(
     }
     // §6.2: the effective set is the intersection. A client that lists no
     // features (curl) gets every runtime feature.
-    let features: Vec<String> = RUNTIME_FEATURES
+    let features: Vec<String> = state
+        .runtime_features()
         .iter()
         .filter(|feature| {
             capabilities
@@ -267,20 +268,10 @@ pub(super) fn open_session(
             limit: state.config.max_sessions_per_principal,
         });
     }
-    let session = Arc::new(Session::new(
-        SessionId::generate(),
-        principal,
-        features,
-        now_rfc3339(),
-    ));
-    state
-        .log
-        .create_owned(&session.id, &session.principal)
-        .map_err(|_| ApiError::InvalidRequest("session id collision; retry".into()))?;
-    state.sessions.insert(session.clone());
+    let (session, issued) = state.create_session(principal, features).await?;
     state.metrics.session_created();
     tracing::info!(session = %session.id, principal = %session.principal, "session created");
-    Ok(session)
+    Ok((session, issued))
 }
 
 #[derive(Deserialize)]
@@ -295,13 +286,13 @@ struct ResumePayload {
 /// Looks a session up for a caller; a session of another principal is
 /// refused, and a signed token for a session that is gone means its window
 /// passed.
-pub(super) fn session_for(
+pub(super) async fn session_for(
     state: &AppState,
     caller: &Caller,
     session_id: &SessionId,
     reattach: bool,
 ) -> Result<Arc<Session>, ApiError> {
-    let Some(session) = state.sessions.get(session_id) else {
+    let Some(session) = state.find_session(session_id).await? else {
         if caller.resume.is_some() {
             return Err(ApiError::ResumeWindowExpired(
                 "the session's resume window has passed".into(),
@@ -327,12 +318,12 @@ pub(super) fn session_for(
 }
 
 /// Checks a client's cursor against the session's log.
-pub(super) fn check_cursor(
+pub(super) async fn check_cursor(
     state: &AppState,
     session_id: &SessionId,
     cursor: EventSeq,
 ) -> Result<EventSeq, ApiError> {
-    let bounds = state.log.bounds(session_id).map_err(cursor_error)?;
+    let bounds = state.log_bounds(session_id).await?;
     if cursor < bounds.floor {
         return Err(cursor_error(EventLogError::CursorEvicted {
             floor: bounds.floor,
@@ -390,16 +381,13 @@ pub async fn resume_session(
         principal: claims.principal.clone(),
         resume: Some(claims),
     };
-    let session = session_for(state, &caller, &session_id, true)?;
+    let session = session_for(state, &caller, &session_id, true).await?;
     let newest = match resume.last_event_seq {
-        Some(cursor) => check_cursor(state, &session_id, cursor)?,
-        None => state.log.bounds(&session_id).map_err(cursor_error)?.newest,
+        Some(cursor) => check_cursor(state, &session_id, cursor).await?,
+        None => state.log_bounds(&session_id).await?.newest,
     };
     let presented = caller.resume.as_ref().map(|claims| claims.generation);
-    let generation = session
-        .resume(presented, state.config.resume_window)?
-        .generation;
-    state.persist_session(&session).await;
+    let generation = state.resume_session(&session, presented).await?.generation;
     let (envelope, token) = welcome(state, &session, generation, newest);
     tracing::info!(session = %session.id, "session resumed");
     Ok(with_cookie(
@@ -444,7 +432,7 @@ pub async fn session_events(
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let opened = open_event_stream(state, parts, session_id).await?;
-    let body = http_body_util::BodyExt::boxed(open_stream(opened.plan));
+    let body = http_body_util::BodyExt::boxed(open_stream(opened.plan).await);
     Ok(opened.head.map(|()| body))
 }
 
@@ -475,7 +463,7 @@ pub async fn open_event_stream(
     ));
     let token = attached.resume_token;
     let plan = StreamPlan {
-        log: state.log.clone(),
+        log: state.log_reader(),
         session: attached.session,
         stream_id: attached.stream_id,
         cursor: attached.cursor,
@@ -524,21 +512,19 @@ pub(super) async fn attach_stream(
     session_id: &SessionId,
     requested: Option<EventSeq>,
 ) -> Result<AttachedStream, ApiError> {
-    let session = session_for(state, caller, session_id, true)?;
+    let session = session_for(state, caller, session_id, true).await?;
     let cursor = match requested {
         Some(cursor) => {
-            check_cursor(state, session_id, cursor)?;
+            check_cursor(state, session_id, cursor).await?;
             cursor
         }
-        None => state.log.bounds(session_id).map_err(cursor_error)?.floor,
+        None => state.log_bounds(session_id).await?.floor,
     };
     let presented = caller.resume.as_ref().map(|claims| claims.generation);
-    let (stream_id, welcome_issued) =
-        session.attach_stream(presented, state.config.resume_window)?;
-    state.persist_session(&session).await;
+    let (stream_id, welcome_issued) = state.attach_stream(&session, presented).await?;
     let newest = state
-        .log
-        .bounds(session_id)
+        .log_bounds(session_id)
+        .await
         .map(|b| b.newest)
         .unwrap_or(cursor);
     let (envelope, token) = welcome(state, &session, welcome_issued.generation, newest);
@@ -706,7 +692,7 @@ pub async fn submit_job(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
-    let session = session_for(state, &caller, session_id, false)?;
+    let session = session_for(state, &caller, session_id, false).await?;
     let (submit, envelope_trace_id): (JobSubmitPayload, _) =
         read_payload(state, body, "job.submit").await?;
     let trace_id = match trace_id_from_traceparent(parts) {
@@ -715,9 +701,9 @@ pub async fn submit_job(
     };
     let job = accept_job(state, &session, submit, trace_id).await?;
     // An idempotent repeat answers for the session that submitted the job.
-    let mut envelope = Envelope::new("job.accepted", &job.spec.session_id, &job.accepted_payload);
-    envelope.job_id = Some(&job.spec.id);
-    envelope.trace_id = Some(&job.spec.trace_id);
+    let mut envelope = Envelope::new("job.accepted", &job.session_id, &job.payload);
+    envelope.job_id = Some(&job.job_id);
+    envelope.trace_id = Some(&job.trace_id);
     Ok(json_response(StatusCode::ACCEPTED, &envelope))
 }
 
@@ -748,7 +734,7 @@ pub(super) async fn accept_job(
     session: &Arc<Session>,
     submit: JobSubmitPayload,
     trace_id: Option<String>,
-) -> Result<Arc<Job>, ApiError> {
+) -> Result<Accepted, ApiError> {
     let resolved = state.agents.resolve(&submit.agent).map_err(agent_error)?;
     resolved
         .agent
@@ -837,49 +823,30 @@ pub(super) async fn accept_job(
     };
     // A resubmission with a known key answers with the earlier job (or 409)
     // whatever the budgets: a client retrying a lost 202 must learn of it.
-    let known_key = submit
-        .idempotency_key
-        .as_deref()
-        .is_some_and(|key| state.jobs.has_key(&session.principal, key));
-    if !known_key {
-        admit_retention(state, &session.principal)?;
+    let principal = session.principal.clone();
+    if !state.repeats_known_key(&principal, submit.idempotency_key.as_deref()) {
+        admit_retention(state, &principal)?;
     }
-    let job = match state.jobs.register(
-        Job::new(
-            spec,
-            session.clone(),
-            state.log.clone(),
-            state.store.clone(),
-            state.metrics.clone(),
-        ),
-        state.config.max_jobs_per_session,
-        state.config.max_running_jobs_per_principal,
-    ) {
-        Registration::Accepted(job) => {
-            // Durable before the client hears "accepted" (nothing lost).
-            job.persist().wait().await;
-            runner::start(job.clone(), resolved.agent);
-            state.metrics.job_accepted(&job.spec.agent);
-            tracing::info!(session = %session.id, job = %job.spec.id, agent = %job.spec.agent, "job accepted");
-            job
-        }
-        Registration::Repeated(job) => {
-            state.metrics.idempotent_hit();
-            job
-        }
-        Registration::ConflictingKey => return Err(ApiError::DuplicateKey),
-        Registration::SessionFull => {
-            return Err(ApiError::TooManyJobs {
+    let accepted = state
+        .submit_job(spec, session, resolved.agent)
+        .await
+        .map_err(|error| match error {
+            SubmitError::ConflictingKey => ApiError::DuplicateKey,
+            SubmitError::SessionFull => ApiError::TooManyJobs {
                 limit: state.config.max_jobs_per_session,
-            })
-        }
-        Registration::PrincipalBusy => {
-            return Err(ApiError::TooManyRunningJobs {
+            },
+            SubmitError::PrincipalBusy => ApiError::TooManyRunningJobs {
                 limit: state.config.max_running_jobs_per_principal,
-            })
-        }
-    };
-    Ok(job)
+            },
+            SubmitError::Storage(error) => error.into(),
+        })?;
+    if accepted.fresh {
+        state.metrics.job_accepted(&resolved.qualified_name);
+        tracing::info!(session = %session.id, job = %accepted.job_id, agent = %resolved.qualified_name, "job accepted");
+    } else {
+        state.metrics.idempotent_hit();
+    }
+    Ok(accepted)
 }
 
 /// Refuses new work while the retained-event budgets are (7/8) used up: the
@@ -904,24 +871,26 @@ fn admit_retention(state: &AppState, principal: &Principal) -> Result<(), ApiErr
     Ok(())
 }
 
-/// Whether `principal` may observe `job` (§6.6, §14): its submitter always;
-/// others only when the deployment broadened the policy.
+/// Whether `principal` may observe `job` (§6.6, §14).
 pub(super) fn may_observe(state: &AppState, principal: &Principal, job: &Job) -> bool {
-    &job.spec.principal == principal
-        || state.config.subscribe_policy == SubscribePolicy::AnyPrincipal
+    state.may_observe(principal, job)
 }
 
 /// A job the caller's principal may observe; anything else is "not found",
 /// so other principals' jobs do not leak (§6.6).
-fn visible_job(state: &AppState, caller: &Caller, job_id: &JobId) -> Result<Arc<Job>, ApiError> {
-    match state.jobs.get(job_id) {
-        Some(job) if may_observe(state, &caller.principal, &job) => Ok(job),
-        _ => Err(ApiError::JobNotFound),
-    }
+async fn visible_job(
+    state: &AppState,
+    caller: &Caller,
+    job_id: &JobId,
+) -> Result<JobView, ApiError> {
+    state
+        .job_view(&caller.principal, job_id)
+        .await?
+        .ok_or(ApiError::JobNotFound)
 }
 
 /// `GET /v1/sessions/{id}/jobs/{job_id}`.
-pub fn get_job(
+pub async fn get_job(
     state: &AppState,
     parts: &Parts,
     session_id: &SessionId,
@@ -929,19 +898,19 @@ pub fn get_job(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
-    let session = session_for(state, &caller, session_id, false)?;
-    let job = visible_job(state, &caller, job_id)?;
-    let mut payload = job.descriptor();
-    payload["submitted_by_this_session"] = json!(job.spec.session_id == session.id);
-    payload["terminal"] = job.snapshot().terminal_payload.unwrap_or(Value::Null);
+    let session = session_for(state, &caller, session_id, false).await?;
+    let job = visible_job(state, &caller, job_id).await?;
+    let mut payload = job.descriptor;
+    payload["submitted_by_this_session"] = json!(job.session_id == session.id);
+    payload["terminal"] = job.terminal.unwrap_or(Value::Null);
     let mut envelope = Envelope::new("job.status", &session.id, &payload);
-    envelope.job_id = Some(&job.spec.id);
-    envelope.trace_id = Some(&job.spec.trace_id);
+    envelope.job_id = Some(&job.job_id);
+    envelope.trace_id = Some(&job.trace_id);
     Ok(json_response(StatusCode::OK, &envelope))
 }
 
 /// `POST /v1/sessions/{id}/jobs/{job_id}/cancel`: `job.cancel` (§7.4).
-pub fn cancel_job(
+pub async fn cancel_job(
     state: &AppState,
     parts: &Parts,
     session_id: &SessionId,
@@ -949,33 +918,30 @@ pub fn cancel_job(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
-    let session = session_for(state, &caller, session_id, false)?;
-    let job = cancel_in_session(state, &caller, &session, job_id)?;
-    let payload = json!({ "job_id": job.spec.id });
+    let session = session_for(state, &caller, session_id, false).await?;
+    let job = cancel_in_session(state, &caller, &session, job_id).await?;
+    let payload = json!({ "job_id": job.job_id });
     let mut envelope = Envelope::new("job.cancelled", &session.id, &payload);
-    envelope.job_id = Some(&job.spec.id);
+    envelope.job_id = Some(&job.job_id);
     Ok(json_response(StatusCode::OK, &envelope))
 }
 
 /// `job.cancel` (§7.4), whatever the binding: only the submitting session
 /// may cancel, and only a job that has not ended. The caller answers with
 /// `job.cancelled`; the job's terminal goes through the log.
-pub(super) fn cancel_in_session(
+pub(super) async fn cancel_in_session(
     state: &AppState,
     caller: &Caller,
     session: &Session,
     job_id: &JobId,
-) -> Result<Arc<Job>, ApiError> {
-    let job = visible_job(state, caller, job_id)?;
-    if job.spec.session_id != session.id {
-        return Err(ApiError::PermissionDenied(
-            "only the submitting session may cancel a job".into(),
-        ));
-    }
-    job.cancel()
-        .map_err(|finished| ApiError::JobAlreadyTerminal {
-            status: finished.0.as_str(),
+) -> Result<JobView, ApiError> {
+    let job = state
+        .cancel_job(&caller.principal, session, job_id)
+        .await
+        .map_err(|error| match error {
+            CancelError::Storage(StorageError::NotFound) => ApiError::JobNotFound,
+            other => other.into(),
         })?;
-    tracing::info!(session = %session.id, job = %job.spec.id, "job cancelled");
+    tracing::info!(session = %session.id, job = %job.job_id, "job cancelled");
     Ok(job)
 }

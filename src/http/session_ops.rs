@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::body::{empty_response, json_response, ResponseBody};
 use super::credentials::{authenticate_for_session, Caller, Query};
-use super::error::{cursor_error, ApiError};
+use super::error::ApiError;
 use super::handlers::{may_observe, read_payload, session_for};
 use crate::ids::{EventSeq, JobId, SessionId};
 use crate::jobs::{ListFilter, SubscribeError};
@@ -25,7 +25,7 @@ const DEFAULT_LIST_LIMIT: usize = 100;
 
 /// Authenticates the caller and loads the session for a plain request;
 /// with `feature`, the session must have negotiated it (§6.2).
-fn caller_and_session(
+async fn caller_and_session(
     state: &AppState,
     parts: &Parts,
     session_id: &SessionId,
@@ -33,7 +33,7 @@ fn caller_and_session(
 ) -> Result<(Caller, Arc<Session>), ApiError> {
     let query = Query::parse(parts.uri.query());
     let caller = authenticate_for_session(state, parts, &query, session_id)?;
-    let session = session_for(state, &caller, session_id, false)?;
+    let session = session_for(state, &caller, session_id, false).await?;
     if let Some(feature) = feature {
         require_feature(&session, feature)?;
     }
@@ -73,9 +73,9 @@ pub async fn ack(
     body: Incoming,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (_, session) = caller_and_session(state, parts, session_id, Some("ack"))?;
+    let (_, session) = caller_and_session(state, parts, session_id, Some("ack")).await?;
     let (ack, _): (AckPayload, _) = read_payload(state, body, "session.ack").await?;
-    let payload = acknowledge(state, &session, ack.last_processed_seq)?;
+    let payload = acknowledge(state, &session, ack.last_processed_seq).await?;
     Ok(envelope_response(
         StatusCode::OK,
         "session.acked",
@@ -86,31 +86,22 @@ pub async fn ack(
 
 /// `session.ack` (§6.5), whatever the binding: records the high-water mark
 /// and frees the log up to it. Returns the `session.acked` payload.
-pub(super) fn acknowledge(
+pub(super) async fn acknowledge(
     state: &AppState,
     session: &Session,
     last_processed_seq: EventSeq,
 ) -> Result<Value, ApiError> {
     require_feature(session, "ack")?;
-    let ack = AckPayload { last_processed_seq };
-    let session_id = &session.id;
-    let bounds = state.log.bounds(session_id).map_err(cursor_error)?;
-    if ack.last_processed_seq > bounds.newest {
+    let bounds = state.log_bounds(&session.id).await?;
+    if last_processed_seq > bounds.newest {
         return Err(ApiError::InvalidRequest(format!(
-            "last_processed_seq {} is beyond the newest event_seq ({})",
-            ack.last_processed_seq, bounds.newest
+            "last_processed_seq {last_processed_seq} is beyond the newest event_seq ({})",
+            bounds.newest
         )));
     }
-    let acked = session.acknowledge(
-        ack.last_processed_seq,
-        state.config.back_pressure_lag_events,
-        bounds.newest,
-    );
-    let _ = state.store.save_session(&session.id, session.record());
-    let bounds = state
-        .log
-        .release_through(session_id, acked)
-        .map_err(cursor_error)?;
+    let (acked, bounds) = state
+        .acknowledge(session, last_processed_seq, bounds.newest)
+        .await?;
     Ok(json!({ "last_processed_seq": acked, "floor": bounds.floor, "newest": bounds.newest }))
 }
 
@@ -128,7 +119,7 @@ pub async fn ping(
     body: Incoming,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (_, session) = caller_and_session(state, parts, session_id, Some("heartbeat"))?;
+    let (_, session) = caller_and_session(state, parts, session_id, Some("heartbeat")).await?;
     let (ping, _): (PingPayload, _) = read_payload(state, body, "session.ping").await?;
     session.heard_from_client();
     let payload = json!({ "ping_nonce": ping.nonce, "received_at": now_rfc3339() });
@@ -153,7 +144,7 @@ pub async fn pong(
     body: Incoming,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (_, session) = caller_and_session(state, parts, session_id, Some("heartbeat"))?;
+    let (_, session) = caller_and_session(state, parts, session_id, Some("heartbeat")).await?;
     let (pong, _): (PongPayload, _) = read_payload(state, body, "session.pong").await?;
     if pong.ping_nonce.is_empty() || pong.ping_nonce.len() > 128 {
         return Err(ApiError::InvalidRequest(
@@ -167,15 +158,14 @@ pub async fn pong(
 /// `DELETE /v1/sessions/{id}`: `session.close` -> `session.closed` (§6.7).
 /// The stream ends; jobs keep running; a resume token reopens the session
 /// until the resume window passes.
-pub fn close_session(
+pub async fn close_session(
     state: &AppState,
     parts: &Parts,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (_, session) = caller_and_session(state, parts, session_id, None)?;
-    session.close();
+    let (_, session) = caller_and_session(state, parts, session_id, None).await?;
+    state.close_session(&session).await?;
     state.metrics.session_closed_by_client();
-    let _ = state.store.save_session(&session.id, session.record());
     tracing::info!(session = %session.id, "session closed by its client");
     let payload = json!({ "closed_at": now_rfc3339(), "resume_window_sec": state.config.resume_window.as_secs() });
     Ok(envelope_response(
@@ -235,14 +225,14 @@ fn list_parameters(query: Option<&str>) -> Result<(ListFilter, usize, u64), ApiE
 /// `GET /v1/sessions/{id}/jobs`: `session.list_jobs` -> `session.jobs`
 /// (§6.6). Only jobs the principal may observe; never another principal's
 /// under the default policy, so their existence does not leak.
-pub fn list_jobs(
+pub async fn list_jobs(
     state: &AppState,
     parts: &Parts,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (caller, session) = caller_and_session(state, parts, session_id, Some("list_jobs"))?;
+    let (caller, session) = caller_and_session(state, parts, session_id, Some("list_jobs")).await?;
     let (filter, limit, cursor) = list_parameters(parts.uri.query())?;
-    let payload = list_page(state, &caller, &filter, limit, cursor);
+    let payload = list_page(state, &caller, &filter, limit, cursor).await?;
     Ok(envelope_response(
         StatusCode::OK,
         "session.jobs",
@@ -253,22 +243,18 @@ pub fn list_jobs(
 
 /// One page of `session.jobs` (§6.6), whatever the binding: only jobs the
 /// caller's principal may observe.
-pub(super) fn list_page(
+pub(super) async fn list_page(
     state: &AppState,
     caller: &Caller,
     filter: &ListFilter,
     limit: usize,
     cursor: u64,
-) -> Value {
-    let page = state.jobs.list(
-        |job| may_observe(state, &caller.principal, job),
-        filter,
-        cursor,
-        limit,
-    );
-    let jobs: Vec<Value> = page.jobs.iter().map(|job| job.descriptor()).collect();
-    let next_cursor = page.next_cursor.map(|index| format!("c{index}"));
-    json!({ "jobs": jobs, "next_cursor": next_cursor })
+) -> Result<Value, ApiError> {
+    let (jobs, next_cursor) = state
+        .list_jobs(&caller.principal, filter, cursor, limit)
+        .await?;
+    let next_cursor = next_cursor.map(|index| format!("c{index}"));
+    Ok(json!({ "jobs": jobs, "next_cursor": next_cursor }))
 }
 
 #[derive(Deserialize)]
@@ -291,7 +277,7 @@ pub async fn subscribe(
     body: Incoming,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (caller, session) = caller_and_session(state, parts, session_id, Some("subscribe"))?;
+    let (caller, session) = caller_and_session(state, parts, session_id, Some("subscribe")).await?;
     let (request, _): (SubscribePayload, _) = read_payload(state, body, "job.subscribe").await?;
     let (job, payload) = subscribe_session(state, &caller, &session, request).await?;
     let mut envelope = Envelope::new("job.subscribed", &session.id, &payload);
@@ -335,8 +321,8 @@ pub(super) async fn subscribe_session(
         (true, Some(from)) => Some(from),
         (true, None) => Some(
             state
-                .log
-                .bounds(&job.spec.session_id)
+                .log_bounds(&job.spec.session_id)
+                .await
                 .map(|bounds| bounds.floor)
                 .unwrap_or(0),
         ),
@@ -363,14 +349,14 @@ pub(super) async fn subscribe_session(
 }
 
 /// `DELETE /v1/sessions/{id}/subscriptions/{job_id}`: `job.unsubscribe`.
-pub fn unsubscribe(
+pub async fn unsubscribe(
     state: &AppState,
     parts: &Parts,
     session_id: &SessionId,
     job_id: &JobId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (_, session) = caller_and_session(state, parts, session_id, Some("subscribe"))?;
-    unsubscribe_session(state, &session, job_id)?;
+    let (_, session) = caller_and_session(state, parts, session_id, Some("subscribe")).await?;
+    unsubscribe_session(state, &session, job_id).await?;
     let payload = json!({ "job_id": job_id });
     Ok(envelope_response(
         StatusCode::OK,
@@ -381,7 +367,7 @@ pub fn unsubscribe(
 }
 
 /// `job.unsubscribe`, whatever the binding.
-pub(super) fn unsubscribe_session(
+pub(super) async fn unsubscribe_session(
     state: &AppState,
     session: &Session,
     job_id: &JobId,
@@ -393,20 +379,20 @@ pub(super) fn unsubscribe_session(
     if let Some(job) = state.jobs.get(job_id) {
         job.unsubscribe(&session.id);
     }
-    let _ = state.store.save_session(&session.id, session.record());
+    state.persist_session(session).await;
     Ok(())
 }
 
 /// `GET /v1/sessions/{id}`: the session's state, so a browser whose stream
 /// closed can ask why (410 `RESUME_WINDOW_EXPIRED`, 401, …) with the same
 /// credentials its `EventSource` used, the path-scoped cookie included.
-pub fn session_status(
+pub async fn session_status(
     state: &AppState,
     parts: &Parts,
     session_id: &SessionId,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (_, session) = caller_and_session(state, parts, session_id, None)?;
-    let bounds = state.log.bounds(session_id).map_err(cursor_error)?;
+    let (_, session) = caller_and_session(state, parts, session_id, None).await?;
+    let bounds = state.log_bounds(session_id).await?;
     let payload = json!({
         "principal": session.principal,
         "created_at": session.created_at,

@@ -24,11 +24,13 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::event_log::{EncodedFrame, EventDraft, EventLog, EventLogError, LogEntry, ReadLimit};
+use crate::event_log::{EncodedFrame, EventDraft, LogEntry, ReadLimit};
 use crate::ids::{EventSeq, SessionId};
 use crate::metrics::{Metrics, OpenGuard, StreamEnd, Transport};
 use crate::protocol::{job_envelope_head, Envelope};
 use crate::session::{Session, StreamId};
+use crate::state::{LogReader, OpError};
+use crate::storage::StorageError;
 
 /// A keepalive comment (§6.4 heartbeats are not events and use no seq).
 pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
@@ -64,7 +66,11 @@ pub fn encode_job_event(session_id: &SessionId, seq: EventSeq, draft: &EventDraf
     // Writing to a `Vec` cannot fail.
     let _ = write!(frame, "id: {seq}\nevent: {}\ndata: ", draft.message_type);
     let start = frame.len();
-    job_envelope_head(&mut frame, draft.message_type, session_id, seq);
+    let id = draft
+        .message_id
+        .clone()
+        .unwrap_or_else(crate::ids::MessageId::generate);
+    job_envelope_head(&mut frame, draft.message_type, session_id, seq, id);
     frame.extend_from_slice(shared);
     let envelope = start..frame.len();
     frame.extend_from_slice(b"\n\n");
@@ -93,7 +99,7 @@ pub fn encode_retry(retry: Duration) -> Bytes {
 
 /// Everything a stream needs to start.
 pub struct StreamPlan {
-    pub log: Arc<dyn EventLog>,
+    pub log: LogReader,
     pub session: Arc<Session>,
     pub stream_id: StreamId,
     /// Replay starts after this sequence number.
@@ -125,6 +131,8 @@ pub enum Stop {
     Shutdown,
     LogGone,
     MaxDuration,
+    /// Cluster mode: the shared store could not be read.
+    StoreUnavailable,
 }
 
 impl Stop {
@@ -135,6 +143,7 @@ impl Stop {
             Stop::Shutdown => StreamEnd::Shutdown,
             Stop::LogGone => StreamEnd::SlowClient,
             Stop::MaxDuration => StreamEnd::MaxDuration,
+            Stop::StoreUnavailable => StreamEnd::StoreUnavailable,
         }
     }
 
@@ -145,6 +154,7 @@ impl Stop {
             Stop::Shutdown => "gateway shutting down",
             Stop::LogGone => "log no longer covers the stream",
             Stop::MaxDuration => "maximum stream duration reached",
+            Stop::StoreUnavailable => "the shared store is unavailable",
         }
     }
 }
@@ -179,7 +189,7 @@ pub enum Next {
 /// an interruption or a failed write call [`EventStream::end`]; write a
 /// `Farewell` with a timeout; stop at `End`.
 pub struct EventStream {
-    log: Arc<dyn EventLog>,
+    log: LogReader,
     session: Arc<Session>,
     stream_id: StreamId,
     cursor: EventSeq,
@@ -206,13 +216,13 @@ impl EventStream {
     /// Opens the stream. The welcome and the first chunk of replay are read
     /// here, in the request's own task, so they leave with the response
     /// head (time to first event).
-    pub fn open(plan: StreamPlan) -> EventStream {
-        let (mut stream, prelude) = EventStream::attach(plan);
+    pub async fn open(plan: StreamPlan) -> EventStream {
+        let (mut stream, prelude) = EventStream::attach(plan).await;
         let mut initial = BytesMut::from(&prelude[..]);
-        if let Ok(Some((last, chunk))) =
-            stream
-                .log
-                .read_chunk_after(&stream.session.id, stream.cursor, FIRST_READ_LIMIT)
+        if let Ok(Some((last, chunk))) = stream
+            .log
+            .read_chunk_after(&stream.session.id, stream.cursor, FIRST_READ_LIMIT)
+            .await
         {
             initial.extend_from_slice(&chunk);
             count_events(&stream.metrics, stream.replay_until, stream.cursor, last);
@@ -225,13 +235,14 @@ impl EventStream {
     /// The stream's state at `plan.cursor`, counted as open, with nothing
     /// read yet (what both kinds of reader start from), and the plan's
     /// prelude.
-    fn attach(plan: StreamPlan) -> (EventStream, Bytes) {
+    async fn attach(plan: StreamPlan) -> (EventStream, Bytes) {
         let open = plan.metrics.stream_opened(plan.transport);
         let replay_until = plan
             .log
             .bounds(&plan.session.id)
+            .await
             .map_or(plan.cursor, |bounds| bounds.newest);
-        let newest = plan.log.watch_newest(&plan.session.id).ok();
+        let newest = plan.log.watch(&plan.session.id).await;
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -298,12 +309,19 @@ impl EventStream {
     }
 
     async fn wait_for_chunk(&mut self) -> Result<Bytes, Stop> {
-        let read = |log: &dyn EventLog, session_id: &SessionId, cursor: EventSeq| {
-            log.read_chunk_after(session_id, cursor, STREAM_READ_LIMIT)
-        };
-        match self.wait_for(read).await? {
-            Waited::Read(chunk) => Ok(chunk),
-            Waited::Heartbeat => Ok(heartbeat_chunk(&self.session)),
+        loop {
+            self.mark_seen()?;
+            let read = self
+                .log
+                .read_chunk_after(&self.session.id, self.cursor, STREAM_READ_LIMIT)
+                .await;
+            if let Some((last, chunk)) = read.map_err(stop_for)? {
+                self.advance(last);
+                return Ok(chunk);
+            }
+            if let Waited::Heartbeat = self.wait().await? {
+                return Ok(heartbeat_chunk(&self.session));
+            }
         }
     }
 
@@ -314,59 +332,55 @@ impl EventStream {
     /// entries are returned. Use on a stream opened with
     /// [`EventStream::open_for_entries`].
     pub async fn next_entries(&mut self, limit: ReadLimit) -> Result<Waited<Vec<LogEntry>>, Stop> {
-        let read = |log: &dyn EventLog, session_id: &SessionId, cursor: EventSeq| {
-            log.read_after(session_id, cursor, limit).map(|entries| {
-                let last = entries.last().map(|entry| entry.seq)?;
-                Some((last, entries))
-            })
-        };
-        self.wait_for(read).await
+        loop {
+            self.mark_seen()?;
+            let entries = self
+                .log
+                .read_after(&self.session.id, self.cursor, limit)
+                .await
+                .map_err(stop_for)?;
+            if let Some(last) = entries.last().map(|entry| entry.seq) {
+                self.advance(last);
+                return Ok(Waited::Read(entries));
+            }
+            if let Waited::Heartbeat = self.wait().await? {
+                return Ok(Waited::Heartbeat);
+            }
+        }
     }
 
     /// Opens a stream whose reader takes entries ([`EventStream::next_entries`])
     /// instead of SSE chunks: no prelude, nothing read ahead.
-    pub fn open_for_entries(plan: StreamPlan) -> EventStream {
-        EventStream::attach(plan).0
+    pub async fn open_for_entries(plan: StreamPlan) -> EventStream {
+        EventStream::attach(plan).await.0
     }
 
-    /// The read loop shared by both kinds of reader: read after the cursor;
-    /// when caught up, wait for an append, a heartbeat tick or a reason to
-    /// stop.
-    async fn wait_for<T>(
-        &mut self,
-        read: impl Fn(
-            &dyn EventLog,
-            &SessionId,
-            EventSeq,
-        ) -> Result<Option<(EventSeq, T)>, EventLogError>,
-    ) -> Result<Waited<T>, Stop> {
-        let Some(newest) = self.newest.as_mut() else {
-            return Err(Stop::LogGone);
-        };
-        let session_id = &self.session.id;
-        loop {
-            // Mark the current newest as seen before reading, so an append
-            // that lands after the read wakes the wait below.
-            newest.borrow_and_update();
-            match read(self.log.as_ref(), session_id, self.cursor) {
-                Ok(Some((last, read))) => {
-                    count_events(&self.metrics, self.replay_until, self.cursor, last);
-                    self.cursor = last;
-                    return Ok(Waited::Read(read));
-                }
-                Ok(None) => {}
-                // Evicted under a slow reader, or the session is gone: end
-                // the stream rather than skip; the reconnect gets an honest
-                // 410.
-                Err(_) => return Err(Stop::LogGone),
-            }
-            let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
-            tokio::select! {
-                biased;
-                stop = gateway_stop(&self.shutdown, &mut self.attached, self.stream_id, deadline) => return Err(stop),
-                changed = newest.changed() => if changed.is_err() { return Err(Stop::LogGone) },
-                _ = self.heartbeat.tick() => return Ok(Waited::Heartbeat),
-            }
+    /// Marks the newest sequence as seen before a read, so an append that
+    /// lands after the read wakes the wait that follows it.
+    fn mark_seen(&mut self) -> Result<(), Stop> {
+        let newest = self.newest.as_mut().ok_or(Stop::LogGone)?;
+        newest.borrow_and_update();
+        Ok(())
+    }
+
+    fn advance(&mut self, last: EventSeq) {
+        count_events(&self.metrics, self.replay_until, self.cursor, last);
+        self.cursor = last;
+    }
+
+    /// Waits, caught up, for an append (`Read(())`: read again), a
+    /// heartbeat tick, or a reason to stop.
+    async fn wait(&mut self) -> Result<Waited<()>, Stop> {
+        let newest = self.newest.as_mut().ok_or(Stop::LogGone)?;
+        let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
+        tokio::select! {
+            biased;
+            stop = gateway_stop(&self.shutdown, &mut self.attached, self.stream_id, deadline) => Err(stop),
+            changed = newest.changed() => match changed {
+                Ok(()) => Ok(Waited::Read(())),
+                Err(_) => Err(Stop::LogGone),
+            },
+            _ = self.heartbeat.tick() => Ok(Waited::Heartbeat),
         }
     }
 
@@ -381,11 +395,11 @@ impl EventStream {
             // Ask the client to come back soon (to this or another
             // instance); its Last-Event-ID or cookie resumes it exactly
             // where it was.
-            Stop::Shutdown | Stop::MaxDuration => {
-                let reason = if stop == Stop::Shutdown {
-                    "gateway shutting down"
-                } else {
-                    "stream duration limit"
+            Stop::Shutdown | Stop::MaxDuration | Stop::StoreUnavailable => {
+                let reason = match stop {
+                    Stop::Shutdown => "gateway shutting down",
+                    Stop::MaxDuration => "stream duration limit",
+                    _ => "store unavailable",
                 };
                 Some(Bytes::from(format!(
                     ": {reason}, reconnect\nretry: {}\n\n",
@@ -406,10 +420,24 @@ impl EventStream {
 
 impl Drop for EventStream {
     fn drop(&mut self) {
-        self.session.detach_stream(self.stream_id);
+        self.log.detach(&self.session, self.stream_id);
         // A stream dropped without a reason lost its connection.
         let stop = self.stopped.unwrap_or(Stop::ClientGone);
         self.metrics.stream_ended(stop.metric());
+    }
+}
+
+/// Why a failed read ends a stream. Evicted under a slow reader, or the
+/// session is gone: the reconnect gets an honest 410, never a skip. A store
+/// that cannot be reached (cluster mode): the client comes back later.
+fn stop_for(error: OpError) -> Stop {
+    match error {
+        OpError::Storage(
+            StorageError::Unavailable(_)
+            | StorageError::Indeterminate(_)
+            | StorageError::WriterStopped,
+        ) => Stop::StoreUnavailable,
+        _ => Stop::LogGone,
     }
 }
 
@@ -476,8 +504,8 @@ impl Body for SseBody {
 }
 
 /// Starts the pump task and returns the body it feeds.
-pub fn open_stream(plan: StreamPlan) -> SseBody {
-    let mut stream = EventStream::open(plan);
+pub async fn open_stream(plan: StreamPlan) -> SseBody {
+    let mut stream = EventStream::open(plan).await;
     let initial = stream.initial.take();
     let (sender, receiver) = mpsc::channel(STREAM_CHANNEL_CHUNKS);
     tokio::spawn(async move {

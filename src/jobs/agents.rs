@@ -260,7 +260,9 @@ impl JobContext {
         &self.job.spec.input
     }
 
-    pub fn event(&self, kind: &str, body: Value) -> Result<(), JobFinished> {
+    /// Emits one event, first waiting for room in the job's output.
+    pub async fn event(&self, kind: &str, body: Value) -> Result<(), JobFinished> {
+        self.job.ready().await;
         self.job.emit(kind, body).map(|_| ())
     }
 }
@@ -489,7 +491,7 @@ async fn run_ticker(context: &JobContext) -> Terminal {
             tokio::task::yield_now().await;
         }
         let body = json!({ "current": current, "total": input.count, "units": "ticks" });
-        if context.event("progress", body).is_err() {
+        if context.event("progress", body).await.is_err() {
             break;
         }
     }
@@ -524,7 +526,7 @@ async fn run_chunker(context: &JobContext) -> Terminal {
             "encoding": "utf8",
             "more": more,
         });
-        if context.event("result_chunk", body).is_err() {
+        if context.event("result_chunk", body).await.is_err() {
             break;
         }
         chunk_seq += 1;
@@ -614,7 +616,7 @@ async fn run_firehose(context: &JobContext) -> Terminal {
         }
         let body =
             json!({ "level": "debug", "message": padding, "n": emitted, "ts_ns": unix_nanos() });
-        if context.event("log", body).is_err() {
+        if context.event("log", body).await.is_err() {
             return Terminal::Success {
                 result: json!({ "emitted": emitted - 1 }),
             };
@@ -637,12 +639,12 @@ async fn run_spender(context: &JobContext) -> Terminal {
         }
         let metric =
             json!({ "name": "cost.inference", "value": input.cost, "unit": input.currency });
-        if context.event("metric", metric).is_err() {
+        if context.event("metric", metric).await.is_err() {
             break;
         }
         spent += input.cost;
         let progress = json!({ "current": step, "total": input.steps, "units": "steps" });
-        if context.event("progress", progress).is_err() {
+        if context.event("progress", progress).await.is_err() {
             break;
         }
     }

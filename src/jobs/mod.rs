@@ -13,6 +13,7 @@
 pub mod agents;
 pub mod external;
 pub mod lease;
+pub mod output;
 pub mod runner;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +31,7 @@ use crate::protocol::{format_rfc3339, parse_utc_timestamp};
 use crate::protocol::{now_rfc3339, ErrorCode, ErrorPayload, JobStatus};
 use crate::session::Session;
 use crate::store::{Durable, Persistence};
+pub use output::{JobOutput, Outgoing, SharedOutput};
 
 /// Remaining budget at or below this counts as exhausted (§9.6).
 const BUDGET_EPSILON: f64 = 1e-9;
@@ -76,7 +78,7 @@ pub struct Job {
     origin: Arc<Session>,
     state: Mutex<JobState>,
     cancel: CancellationToken,
-    log: Arc<dyn EventLog>,
+    output: JobOutput,
     store: Arc<dyn Persistence>,
     metrics: Arc<Metrics>,
 }
@@ -96,6 +98,11 @@ struct JobState {
     /// Remaining budget per currency (§9.6).
     budget_remaining: BTreeMap<String, f64>,
     streamed_result: Option<StreamedResult>,
+    /// Events queued for the shared log so far: the next one's append
+    /// index is this plus one (cluster mode, [`output`]).
+    queued: u64,
+    /// Room in the shared queue taken by [`Job::ready`] for the next event.
+    reserved: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Progress of a result streamed as `result_chunk` events (§8.4).
@@ -165,7 +172,7 @@ impl Terminal {
         }
     }
 
-    fn message_type_and_payload(&self) -> (&'static str, Value) {
+    pub fn message_type_and_payload(&self) -> (&'static str, Value) {
         match self {
             Terminal::Success { result } => (
                 "job.result",
@@ -255,7 +262,7 @@ impl Job {
     pub fn new(
         spec: JobSpec,
         origin: Arc<Session>,
-        log: Arc<dyn EventLog>,
+        output: JobOutput,
         store: Arc<dyn Persistence>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -287,9 +294,11 @@ impl Job {
                 running_slot: None,
                 budget_remaining,
                 streamed_result: None,
+                queued: 0,
+                reserved: None,
             }),
             cancel: CancellationToken::new(),
-            log,
+            output,
             store,
             metrics,
         }
@@ -400,7 +409,7 @@ impl Job {
             },
             idempotency_key: text("idempotency_key").map(str::to_owned),
         };
-        let mut job = Job::new(spec, origin, log, store, metrics);
+        let mut job = Job::new(spec, origin, JobOutput::Local(log), store, metrics);
         job.index = record.get("index").and_then(Value::as_u64).unwrap_or(0);
         {
             let mut state = job.state();
@@ -646,9 +655,16 @@ impl Job {
             Some(self.spec.trace_id.clone()),
             payload,
         );
+        let log = match &self.output {
+            JobOutput::Local(log) => log,
+            JobOutput::Shared(output) => {
+                self.queue_shared(state, output, draft);
+                return state.last_event_seq;
+            }
+        };
         // A session whose window passed has no log any more; the job still
         // runs to its end, but nobody can resume to see it.
-        if let Ok(seq) = self.log.append(&self.spec.session_id, &draft) {
+        if let Ok(seq) = log.append(&self.spec.session_id, &draft) {
             state.last_event_seq = seq;
             if state.first_event_seq.is_none() {
                 state.first_event_seq = Some(seq);
@@ -656,13 +672,13 @@ impl Job {
                 // stream: a durable event implies a durable first_event_seq.
                 let _ = self.persist_locked(state);
             }
-            self.signal_back_pressure(&self.origin, seq);
+            self.signal_back_pressure(log.as_ref(), &self.origin, seq);
         }
         state
             .subscribers
-            .retain(|subscriber| match self.log.append(&subscriber.id, &draft) {
+            .retain(|subscriber| match log.append(&subscriber.id, &draft) {
                 Ok(seq) => {
-                    self.signal_back_pressure(subscriber, seq);
+                    self.signal_back_pressure(log.as_ref(), subscriber, seq);
                     true
                 }
                 Err(_) => false,
@@ -670,9 +686,58 @@ impl Job {
         state.last_event_seq
     }
 
+    /// Cluster mode: numbers the event and queues it for the writer task
+    /// (`crate::cluster`), which appends it to the shared log in order.
+    fn queue_shared(&self, state: &mut JobState, output: &SharedOutput, draft: EventDraft) {
+        state.queued += 1;
+        let terminal = draft.message_type != "job.event";
+        let permit = state.reserved.take().or_else(|| output.try_reserve());
+        output.send(Outgoing {
+            job_id: self.spec.id.clone(),
+            index: state.queued,
+            terminal,
+            message_type: draft.message_type,
+            message_id: crate::ids::MessageId::generate(),
+            shared_envelope: draft.shared_envelope().clone(),
+            terminal_payload: terminal.then(|| draft.payload.clone()),
+            permit,
+        });
+    }
+
+    /// Waits until the job's output has room for one more event (cluster
+    /// mode; at once otherwise). Agents' tasks call it before they emit, so
+    /// a slow shared store slows the agent, never a runtime thread or a
+    /// holder of the job's lock.
+    pub async fn ready(&self) {
+        let JobOutput::Shared(output) = &self.output else {
+            return;
+        };
+        if self.state().reserved.is_some() {
+            return;
+        }
+        let permit = output.reserve().await;
+        let mut state = self.state();
+        if state.reserved.is_none() {
+            state.reserved = permit;
+        }
+    }
+
+    /// Stops the job's agent without writing a terminal: another node has
+    /// taken the job over (its lease was lost) and ended it in the shared
+    /// log (cluster mode).
+    pub fn abandon(&self) {
+        let mut state = self.state();
+        if !state.status.is_terminal() {
+            state.status = JobStatus::Error;
+            state.running_slot = None;
+        }
+        drop(state);
+        self.cancel.cancel();
+    }
+
     /// §6.5: tells a lagging consumer, once per episode, with a `status`
     /// event in its own session only.
-    fn signal_back_pressure(&self, session: &Session, seq: EventSeq) {
+    fn signal_back_pressure(&self, log: &dyn EventLog, session: &Session, seq: EventSeq) {
         let Some(lag) = session.note_append(seq, self.spec.limits.back_pressure_lag_events) else {
             return;
         };
@@ -691,7 +756,7 @@ impl Job {
             Some(self.spec.trace_id.clone()),
             payload,
         );
-        let _ = self.log.append(&session.id, &draft);
+        let _ = log.append(&session.id, &draft);
     }
 
     /// §7.6: adds `subscriber` to this job's audience. With `history_after`,
@@ -717,8 +782,10 @@ impl Job {
         if let Some(after) = history_after {
             let drafts = self.history_after(after, &state)?;
             replayed = !drafts.is_empty();
-            for draft in &drafts {
-                let _ = self.log.append(&subscriber.id, draft);
+            if let JobOutput::Local(log) = &self.output {
+                for draft in &drafts {
+                    let _ = log.append(&subscriber.id, draft);
+                }
             }
         }
         if !state.status.is_terminal() {
@@ -738,7 +805,13 @@ impl Job {
         state: &JobState,
     ) -> Result<Vec<EventDraft>, SubscribeError> {
         let origin = &self.spec.session_id;
-        let Ok(bounds) = self.log.bounds(origin) else {
+        // Subscriptions are not offered in cluster mode (`RUNTIME_FEATURES`).
+        let JobOutput::Local(log) = &self.output else {
+            return Err(SubscribeError::HistoryEvicted {
+                floor: EventSeq::MAX,
+            });
+        };
+        let Ok(bounds) = log.bounds(origin) else {
             return Err(SubscribeError::HistoryEvicted {
                 floor: EventSeq::MAX,
             });
@@ -756,7 +829,7 @@ impl Job {
         // Below the floor only other jobs' events were evicted; start there.
         let mut cursor = after.max(bounds.floor).min(bounds.newest);
         loop {
-            let batch = match self.log.read_after(origin, cursor, limit) {
+            let batch = match log.read_after(origin, cursor, limit) {
                 Ok(batch) => batch,
                 Err(EventLogError::CursorEvicted { floor }) => {
                     return Err(SubscribeError::HistoryEvicted { floor })
@@ -1087,21 +1160,36 @@ impl Job {
 
 impl ListFilter {
     fn admits(&self, job: &Job) -> bool {
-        if !self.statuses.is_empty() && !self.statuses.contains(&job.snapshot().status) {
+        self.admits_fields(
+            job.snapshot().status,
+            &job.spec.agent,
+            job.spec.created_at_time,
+        )
+    }
+
+    /// Whether a job with these fields passes the filter (used for jobs
+    /// known only by their shared record, in cluster mode).
+    pub fn admits_fields(
+        &self,
+        status: JobStatus,
+        agent: &str,
+        created_at: OffsetDateTime,
+    ) -> bool {
+        if !self.statuses.is_empty() && !self.statuses.contains(&status) {
             return false;
         }
-        if let Some(agent) = &self.agent {
-            let matches = if agent.contains('@') {
-                &job.spec.agent == agent
+        if let Some(wanted) = &self.agent {
+            let matches = if wanted.contains('@') {
+                agent == wanted
             } else {
-                job.spec.agent.split('@').next() == Some(agent.as_str())
+                agent.split('@').next() == Some(wanted.as_str())
             };
             if !matches {
                 return false;
             }
         }
         if let Some(after) = self.created_after {
-            if job.spec.created_at_time <= after {
+            if created_at <= after {
                 return false;
             }
         }

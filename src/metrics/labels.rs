@@ -139,15 +139,18 @@ pub enum StreamEnd {
     /// slowly for retention, or the session was swept.
     SlowClient,
     MaxDuration,
+    /// Cluster mode: the shared store (Redis) could not be read.
+    StoreUnavailable,
 }
 
 impl StreamEnd {
-    pub(super) const ALL: [StreamEnd; 5] = [
+    pub(super) const ALL: [StreamEnd; 6] = [
         StreamEnd::ClientGone,
         StreamEnd::Replaced,
         StreamEnd::Shutdown,
         StreamEnd::SlowClient,
         StreamEnd::MaxDuration,
+        StreamEnd::StoreUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -157,6 +160,7 @@ impl StreamEnd {
             StreamEnd::Shutdown => "shutdown",
             StreamEnd::SlowClient => "slow_client",
             StreamEnd::MaxDuration => "max_duration",
+            StreamEnd::StoreUnavailable => "store_unavailable",
         }
     }
 }

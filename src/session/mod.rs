@@ -58,6 +58,19 @@ struct SessionState {
     subscriptions: BTreeSet<JobId>,
     /// When the client last answered or sent a heartbeat (§6.4).
     last_heartbeat_from_client: Option<Instant>,
+    /// Cluster mode: a stream is attached on another node.
+    attached_elsewhere: bool,
+}
+
+/// What every node of a cluster agrees on about a session, as a view is
+/// refreshed from the shared store (`crate::cluster`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedFields {
+    pub issued_generation: u64,
+    pub used_generation: u64,
+    pub closed: bool,
+    pub acked_through: Option<EventSeq>,
+    pub attached_elsewhere: bool,
 }
 
 /// What a caller gets when a welcome is issued.
@@ -89,6 +102,7 @@ impl Session {
                 lagging: false,
                 subscriptions: BTreeSet::new(),
                 last_heartbeat_from_client: None,
+                attached_elsewhere: false,
             }),
             attached_stream,
         }
@@ -156,6 +170,57 @@ impl Session {
                 .unwrap_or_default();
         }
         Some(session)
+    }
+
+    /// Cluster mode: takes the shared store's view of the session. The
+    /// resume window is the store's to keep (its keys expire), so a view
+    /// that exists is within it.
+    pub fn adopt_shared(&self, shared: SharedFields) {
+        let mut state = self.state();
+        state.issued_generation = shared.issued_generation;
+        state.used_generation = shared.used_generation;
+        state.closed = shared.closed;
+        state.acked_through = shared.acked_through;
+        state.attached_elsewhere = shared.attached_elsewhere;
+        if state.detached_since.is_some() {
+            state.detached_since = Some(Instant::now());
+        }
+    }
+
+    /// Cluster mode: records a generation the shared store issued.
+    pub fn issued_by_store(&self, generation: u64) -> Welcome {
+        let mut state = self.state();
+        state.issued_generation = state.issued_generation.max(generation);
+        Welcome { generation }
+    }
+
+    /// Cluster mode: attaches stream `stream_id` (numbered by the node)
+    /// after the shared store made it the session's one stream and issued
+    /// `generation`; a local stream attached before ends.
+    pub fn attach_shared(&self, stream_id: StreamId, generation: u64) -> Welcome {
+        let mut state = self.state();
+        state.issued_generation = state.issued_generation.max(generation);
+        state.detached_since = None;
+        state.closed = false;
+        state.attached_elsewhere = false;
+        drop(state);
+        self.attached_stream.send_replace(Some(stream_id));
+        Welcome { generation }
+    }
+
+    /// Cluster mode: the shared store says stream `stream_id` was replaced
+    /// (by a stream on another node) or its session closed; it ends.
+    pub fn end_stream(&self, stream_id: StreamId, closed: bool) {
+        let mut state = self.state();
+        if closed {
+            state.closed = true;
+        }
+        if *self.attached_stream.borrow() != Some(stream_id) {
+            return;
+        }
+        state.detached_since = Some(Instant::now());
+        drop(state);
+        self.attached_stream.send_replace(None);
     }
 
     pub fn has_feature(&self, feature: &str) -> bool {
@@ -249,7 +314,7 @@ impl Session {
     }
 
     pub fn stream_attached(&self) -> bool {
-        self.attached_stream.borrow().is_some()
+        self.attached_stream.borrow().is_some() || self.state().attached_elsewhere
     }
 
     /// A receiver that changes whenever the attached stream changes.

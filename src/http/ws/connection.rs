@@ -210,11 +210,12 @@ async fn opened(
         .ok_or_else(|| ApiError::Unauthenticated("unknown api token".into()))?;
     match hello.resume {
         None => {
-            let session = open_session(
+            let (session, _) = open_session(
                 state,
                 principal.clone(),
                 hello.capabilities.unwrap_or_default(),
-            )?;
+            )
+            .await?;
             let caller = Caller {
                 principal,
                 resume: None,
@@ -283,7 +284,7 @@ async fn serve(
         resume: None,
     };
     let mut stream = EventStream::open_for_entries(StreamPlan {
-        log: state.log.clone(),
+        log: state.log_reader(),
         session: session.clone(),
         stream_id: attached.stream_id,
         cursor: attached.cursor,
@@ -294,7 +295,8 @@ async fn serve(
         retry: state.config.retry,
         metrics: state.metrics.clone(),
         transport: Transport::WebSocket,
-    });
+    })
+    .await;
     if out.send(frames::value(&attached.welcome)).await.is_err() {
         return (Ending::ClientGone, Some(session_id));
     }
@@ -362,6 +364,11 @@ fn stopped(stop: Stop, session: &Session) -> Ending {
         Stop::Shutdown | Stop::MaxDuration => Ending::Bye("gateway shutting down", CloseCode::Away),
         Stop::Replaced if session.is_closed() => Ending::Bye("session closed", CloseCode::Normal),
         Stop::Replaced => Ending::Bye("superseded by a newer stream", CloseCode::Normal),
+        // 1013 "try again later": the client resumes once Redis is back.
+        Stop::StoreUnavailable => Ending::Error(
+            ApiError::StoreUnavailable("the shared store cannot be read".into()),
+            CloseCode::Again,
+        ),
         Stop::LogGone => Ending::Error(
             ApiError::ResumeWindowExpired(
                 "the session's log no longer covers this stream; cannot continue without a gap"
@@ -464,8 +471,9 @@ impl Connection<'_> {
         match inbound.message_type.as_str() {
             "session.bye" => return Some(Ending::ClientGone),
             "session.close" => {
-                self.session.close();
-                self.state.persist_session(&self.session).await;
+                if let Err(error) = self.state.close_session(&self.session).await {
+                    return self.refuse(error.into(), request_id.as_deref()).await;
+                }
                 let payload = json!({
                     "closed_at": now_rfc3339(),
                     "resume_window_sec": self.state.config.resume_window.as_secs(),
@@ -494,11 +502,11 @@ impl Connection<'_> {
                 let job = accept_job(self.state, &self.session, submit, trace_id).await?;
                 // Queued before this loop reads the log again, so it reaches
                 // the client before any event of the job.
-                let mut payload = job.accepted_payload.clone();
+                let mut payload = job.payload.clone();
                 payload["request_id"] = json!(request_id);
-                let mut envelope = Envelope::new("job.accepted", &job.spec.session_id, &payload);
-                envelope.job_id = Some(&job.spec.id);
-                envelope.trace_id = Some(&job.spec.trace_id);
+                let mut envelope = Envelope::new("job.accepted", &job.session_id, &payload);
+                envelope.job_id = Some(&job.job_id);
+                envelope.trace_id = Some(&job.trace_id);
                 Ok(Some(frames::control(&envelope)))
             }
             "job.cancel" => {
@@ -512,15 +520,16 @@ impl Connection<'_> {
                     &self.caller,
                     &self.session,
                     &JobId::from_client(&job_id),
-                )?;
-                let payload = json!({ "job_id": job.spec.id });
+                )
+                .await?;
+                let payload = json!({ "job_id": job.job_id });
                 let mut envelope = Envelope::new("job.cancelled", session_id, &payload);
-                envelope.job_id = Some(&job.spec.id);
+                envelope.job_id = Some(&job.job_id);
                 Ok(Some(frames::control(&envelope)))
             }
             "session.ack" => {
                 let ack: AckRequest = frames::payload(inbound)?;
-                acknowledge(self.state, &self.session, ack.last_processed_seq)?;
+                acknowledge(self.state, &self.session, ack.last_processed_seq).await?;
                 Ok(None)
             }
             "session.ping" => {
@@ -545,7 +554,8 @@ impl Connection<'_> {
                 }
                 let request: ListRequest = frames::payload(inbound)?;
                 let (filter, limit, cursor) = list_parameters(request)?;
-                let mut payload = list_page(self.state, &self.caller, &filter, limit, cursor);
+                let mut payload =
+                    list_page(self.state, &self.caller, &filter, limit, cursor).await?;
                 payload["request_id"] = json!(request_id);
                 Ok(Some(frames::control(&Envelope::new(
                     "session.jobs",
@@ -566,7 +576,7 @@ impl Connection<'_> {
             "job.unsubscribe" => {
                 let request: UnsubscribeRequest = frames::payload(inbound)?;
                 let job_id = JobId::from_client(&request.job_id);
-                unsubscribe_session(self.state, &self.session, &job_id)?;
+                unsubscribe_session(self.state, &self.session, &job_id).await?;
                 let payload = json!({ "job_id": job_id });
                 Ok(Some(frames::control(&Envelope::new(
                     "job.unsubscribed",

@@ -140,7 +140,11 @@ pub(super) async fn run(agent: &ExternalAgent, backend: &ArcpBackend, job: &Arc<
         }
     });
     let mut output = AgentOutput::new(job, agent);
-    while let Some(item) = receiver.recv().await {
+    loop {
+        job.ready().await;
+        let Some(item) = receiver.recv().await else {
+            break;
+        };
         match item {
             Upstream::Line(message) => {
                 if let ControlFlow::Break(Finished { terminal, .. }) = output.value(message) {

@@ -139,6 +139,9 @@ pub(super) async fn run(
     let mut buffer = vec![0u8; READ_BYTES];
     let mut last_stderr: Option<String> = None;
     loop {
+        // Room in the job's output first (cluster mode), so a slow shared
+        // store slows reading the agent, never a runtime thread.
+        job.ready().await;
         tokio::select! {
             biased;
             Some(log) = stderr_lines.recv() => {

@@ -194,6 +194,7 @@ pub(super) async fn run(agent: &ExternalAgent, backend: &HttpBackend, job: &Arc<
         }
     };
     loop {
+        job.ready().await;
         let chunk = match tokio::time::timeout(backend.idle_timeout, response.chunk()).await {
             Err(_) => return stalled(backend, "sent nothing more"),
             Ok(Err(error)) => {

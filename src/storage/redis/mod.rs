@@ -7,6 +7,7 @@
 //! pub/sub ([`wake`]); they are hints, the log is the only source of events.
 
 mod coordinator;
+pub use coordinator::now_ms;
 pub mod keys;
 pub mod startup;
 mod wake;

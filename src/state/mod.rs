@@ -1,5 +1,13 @@
 //! The shared application state: one `Arc<AppState>` of handles, cloned into
 //! every connection. Nothing here is held across an `.await`.
+//!
+//! Whether sessions, logs and jobs live in this process (memory, or memory
+//! with `--data-dir`) or in the cluster's Redis (`--redis-url`,
+//! [`crate::cluster`]) is decided here: the operations in `sessions.rs` and
+//! `jobs.rs` take either path, so `http/` never knows which one runs.
+
+mod jobs;
+mod sessions;
 
 use std::sync::Arc;
 
@@ -15,6 +23,19 @@ use crate::metrics::Metrics;
 use crate::session::{Session, SessionRegistry};
 use crate::store::Persistence;
 
+/// Features a cluster node negotiates: all but `subscribe`, whose copies
+/// into other sessions' logs are not yet carried across nodes.
+pub const CLUSTER_FEATURES: &[&str] = &[
+    "heartbeat",
+    "ack",
+    "list_jobs",
+    "lease_expires_at",
+    "cost.budget",
+    "progress",
+    "result_chunk",
+    "agent_versions",
+];
+
 /// Features this runtime implements and may negotiate (§6.2).
 pub const RUNTIME_FEATURES: &[&str] = &[
     "heartbeat",
@@ -27,6 +48,9 @@ pub const RUNTIME_FEATURES: &[&str] = &[
     "result_chunk",
     "agent_versions",
 ];
+
+pub use jobs::{Accepted, JobView, SubmitError};
+pub use sessions::{LogReader, OpError};
 
 pub struct AppState {
     pub config: Config,
@@ -47,9 +71,20 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Counters, gauges and histograms served at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// This node of a cluster (`--redis-url`): sessions, logs and jobs are
+    /// then in Redis, not in `sessions`, `log` and `store`.
+    pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
 }
 
 impl AppState {
+    /// The features this gateway may negotiate (§6.2).
+    pub fn runtime_features(&self) -> &'static [&'static str] {
+        match self.cluster {
+            Some(_) => CLUSTER_FEATURES,
+            None => RUNTIME_FEATURES,
+        }
+    }
+
     /// Writes a session's record and waits until it is durable, so a token
     /// or generation the client is about to receive survives a crash.
     pub async fn persist_session(&self, session: &Session) {
