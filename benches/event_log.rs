@@ -209,7 +209,12 @@ fn main() {
         backend: "sqlite (WAL, synchronous=FULL)",
         ..workload(
             durable.as_ref(),
-            &|| store.flush().wait_blocking(),
+            &|| {
+                store
+                    .flush()
+                    .wait_blocking()
+                    .expect("the store writer is running")
+            },
             events,
             payload,
         )

@@ -307,7 +307,11 @@ pub async fn serve_state(
         node.spawn_background(state.shutdown.clone());
     }
     server::run(listener, state.clone(), shutdown).await;
-    state.store.flush().wait().await;
+    if state.store.flush().wait().await.is_err() {
+        tracing::error!(
+            "the durable store's writer stopped before shutdown: recent writes may be lost"
+        );
+    }
     sweeper.abort();
 }
 

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -51,6 +51,9 @@ impl std::error::Error for StoreError {}
 fn store_error(path: &Path, error: impl std::fmt::Display) -> StoreError {
     StoreError(format!("{}: {error}", path.display()))
 }
+
+/// A write and its room in the queue, given back once it is committed.
+struct Queued(Operation, Option<tokio::sync::OwnedSemaphorePermit>);
 
 enum Operation {
     CreateLog {
@@ -99,7 +102,11 @@ pub struct Recovered {
 }
 
 pub struct SqliteStore {
-    queue: SyncSender<Operation>,
+    queue: Sender<Queued>,
+    /// Room in the write queue: each queued write holds a permit until it is
+    /// committed. Producers wait for room before they take a lock
+    /// ([`crate::store::wait_for_room`]); the send itself never blocks.
+    room: Arc<tokio::sync::Semaphore>,
     path: PathBuf,
     /// Writes queued and not yet taken by the writer.
     queue_depth: Gauge,
@@ -132,7 +139,7 @@ impl SqliteStore {
         log: Weak<MemoryEventLog>,
         metrics: &Metrics,
     ) -> Arc<SqliteStore> {
-        let (queue, receiver) = sync_channel(QUEUE_DEPTH);
+        let (queue, receiver) = channel();
         let queue_depth = metrics.store_queue_depth();
         let writer_metrics = WriterMetrics {
             queue_depth: queue_depth.clone(),
@@ -147,16 +154,24 @@ impl SqliteStore {
         }
         Arc::new(SqliteStore {
             queue,
+            room: Arc::new(tokio::sync::Semaphore::new(QUEUE_DEPTH)),
             path,
             queue_depth,
         })
     }
 
+    /// Queues a write without ever blocking (it may run under the session
+    /// log's and the job's locks). A write that finds no room still goes in:
+    /// the excess is bounded by the producers that raced past
+    /// `wait_for_room`, each by the few writes of one step.
     fn enqueue(&self, operation: Operation) {
         self.queue_depth.inc();
-        if self.queue.send(operation).is_err() {
+        let permit = self.room.clone().try_acquire_owned().ok();
+        if self.queue.send(Queued(operation, permit)).is_err() {
             self.queue_depth.dec();
-            tracing::error!(path = %self.path.display(), "the store writer has stopped; a write was lost");
+            // The operation (and any commit waiter in it) is dropped: its
+            // `Durable` reports `WriterStopped`, never "committed".
+            tracing::error!(path = %self.path.display(), "the store writer has stopped; a write was refused");
         }
     }
 }
@@ -442,13 +457,13 @@ fn read_all(connection: &Connection) -> rusqlite::Result<Recovered> {
 
 fn write_loop(
     mut connection: Connection,
-    receiver: Receiver<Operation>,
+    receiver: Receiver<Queued>,
     log: Weak<MemoryEventLog>,
     metrics: WriterMetrics,
 ) {
     loop {
         let first = match receiver.recv_timeout(Duration::from_secs(1)) {
-            Ok(operation) => operation,
+            Ok(queued) => queued,
             Err(RecvTimeoutError::Timeout) => {
                 if log.strong_count() == 0 {
                     return;
@@ -457,13 +472,17 @@ fn write_loop(
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        let mut queued = vec![first];
+        while queued.len() < MAX_BATCH {
             match receiver.try_recv() {
-                Ok(operation) => batch.push(operation),
+                Ok(next) => queued.push(next),
                 Err(_) => break,
             }
         }
+        let (mut batch, _room): (Vec<Operation>, Vec<_>) = queued
+            .into_iter()
+            .map(|Queued(op, room)| (op, room))
+            .unzip();
         metrics.queue_depth.dec_by(batch.len() as i64);
         let mut durable: HashMap<SessionId, EventSeq> = HashMap::new();
         let mut attempt: u32 = 0;
@@ -655,6 +674,10 @@ impl Persistence for SqliteStore {
         let (done, committed) = oneshot::channel();
         self.enqueue(Operation::Flush { done: Some(done) });
         Durable::pending(committed)
+    }
+
+    fn room(&self) -> Option<Arc<tokio::sync::Semaphore>> {
+        Some(self.room.clone())
     }
 }
 

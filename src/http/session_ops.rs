@@ -335,7 +335,10 @@ pub(super) async fn subscribe_session(
                 ),
             })?;
     if job.spec.session_id != session.id && session.add_subscription(&job_id) {
-        state.persist_session(session).await;
+        state
+            .persist_session(session)
+            .await
+            .map_err(|_| ApiError::from(crate::storage::StorageError::WriterStopped))?;
     }
     let mut payload = job.descriptor();
     if let Some(object) = payload.as_object_mut() {
@@ -379,7 +382,10 @@ pub(super) async fn unsubscribe_session(
     if let Some(job) = state.jobs.get(job_id) {
         job.unsubscribe(&session.id);
     }
-    state.persist_session(session).await;
+    state
+        .persist_session(session)
+        .await
+        .map_err(|_| ApiError::from(crate::storage::StorageError::WriterStopped))?;
     Ok(())
 }
 

@@ -704,13 +704,18 @@ impl Job {
         });
     }
 
-    /// Waits until the job's output has room for one more event (cluster
-    /// mode; at once otherwise). Agents' tasks call it before they emit, so
-    /// a slow shared store slows the agent, never a runtime thread or a
-    /// holder of the job's lock.
+    /// Waits until the job's output has room for one more event: the
+    /// durable store's write queue, or the queue to the cluster's log (at
+    /// once in memory). Agents' tasks call it before they emit, so a slow
+    /// store slows the agent, never a runtime thread or a holder of the
+    /// job's lock.
     pub async fn ready(&self) {
-        let JobOutput::Shared(output) = &self.output else {
-            return;
+        let output = match &self.output {
+            JobOutput::Local(_) => {
+                crate::store::wait_for_room(self.store.as_ref()).await;
+                return;
+            }
+            JobOutput::Shared(output) => output,
         };
         if self.state().reserved.is_some() {
             return;

@@ -101,7 +101,10 @@ impl AppState {
             return match self.register(job)? {
                 (job, true) => {
                     // Durable before the client hears "accepted".
-                    job.persist().wait().await;
+                    if job.persist().wait().await.is_err() {
+                        job.abandon();
+                        return Err(SubmitError::Storage(StorageError::WriterStopped));
+                    }
                     crate::jobs::runner::start(job.clone(), agent);
                     Ok(accepted(&job, true))
                 }

@@ -21,7 +21,7 @@ use crate::jobs::agents::AgentRegistry;
 use crate::jobs::JobRegistry;
 use crate::metrics::Metrics;
 use crate::session::{Session, SessionRegistry};
-use crate::store::Persistence;
+use crate::store::{Persistence, WriterStopped};
 
 /// Features a cluster node negotiates: all but `subscribe`, whose copies
 /// into other sessions' logs are not yet carried across nodes.
@@ -86,12 +86,14 @@ impl AppState {
     }
 
     /// Writes a session's record and waits until it is durable, so a token
-    /// or generation the client is about to receive survives a crash.
-    pub async fn persist_session(&self, session: &Session) {
+    /// or generation the client is about to receive survives a crash. An
+    /// error when the store's writer has stopped: the client must not be
+    /// told of something that was not kept.
+    pub async fn persist_session(&self, session: &Session) -> Result<(), WriterStopped> {
         self.store
             .save_session(&session.id, session.record())
             .wait()
-            .await;
+            .await
     }
 
     /// The `/metrics` exposition, with the session gauges counted now.

@@ -32,6 +32,12 @@ impl From<EventLogError> for OpError {
     }
 }
 
+impl From<crate::store::WriterStopped> for OpError {
+    fn from(_: crate::store::WriterStopped) -> Self {
+        OpError::Storage(StorageError::WriterStopped)
+    }
+}
+
 impl From<StorageError> for OpError {
     fn from(error: StorageError) -> Self {
         OpError::Storage(error)
@@ -142,7 +148,7 @@ impl AppState {
         self.log.create_owned(&session.id, &session.principal)?;
         self.sessions.insert(session.clone());
         let welcome = session.welcome_new();
-        self.persist_session(&session).await;
+        self.persist_session(&session).await?;
         Ok((session, welcome))
     }
 
@@ -175,7 +181,7 @@ impl AppState {
             return Ok(node.resume(session, presented).await?);
         }
         let welcome = session.resume(presented, self.config.resume_window)?;
-        self.persist_session(session).await;
+        self.persist_session(session).await?;
         Ok(welcome)
     }
 
@@ -189,7 +195,7 @@ impl AppState {
             return Ok(node.attach(session, presented).await?);
         }
         let attached = session.attach_stream(presented, self.config.resume_window)?;
-        self.persist_session(session).await;
+        self.persist_session(session).await?;
         Ok(attached)
     }
 
@@ -199,7 +205,7 @@ impl AppState {
             return Ok(node.close(session).await?);
         }
         session.close();
-        self.persist_session(session).await;
+        self.persist_session(session).await?;
         Ok(())
     }
 

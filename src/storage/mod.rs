@@ -1,13 +1,13 @@
-//! The storage seam for cluster mode (issue 12): an async event log and a
-//! coordinator for sessions and jobs, with one in-memory and one Redis
-//! backend behind the same traits. `tests/it/storage_conformance/` runs one
-//! suite against both.
+//! The storage seam (issue 12): an async event log and a coordinator for
+//! sessions and jobs, with in-memory, Redis and SQLite backends behind the
+//! same traits. `tests/it/storage_conformance/` runs one suite against all
+//! three.
 //!
-//! This module is the first step of the redesign described in
-//! `docs/cluster.md`: the gateway does not serve from it yet (today's
-//! `event_log`, `session` and `jobs` modules still do). Nothing here knows
-//! HTTP or the wire framing: an event is an opaque `body` the node built, and
-//! the log only gives it a sequence number (§8.3).
+//! Cluster mode (`crate::cluster`) serves from the Redis backend; the
+//! single-node modes still serve from `event_log`, `session` and `jobs`
+//! (docs/cluster.md, "What comes next"). Nothing here knows HTTP or the wire
+//! framing: an event is an opaque `body` the node built, and the log only
+//! gives it a sequence number (§8.3).
 //!
 //! The traits return `impl Future + Send` rather than boxed futures: the
 //! memory backend answers with ready futures and no allocation, and the
@@ -17,6 +17,7 @@
 pub mod memory;
 pub mod records;
 pub mod redis;
+pub mod sqlite;
 
 use std::future::Future;
 

@@ -591,7 +591,10 @@ fn sqlite_backend(limits: RetentionLimits) -> Arc<dyn EventLog> {
         log: memory,
         settle: Box::new(move || {
             let _keep = &dir;
-            store.flush().wait_blocking();
+            store
+                .flush()
+                .wait_blocking()
+                .expect("the store writer is running");
         }),
     })
 }
@@ -612,9 +615,15 @@ fn the_durable_log_survives_a_reopen_with_floors_and_frames_intact() {
             log.append(&a, &draft(n)).unwrap();
         }
         log.append(&b, &draft(1)).unwrap();
-        store.flush().wait_blocking();
+        store
+            .flush()
+            .wait_blocking()
+            .expect("the store writer is running");
         log.release_through(&b, 1).unwrap();
-        store.flush().wait_blocking();
+        store
+            .flush()
+            .wait_blocking()
+            .expect("the store writer is running");
         log.read_after(&a, 4, ALL).unwrap()
     };
     let (reopened, _store) = sqlite_backend_in(dir.path(), limits);
@@ -673,7 +682,10 @@ fn appending_far_beyond_the_write_queue_never_deadlocks() {
     done.recv_timeout(std::time::Duration::from_secs(120))
         .expect("200k appends finish (no deadlock)");
     appender.join().unwrap();
-    store.flush().wait_blocking();
+    store
+        .flush()
+        .wait_blocking()
+        .expect("the store writer is running");
     assert_eq!(log.bounds(&sid).unwrap().newest, 200_000);
 }
 
@@ -691,7 +703,10 @@ fn events_are_invisible_until_durable() {
     log.create(&sid).unwrap();
     let mut watch = log.watch_newest(&sid).unwrap();
     log.append(&sid, &draft(1)).unwrap();
-    store.flush().wait_blocking();
+    store
+        .flush()
+        .wait_blocking()
+        .expect("the store writer is running");
     assert_eq!(*watch.borrow_and_update(), 1, "visible once committed");
     assert_eq!(log.read_after(&sid, 0, ALL).unwrap().len(), 1);
 }

@@ -1,8 +1,9 @@
 //! One conformance suite for the cluster storage traits (`src/storage`): each
-//! property is a generic function run against the in-memory backend and
-//! against a real `redis-server`, with two or three handles acting as
-//! separate nodes. Redis-only cases (lost replies, a flushed or damaged
-//! Redis, start-up checks) follow at the end.
+//! property is a generic function run against the in-memory backend,
+//! against a real `redis-server` and against a SQLite file, with two or
+//! three handles acting as separate nodes. Redis-only cases (lost replies, a
+//! flushed or damaged Redis, start-up checks) and SQLite-only cases (a dead
+//! writer, corrupt rows, reopening) follow at the end.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use arcp_gateway::ids::{JobId, Principal, SessionId};
 use arcp_gateway::storage::memory::{MemoryNode, MemoryStorage};
 use arcp_gateway::storage::redis::RedisStorage;
+use arcp_gateway::storage::sqlite::SqliteStorage;
 use arcp_gateway::storage::{
     Append, AppendOutcome, Coordinator, EventKind, EventStore, GoneReason, IdempotencyClaim,
     IdempotencyRecord, JobRecord, JobStatus, LogBounds, NodeNotice, ReadBudget, Retention,
@@ -85,6 +87,62 @@ impl Harness for RedisHarness {
     }
 }
 
+/// A SQLite file in a temporary directory; every node handle opens it
+/// (handles of one process share its writer and signals, as the gateway's
+/// would).
+struct SqliteHarness {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl SqliteHarness {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("storage.sqlite3");
+        SqliteHarness { _dir: dir, path }
+    }
+}
+
+impl Harness for SqliteHarness {
+    type Node = SqliteStorage;
+
+    async fn node(&self, name: &str) -> SqliteStorage {
+        SqliteStorage::open(&self.path, name)
+            .await
+            .expect("open the test database")
+    }
+
+    /// Deletes every row behind the nodes' backs, through a connection of
+    /// its own: what a store that lost its data leaves behind.
+    async fn lose_everything(&self) {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let connection = rusqlite::Connection::open(&path).expect("open the test database");
+            connection
+                .busy_timeout(Duration::from_secs(5))
+                .expect("busy timeout");
+            let tables: Vec<String> = connection
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+                .and_then(|mut statement| {
+                    statement
+                        .query_map([], |row| row.get(0))?
+                        .collect::<Result<_, _>>()
+                })
+                .expect("list tables");
+            assert!(!tables.is_empty(), "the schema exists");
+            for table in tables {
+                connection
+                    .execute(&format!("DELETE FROM \"{table}\""), [])
+                    .expect("delete rows");
+            }
+        })
+        .await
+        .expect("lose everything");
+    }
+}
+
+/// Runs each property against every backend (the name is older than the
+/// third backend).
 macro_rules! on_both_backends {
     ($($property:ident),* $(,)?) => {
         mod memory_backend {
@@ -106,12 +164,22 @@ macro_rules! on_both_backends {
                 }
             )*
         }
+        mod sqlite_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $property() {
+                    use crate::storage_conformance::{bounded, SqliteHarness};
+                    bounded(super::$property(SqliteHarness::new())).await;
+                }
+            )*
+        }
     };
 }
 
 mod coordinator;
 mod log;
 mod redis_only;
+mod sqlite_only;
 
 async fn bounded(property: impl Future<Output = ()>) {
     tokio::time::timeout(PROPERTY_LIMIT, property)
