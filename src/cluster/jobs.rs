@@ -366,15 +366,18 @@ impl ClusterNode {
     pub(super) async fn reap_forever(&self) {
         let mut tick = tokio::time::interval(self.config.reaper_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let terminal = |_: &SessionId, job_id: &JobId| -> Bytes {
-            let tail = crate::protocol::job_envelope_tail(None, job_id, &node_lost_payload());
-            super::log::encode_body("job.error", &crate::ids::MessageId::generate(), &tail)
-        };
         loop {
             tick.tick().await;
+            // One payload per pass: the event every reaped job gets and the
+            // terminal its record keeps are the same, `completed_at` included.
+            let payload = node_lost_payload();
+            let terminal = |_: &SessionId, job_id: &JobId| -> Bytes {
+                let tail = crate::protocol::job_envelope_tail(None, job_id, &payload);
+                super::log::encode_body("job.error", &crate::ids::MessageId::generate(), &tail)
+            };
             match self
                 .storage()
-                .reap_expired(crate::storage::redis::now_ms(), 100, &terminal)
+                .reap_expired(crate::storage::redis::now_ms(), 100, &terminal, &payload)
                 .await
             {
                 Ok(reaped) => {

@@ -502,7 +502,9 @@ impl Coordinator for RedisStorage {
         now_ms: u64,
         limit: usize,
         terminal: &(dyn Fn(&SessionId, &JobId) -> Bytes + Sync),
+        terminal_payload: &serde_json::Value,
     ) -> StorageResult<Vec<ReapedJob>> {
+        let terminal_payload = to_json(terminal_payload)?;
         let mut connection = self.connection.clone();
         let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(RUNNING)
@@ -536,6 +538,7 @@ impl Coordinator for RedisStorage {
                         &body,
                         keys.wake().as_bytes(),
                         member.as_bytes(),
+                        &terminal_payload,
                     ],
                     write_error,
                 )
