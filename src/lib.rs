@@ -307,6 +307,10 @@ pub async fn serve_state(
         node.spawn_background(state.shutdown.clone());
     }
     server::run(listener, state.clone(), shutdown).await;
+    if let Some(node) = &state.cluster {
+        node.end_jobs_at_shutdown(std::time::Duration::from_secs(3))
+            .await;
+    }
     if state.store.flush().wait().await.is_err() {
         tracing::error!(
             "the durable store's writer stopped before shutdown: recent writes may be lost"

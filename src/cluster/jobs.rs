@@ -18,19 +18,15 @@ use tokio_util::sync::CancellationToken;
 use super::{locked, ClusterNode};
 use crate::ids::{JobId, Principal, SessionId};
 use crate::jobs::agents::Agent;
-use crate::jobs::{Job, ListFilter, Outgoing, Terminal};
+use crate::jobs::{Job, JobMessage, ListFilter, Terminal};
 use crate::protocol::{parse_utc_timestamp, ErrorCode, JobStatus};
 use crate::storage::{
-    Append, Coordinator, EventKind, EventStore, IdempotencyClaim, IdempotencyRecord, JobRecord,
-    JobStatus as SharedStatus, Lease, StorageError, StorageResult,
+    Coordinator, IdempotencyClaim, IdempotencyRecord, JobRecord, JobStatus as SharedStatus, Lease,
+    StorageError, StorageResult,
 };
 
 /// How long an idempotency key keeps naming its job (§7.2).
 const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
-/// Events written to Redis in one batch at most.
-const WRITE_BATCH: usize = 64;
-/// The longest pause between two attempts to write to an unreachable Redis.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// What a node knows of a job of the cluster, wherever it runs.
 #[derive(Clone, Debug)]
@@ -41,6 +37,8 @@ pub struct SharedJob {
     pub trace_id: String,
     pub agent: String,
     pub status: JobStatus,
+    /// The node running it (while it runs).
+    pub owner: Option<String>,
     /// The descriptor (§6.6) with its current status.
     pub descriptor: Value,
     /// The terminal event's payload, once the job has ended.
@@ -69,6 +67,7 @@ impl SharedJob {
             trace_id,
             agent: record.agent,
             status,
+            owner: record.owner,
             descriptor,
             terminal,
             accepted: record.accepted,
@@ -100,7 +99,7 @@ fn current_status(record: &JobRecord) -> JobStatus {
     })
 }
 
-fn shared_status(status: JobStatus) -> SharedStatus {
+pub(super) fn shared_status(status: JobStatus) -> SharedStatus {
     match status {
         JobStatus::Success => SharedStatus::Succeeded,
         JobStatus::Cancelled => SharedStatus::Cancelled,
@@ -118,10 +117,17 @@ fn node_lost_terminal() -> Terminal {
     )
 }
 
-fn node_lost_payload() -> Value {
+pub(super) fn node_lost_payload() -> Value {
     let (_, mut payload) = node_lost_terminal().message_type_and_payload();
     payload["completed_at"] = json!(crate::protocol::now_rfc3339());
     payload
+}
+
+/// The stored body of the terminal a reaper appends for a lost job, with
+/// `payload` (from [`node_lost_payload`], one per reaper pass).
+pub(super) fn node_lost_body(job_id: &JobId, payload: &Value) -> Bytes {
+    let tail = crate::protocol::job_envelope_tail(None, job_id, payload);
+    super::log::encode_body("job.error", &crate::ids::MessageId::generate(), &tail)
 }
 
 /// What an idempotent submission found (§7.2).
@@ -190,7 +196,7 @@ impl ClusterNode {
     pub async fn start_job(
         self: &Arc<Self>,
         job: Arc<Job>,
-        events: mpsc::UnboundedReceiver<Outgoing>,
+        events: mpsc::UnboundedReceiver<JobMessage>,
         agent: Agent,
     ) -> StorageResult<()> {
         let record = JobRecord {
@@ -229,105 +235,6 @@ impl ClusterNode {
         u64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Appends the job's events in order, retrying what Redis did not
-    /// confirm (same append index: never a duplicate), until the terminal
-    /// is written and recorded.
-    async fn write_events(
-        self: Arc<Self>,
-        lease: Lease,
-        mut events: mpsc::UnboundedReceiver<Outgoing>,
-        job: Arc<Job>,
-        written: CancellationToken,
-    ) {
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
-        while events.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-            let appends: Vec<Append> = batch
-                .iter()
-                .map(|outgoing| Append {
-                    session_id: lease.session_id.clone(),
-                    job_id: outgoing.job_id.clone(),
-                    index: outgoing.index,
-                    kind: if outgoing.terminal {
-                        EventKind::Terminal
-                    } else {
-                        EventKind::Event
-                    },
-                    body: super::log::encode_body(
-                        outgoing.message_type,
-                        &outgoing.message_id,
-                        &outgoing.shared_envelope,
-                    ),
-                    fence: Some(lease.clone()),
-                })
-                .collect();
-            if !self.append_until_done(&lease, &appends, &job).await {
-                break;
-            }
-            if let Some(terminal) = batch.iter().find(|outgoing| outgoing.terminal) {
-                let payload = terminal.terminal_payload.clone().unwrap_or(Value::Null);
-                self.record_finish(&lease, &payload).await;
-                break;
-            }
-            batch.clear();
-        }
-        locked(&self.running).remove(&job.spec.id);
-        written.cancel();
-    }
-
-    /// One batch, retried while Redis is unreachable. False when the job may
-    /// write no more (its lease is gone: another node ended it).
-    async fn append_until_done(&self, lease: &Lease, appends: &[Append], job: &Job) -> bool {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match self.storage().append_batch(appends).await {
-                Ok(_) => return true,
-                Err(error) if error.is_retryable() => {
-                    tracing::warn!(job = %lease.job_id, %error, "appending to Redis failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RETRY_DELAY);
-                }
-                Err(StorageError::Fenced | StorageError::JobClosed { .. }) => {
-                    tracing::warn!(job = %lease.job_id, "job lost its lease: another node ended it");
-                    job.abandon();
-                    return false;
-                }
-                // The session is gone (its window passed): like one node,
-                // the job runs on but nobody can see its events.
-                Err(StorageError::Gone(_)) => return true,
-                Err(error) => {
-                    tracing::error!(job = %lease.job_id, %error, "appending a job's events failed");
-                    return true;
-                }
-            }
-        }
-    }
-
-    async fn record_finish(&self, lease: &Lease, payload: &Value) {
-        let status = payload
-            .get("final_status")
-            .and_then(Value::as_str)
-            .and_then(JobStatus::parse)
-            .unwrap_or(JobStatus::Error);
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match self
-                .storage()
-                .finish_job(lease, shared_status(status), payload)
-                .await
-            {
-                Err(error) if error.is_retryable() => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RETRY_DELAY);
-                }
-                Err(error) => {
-                    tracing::warn!(job = %lease.job_id, %error, "recording a job's end failed");
-                    return;
-                }
-                Ok(()) => return,
-            }
-        }
-    }
-
     /// Renews the lease every third of its life until the job's terminal is
     /// written. A cancel recorded through another node is honoured here if
     /// its notice was lost; a lost lease stops the agent.
@@ -361,6 +268,26 @@ impl ClusterNode {
         }
     }
 
+    /// At a graceful shutdown: ends the jobs this node runs at once (one
+    /// retryable `INTERNAL_ERROR` each) rather than leaving them to the
+    /// reapers after their leases lapse, and waits (bounded) for their
+    /// writers to store the terminals.
+    pub async fn end_jobs_at_shutdown(&self, limit: Duration) {
+        let running: Vec<Arc<Job>> = locked(&self.running).values().cloned().collect();
+        for job in &running {
+            job.finish(Terminal::failure(
+                JobStatus::Error,
+                ErrorCode::InternalError,
+                "the gateway node running this job shut down; the job did not finish and may be \
+                 submitted again",
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        while !locked(&self.running).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Ends jobs whose node was lost, forever (every node runs it; the
     /// script makes each job end exactly once).
     pub(super) async fn reap_forever(&self) {
@@ -371,10 +298,8 @@ impl ClusterNode {
             // One payload per pass: the event every reaped job gets and the
             // terminal its record keeps are the same, `completed_at` included.
             let payload = node_lost_payload();
-            let terminal = |_: &SessionId, job_id: &JobId| -> Bytes {
-                let tail = crate::protocol::job_envelope_tail(None, job_id, &payload);
-                super::log::encode_body("job.error", &crate::ids::MessageId::generate(), &tail)
-            };
+            let terminal =
+                |_: &SessionId, job_id: &JobId| -> Bytes { node_lost_body(job_id, &payload) };
             match self
                 .storage()
                 .reap_expired(crate::storage::redis::now_ms(), 100, &terminal, &payload)
@@ -387,6 +312,10 @@ impl ClusterNode {
                             job = %job.job_id,
                             "job ended: its gateway node was lost"
                         );
+                        if job.terminal_seq.is_some() {
+                            self.copy_reaped_terminal(&job.session_id, &job.job_id, &payload)
+                                .await;
+                        }
                     }
                     self.metrics.jobs_reaped(reaped.len());
                 }
@@ -398,12 +327,32 @@ impl ClusterNode {
     /// A job the caller's principal may see (others' jobs are `NotFound`,
     /// so their existence does not leak, §6.6).
     pub async fn job(&self, principal: &Principal, job_id: &JobId) -> StorageResult<SharedJob> {
-        let session_id = self.storage().locate_job(job_id).await?;
+        let session_id = match self.storage().locate_job(job_id).await {
+            // An id that could never name a job is simply unknown.
+            Err(StorageError::InvalidId) => return Err(StorageError::NotFound),
+            other => other?,
+        };
         let record = self.storage().job(&session_id, job_id).await?;
         if record.principal != principal.as_str() {
             return Err(StorageError::NotFound);
         }
-        Ok(SharedJob::from_record(record))
+        let mut jobs = [SharedJob::from_record(record)];
+        self.fill_positions(&mut jobs).await?;
+        let [job] = jobs;
+        Ok(job)
+    }
+
+    /// Sets each descriptor's `last_event_seq` (§6.6) from the shared log.
+    async fn fill_positions(&self, jobs: &mut [SharedJob]) -> StorageResult<()> {
+        let keys: Vec<(SessionId, JobId)> = jobs
+            .iter()
+            .map(|job| (job.session_id.clone(), job.job_id.clone()))
+            .collect();
+        let positions = self.storage().last_event_seqs(&keys).await?;
+        for (job, seq) in jobs.iter_mut().zip(positions) {
+            job.descriptor["last_event_seq"] = json!(seq);
+        }
+        Ok(())
     }
 
     /// `job.cancel` (§7.4) for a job submitted in `session_id`: at once if
@@ -448,6 +397,7 @@ impl ClusterNode {
         loop {
             let page = self.storage().list_jobs(principal, after, 100).await?;
             if page.is_empty() {
+                self.fill_positions(&mut jobs).await?;
                 return Ok((jobs, None));
             }
             for (position, record) in page {
@@ -457,6 +407,7 @@ impl ClusterNode {
                     continue;
                 }
                 if jobs.len() == limit {
+                    self.fill_positions(&mut jobs).await?;
                     return Ok((jobs, Some(last_listed)));
                 }
                 last_listed = position;

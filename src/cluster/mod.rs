@@ -15,6 +15,8 @@
 
 pub mod jobs;
 pub mod log;
+mod subscriptions;
+mod writer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,6 +77,9 @@ pub struct ClusterNode {
     attached: Mutex<HashMap<SessionId, Arc<Session>>>,
     /// Jobs running on this node, for cancels sent through other nodes.
     running: Mutex<HashMap<JobId, Arc<Job>>>,
+    /// Subscribe requests this node sent to a job's node, by request id.
+    pending: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<crate::storage::SubscribeAnswer>>>,
+    next_request: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -125,6 +130,8 @@ impl ClusterNode {
             next_stream: AtomicU64::new(1),
             attached: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
             metrics,
         }))
     }
@@ -173,6 +180,24 @@ impl ClusterNode {
                 NodeNotice::SessionClosed { session_id, stream } => {
                     if let Some(session) = self.attached_view(&session_id) {
                         session.end_stream(stream, true);
+                    }
+                }
+                NodeNotice::SubscribeRequested {
+                    request,
+                    reply_node,
+                    job_id,
+                    subscriber,
+                    history_after,
+                } => self.answer_subscribe(request, reply_node, &job_id, subscriber, history_after),
+                NodeNotice::SubscribeAnswered { request, answer } => {
+                    if let Some(waiter) = locked(&self.pending).remove(&request) {
+                        let _ = waiter.send(answer);
+                    }
+                }
+                NodeNotice::Unsubscribed { job_id, subscriber } => {
+                    let job = locked(&self.running).get(&job_id).cloned();
+                    if let Some(output) = job.as_ref().and_then(|job| job.shared_output()) {
+                        output.unsubscribe(subscriber);
                     }
                 }
                 NodeNotice::CancelRequested { job_id, .. } => {
@@ -264,6 +289,18 @@ impl ClusterNode {
             }
         }
         Ok((stream_id, session.attach_shared(stream_id, generation)))
+    }
+
+    /// Whether this node's stream `stream_id` is the session's holder in
+    /// Redis (true when Redis cannot say).
+    pub async fn holds_stream(&self, session_id: &SessionId, stream_id: StreamId) -> bool {
+        match self.storage.session_state(session_id).await {
+            Ok(state) => state.holder.is_some_and(|holder| {
+                holder.node == self.config.node_id && holder.stream == stream_id
+            }),
+            Err(StorageError::Gone(_)) => false,
+            Err(_) => true,
+        }
     }
 
     /// A stream ended: the shared state forgets it (and the resume window

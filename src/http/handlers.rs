@@ -26,7 +26,7 @@ use crate::cluster::jobs::CancelError;
 use crate::event_log::EventLogError;
 use crate::ids::{EventSeq, JobId, Principal, SessionId};
 use crate::jobs::agents::AgentResolveError;
-use crate::jobs::{Job, JobLimits, JobSpec};
+use crate::jobs::{JobLimits, JobSpec};
 use crate::metrics::Transport;
 use crate::protocol::{format_rfc3339, now_rfc3339, parse_utc_timestamp, Envelope};
 use crate::session::{Session, SessionError, StreamId, Welcome};
@@ -869,11 +869,6 @@ fn admit_retention(state: &AppState, principal: &Principal) -> Result<(), ApiErr
         return Err(ApiError::RetainedBytesFull);
     }
     Ok(())
-}
-
-/// Whether `principal` may observe `job` (§6.6, §14).
-pub(super) fn may_observe(state: &AppState, principal: &Principal, job: &Job) -> bool {
-    state.may_observe(principal, job)
 }
 
 /// A job the caller's principal may observe; anything else is "not found",

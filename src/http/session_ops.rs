@@ -12,12 +12,12 @@ use serde_json::{json, Value};
 use super::body::{empty_response, json_response, ResponseBody};
 use super::credentials::{authenticate_for_session, Caller, Query};
 use super::error::ApiError;
-use super::handlers::{may_observe, read_payload, session_for};
+use super::handlers::{read_payload, session_for};
 use crate::ids::{EventSeq, JobId, SessionId};
-use crate::jobs::{ListFilter, SubscribeError};
+use crate::jobs::ListFilter;
 use crate::protocol::{now_rfc3339, parse_utc_timestamp, Envelope, JobStatus};
 use crate::session::Session;
-use crate::state::AppState;
+use crate::state::{AppState, JobView, SubscribeFailure};
 
 /// The longest page of a job listing.
 const MAX_LIST_LIMIT: usize = 1000;
@@ -281,8 +281,8 @@ pub async fn subscribe(
     let (request, _): (SubscribePayload, _) = read_payload(state, body, "job.subscribe").await?;
     let (job, payload) = subscribe_session(state, &caller, &session, request).await?;
     let mut envelope = Envelope::new("job.subscribed", &session.id, &payload);
-    envelope.job_id = Some(&job.spec.id);
-    envelope.trace_id = Some(&job.spec.trace_id);
+    envelope.job_id = Some(&job.job_id);
+    envelope.trace_id = Some(&job.trace_id);
     Ok(json_response(StatusCode::OK, &envelope))
 }
 
@@ -293,54 +293,43 @@ pub(super) async fn subscribe_session(
     caller: &Caller,
     session: &Arc<Session>,
     request: SubscribePayload,
-) -> Result<(Arc<crate::jobs::Job>, Value), ApiError> {
+) -> Result<(JobView, Value), ApiError> {
     require_feature(session, "subscribe")?;
     let job_id = JobId::from_client(&request.job_id);
-    let job = state
-        .jobs
-        .get(&job_id)
-        .filter(|job| may_observe(state, &caller.principal, job));
+    let result = state
+        .subscribe_job(
+            &caller.principal,
+            session,
+            &job_id,
+            request.history,
+            request.from_event_seq,
+        )
+        .await;
     // §14: every subscribe decision is logged for audit.
+    let target = match &result {
+        Ok(subscribed) => subscribed.job.principal.as_str().to_owned(),
+        Err(_) => "-".to_owned(),
+    };
     tracing::info!(
         target: "arcp_gateway::audit",
         subscriber_principal = %caller.principal,
         subscriber_session = %session.id,
         job = %job_id,
-        target_principal = job.as_ref().map(|job| job.spec.principal.as_str()).unwrap_or("-"),
-        decision = if job.is_some() { "allow" } else { "deny" },
+        target_principal = %target,
+        decision = if matches!(result, Err(SubscribeFailure::NotVisible)) { "deny" } else { "allow" },
         policy = ?state.config.subscribe_policy,
         "job.subscribe"
     );
-    let Some(job) = job else {
-        return Err(ApiError::PermissionDenied(
-            "no job this principal may observe has that id".into(),
-        ));
-    };
-    let history_after = match (request.history, request.from_event_seq) {
-        (false, _) => None,
-        (true, Some(from)) => Some(from),
-        (true, None) => Some(
-            state
-                .log_bounds(&job.spec.session_id)
-                .await
-                .map(|bounds| bounds.floor)
-                .unwrap_or(0),
+    let subscribed = result.map_err(|failure| match failure {
+        SubscribeFailure::NotVisible => {
+            ApiError::PermissionDenied("no job this principal may observe has that id".into())
+        }
+        SubscribeFailure::HistoryEvicted => ApiError::ResumeWindowExpired(
+            "the job's history from that event_seq is no longer retained".into(),
         ),
-    };
-    let subscribed =
-        job.subscribe(session.clone(), history_after)
-            .map_err(|error| match error {
-                SubscribeError::HistoryEvicted { .. } => ApiError::ResumeWindowExpired(
-                    "the job's history from that event_seq is no longer retained".into(),
-                ),
-            })?;
-    if job.spec.session_id != session.id && session.add_subscription(&job_id) {
-        state
-            .persist_session(session)
-            .await
-            .map_err(|_| ApiError::from(crate::storage::StorageError::WriterStopped))?;
-    }
-    let mut payload = job.descriptor();
+        SubscribeFailure::Storage(error) => error.into(),
+    })?;
+    let mut payload = subscribed.job.descriptor.clone();
     if let Some(object) = payload.as_object_mut() {
         if let Some(status) = object.remove("status") {
             object.insert("current_status".into(), status);
@@ -348,7 +337,7 @@ pub(super) async fn subscribe_session(
         object.insert("subscribed_from".into(), json!(subscribed.subscribed_from));
         object.insert("replayed".into(), json!(subscribed.replayed));
     }
-    Ok((job, payload))
+    Ok((subscribed.job, payload))
 }
 
 /// `DELETE /v1/sessions/{id}/subscriptions/{job_id}`: `job.unsubscribe`.
@@ -376,16 +365,9 @@ pub(super) async fn unsubscribe_session(
     job_id: &JobId,
 ) -> Result<(), ApiError> {
     require_feature(session, "subscribe")?;
-    if !session.remove_subscription(job_id) {
+    if !state.unsubscribe_job(session, job_id).await? {
         return Err(ApiError::JobNotFound);
     }
-    if let Some(job) = state.jobs.get(job_id) {
-        job.unsubscribe(&session.id);
-    }
-    state
-        .persist_session(session)
-        .await
-        .map_err(|_| ApiError::from(crate::storage::StorageError::WriterStopped))?;
     Ok(())
 }
 
@@ -407,7 +389,7 @@ pub async fn session_status(
         "last_event_seq": bounds.newest,
         "acked_through": session.acked_through(),
         "stream_attached": session.stream_attached(),
-        "subscriptions": session.subscriptions(),
+        "subscriptions": state.session_subscriptions(&session).await?,
     });
     Ok(envelope_response(
         StatusCode::OK,

@@ -380,7 +380,12 @@ impl EventStream {
                 Ok(()) => Ok(Waited::Read(())),
                 Err(_) => Err(Stop::LogGone),
             },
-            _ = self.heartbeat.tick() => Ok(Waited::Heartbeat),
+            _ = self.heartbeat.tick() => {
+                if !self.log.still_attached(&self.session, self.stream_id).await {
+                    return Err(Stop::Replaced);
+                }
+                Ok(Waited::Heartbeat)
+            }
         }
     }
 

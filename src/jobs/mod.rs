@@ -31,7 +31,7 @@ use crate::protocol::{format_rfc3339, parse_utc_timestamp};
 use crate::protocol::{now_rfc3339, ErrorCode, ErrorPayload, JobStatus};
 use crate::session::Session;
 use crate::store::{Durable, Persistence};
-pub use output::{JobOutput, Outgoing, SharedOutput};
+pub use output::{JobMessage, JobOutput, Outgoing, SharedOutput};
 
 /// Remaining budget at or below this counts as exhausted (§9.6).
 const BUDGET_EPSILON: f64 = 1e-9;
@@ -724,6 +724,14 @@ impl Job {
         let mut state = self.state();
         if state.reserved.is_none() {
             state.reserved = permit;
+        }
+    }
+
+    /// The queue to the cluster's log (cluster mode only).
+    pub fn shared_output(&self) -> Option<&SharedOutput> {
+        match &self.output {
+            JobOutput::Shared(output) => Some(output),
+            JobOutput::Local(_) => None,
         }
     }
 

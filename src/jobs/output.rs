@@ -15,10 +15,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::event_log::EventLog;
-use crate::ids::{JobId, MessageId};
+use crate::ids::{EventSeq, JobId, MessageId, SessionId};
+use crate::storage::SubscribeAnswer;
 
 /// Events a job may have queued for the shared store beyond the one being
 /// written; a terminal event and the extra events of one budgeted metric
@@ -30,6 +31,21 @@ pub enum JobOutput {
     Local(Arc<dyn EventLog>),
     /// Queued for the cluster's shared log.
     Shared(SharedOutput),
+}
+
+/// What a job's writer task is asked to do, in order.
+pub enum JobMessage {
+    /// Append an event (to the job's session and to its subscribers').
+    Event(Outgoing),
+    /// Add a subscriber (§7.6): its history is copied after every event
+    /// queued before, and live events follow, with no gap and no duplicate.
+    Subscribe {
+        subscriber: SessionId,
+        history_after: Option<EventSeq>,
+        reply: oneshot::Sender<SubscribeAnswer>,
+    },
+    /// Stop copying events to a subscriber.
+    Unsubscribe(SessionId),
 }
 
 /// One event on its way to the shared log.
@@ -53,13 +69,13 @@ pub struct Outgoing {
 
 /// The producing end of a job's queue to the shared log.
 pub struct SharedOutput {
-    sender: mpsc::UnboundedSender<Outgoing>,
+    sender: mpsc::UnboundedSender<JobMessage>,
     permits: Arc<Semaphore>,
 }
 
 impl SharedOutput {
     /// A queue and its receiving end, for the writer task.
-    pub fn channel() -> (SharedOutput, mpsc::UnboundedReceiver<Outgoing>) {
+    pub fn channel() -> (SharedOutput, mpsc::UnboundedReceiver<JobMessage>) {
         let (sender, receiver) = mpsc::unbounded_channel();
         let output = SharedOutput {
             sender,
@@ -81,6 +97,26 @@ impl SharedOutput {
     /// Queues an event. A writer that has stopped (its job was lost to
     /// another node) drops it: that job's log is closed.
     pub fn send(&self, outgoing: Outgoing) {
-        let _ = self.sender.send(outgoing);
+        let _ = self.sender.send(JobMessage::Event(outgoing));
+    }
+
+    /// Asks the writer to add a subscriber; `None` when it has stopped (the
+    /// job's terminal is written).
+    pub fn subscribe(
+        &self,
+        subscriber: SessionId,
+        history_after: Option<EventSeq>,
+    ) -> Option<oneshot::Receiver<SubscribeAnswer>> {
+        let (reply, answer) = oneshot::channel();
+        let message = JobMessage::Subscribe {
+            subscriber,
+            history_after,
+            reply,
+        };
+        self.sender.send(message).ok().map(|()| answer)
+    }
+
+    pub fn unsubscribe(&self, subscriber: SessionId) {
+        let _ = self.sender.send(JobMessage::Unsubscribe(subscriber));
     }
 }

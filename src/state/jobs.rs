@@ -7,11 +7,13 @@ use serde_json::Value;
 use super::{AppState, OpError};
 use crate::cluster::jobs::{CancelError, Claim, SharedJob};
 use crate::config::SubscribePolicy;
-use crate::ids::{JobId, Principal, SessionId};
+use crate::ids::{EventSeq, JobId, Principal, SessionId};
 use crate::jobs::agents::Agent;
-use crate::jobs::{Job, JobOutput, JobSpec, ListFilter, Registration, SharedOutput};
+use crate::jobs::{
+    Job, JobOutput, JobSpec, ListFilter, Registration, SharedOutput, SubscribeError,
+};
 use crate::session::Session;
-use crate::storage::StorageError;
+use crate::storage::{StorageError, SubscribeAnswer};
 
 /// A submission the gateway answered with `job.accepted` (§7.1).
 pub struct Accepted {
@@ -38,6 +40,7 @@ pub enum SubmitError {
 /// What any node can say about a job.
 pub struct JobView {
     pub job_id: JobId,
+    pub principal: Principal,
     pub session_id: SessionId,
     pub trace_id: String,
     /// The descriptor (§6.6).
@@ -50,6 +53,7 @@ impl JobView {
     fn of_local(job: &Job) -> JobView {
         JobView {
             job_id: job.spec.id.clone(),
+            principal: job.spec.principal.clone(),
             session_id: job.spec.session_id.clone(),
             trace_id: job.spec.trace_id.clone(),
             descriptor: job.descriptor(),
@@ -60,6 +64,7 @@ impl JobView {
     fn of_shared(job: SharedJob) -> JobView {
         JobView {
             job_id: job.job_id,
+            principal: job.principal,
             session_id: job.session_id,
             trace_id: job.trace_id,
             descriptor: job.descriptor,
@@ -240,6 +245,135 @@ impl AppState {
         job.cancel()
             .map_err(|finished| CancelError::Finished(finished.0))?;
         Ok(JobView::of_local(&job))
+    }
+}
+
+/// A subscription made (§7.6): the job and where its events start.
+pub struct SubscribedView {
+    pub job: JobView,
+    pub subscribed_from: EventSeq,
+    pub replayed: bool,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug)]
+pub enum SubscribeFailure {
+    /// No job the principal may observe has that id (§6.6: the same answer
+    /// whether it exists or not).
+    NotVisible,
+    /// The history asked for is no longer retained.
+    HistoryEvicted,
+    Storage(StorageError),
+}
+
+impl AppState {
+    /// `job.subscribe` (§7.6): with `history`, the job's retained events
+    /// after `from_event_seq` (default: the oldest retained) come first.
+    pub async fn subscribe_job(
+        &self,
+        principal: &Principal,
+        session: &Arc<Session>,
+        job_id: &JobId,
+        history: bool,
+        from_event_seq: Option<EventSeq>,
+    ) -> Result<SubscribedView, SubscribeFailure> {
+        let Some(node) = &self.cluster else {
+            return self
+                .subscribe_local(principal, session, job_id, history, from_event_seq)
+                .await;
+        };
+        let history = history.then_some(from_event_seq);
+        let (job, answer) = match node
+            .subscribe(principal, &session.id, job_id, history)
+            .await
+        {
+            Ok(found) => found,
+            Err(StorageError::NotFound) => return Err(SubscribeFailure::NotVisible),
+            Err(error) => return Err(SubscribeFailure::Storage(error)),
+        };
+        match answer {
+            SubscribeAnswer::Subscribed {
+                subscribed_from,
+                replayed,
+            } => Ok(SubscribedView {
+                job: JobView::of_shared(job),
+                subscribed_from,
+                replayed,
+            }),
+            SubscribeAnswer::HistoryEvicted => Err(SubscribeFailure::HistoryEvicted),
+            SubscribeAnswer::NotRunning | SubscribeAnswer::Unavailable => {
+                Err(SubscribeFailure::Storage(StorageError::Unavailable(
+                    "the job's node could not add the subscription".into(),
+                )))
+            }
+        }
+    }
+
+    async fn subscribe_local(
+        &self,
+        principal: &Principal,
+        session: &Arc<Session>,
+        job_id: &JobId,
+        history: bool,
+        from_event_seq: Option<EventSeq>,
+    ) -> Result<SubscribedView, SubscribeFailure> {
+        let job = self
+            .jobs
+            .get(job_id)
+            .filter(|job| self.may_observe(principal, job))
+            .ok_or(SubscribeFailure::NotVisible)?;
+        let history_after = match (history, from_event_seq) {
+            (false, _) => None,
+            (true, Some(from)) => Some(from),
+            (true, None) => Some(
+                self.log
+                    .bounds(&job.spec.session_id)
+                    .map(|bounds| bounds.floor)
+                    .unwrap_or(0),
+            ),
+        };
+        let subscribed =
+            job.subscribe(session.clone(), history_after)
+                .map_err(|error| match error {
+                    SubscribeError::HistoryEvicted { .. } => SubscribeFailure::HistoryEvicted,
+                })?;
+        if job.spec.session_id != session.id && session.add_subscription(job_id) {
+            self.persist_session(session)
+                .await
+                .map_err(|_| SubscribeFailure::Storage(StorageError::WriterStopped))?;
+        }
+        Ok(SubscribedView {
+            job: JobView::of_local(&job),
+            subscribed_from: subscribed.subscribed_from,
+            replayed: subscribed.replayed,
+        })
+    }
+
+    /// `job.unsubscribe`: false when the session was not subscribed.
+    pub async fn unsubscribe_job(
+        &self,
+        session: &Session,
+        job_id: &JobId,
+    ) -> Result<bool, OpError> {
+        if let Some(node) = &self.cluster {
+            return Ok(node.unsubscribe(&session.id, job_id).await?);
+        }
+        if !session.remove_subscription(job_id) {
+            return Ok(false);
+        }
+        if let Some(job) = self.jobs.get(job_id) {
+            job.unsubscribe(&session.id);
+        }
+        self.persist_session(session).await?;
+        Ok(true)
+    }
+
+    /// The jobs a session is subscribed to.
+    pub async fn session_subscriptions(&self, session: &Session) -> Result<Vec<JobId>, OpError> {
+        match &self.cluster {
+            Some(node) => Ok(node.subscriptions(&session.id).await?),
+            None => Ok(session.subscriptions()),
+        }
     }
 }
 

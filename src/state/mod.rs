@@ -23,19 +23,6 @@ use crate::metrics::Metrics;
 use crate::session::{Session, SessionRegistry};
 use crate::store::{Persistence, WriterStopped};
 
-/// Features a cluster node negotiates: all but `subscribe`, whose copies
-/// into other sessions' logs are not yet carried across nodes.
-pub const CLUSTER_FEATURES: &[&str] = &[
-    "heartbeat",
-    "ack",
-    "list_jobs",
-    "lease_expires_at",
-    "cost.budget",
-    "progress",
-    "result_chunk",
-    "agent_versions",
-];
-
 /// Features this runtime implements and may negotiate (§6.2).
 pub const RUNTIME_FEATURES: &[&str] = &[
     "heartbeat",
@@ -49,7 +36,7 @@ pub const RUNTIME_FEATURES: &[&str] = &[
     "agent_versions",
 ];
 
-pub use jobs::{Accepted, JobView, SubmitError};
+pub use jobs::{Accepted, JobView, SubmitError, SubscribeFailure, SubscribedView};
 pub use sessions::{LogReader, OpError};
 
 pub struct AppState {
@@ -79,10 +66,7 @@ pub struct AppState {
 impl AppState {
     /// The features this gateway may negotiate (§6.2).
     pub fn runtime_features(&self) -> &'static [&'static str] {
-        match self.cluster {
-            Some(_) => CLUSTER_FEATURES,
-            None => RUNTIME_FEATURES,
-        }
+        RUNTIME_FEATURES
     }
 
     /// Writes a session's record and waits until it is durable, so a token

@@ -112,6 +112,17 @@ impl LogReader {
         }
     }
 
+    /// Whether stream `stream_id` is still the session's one stream. In
+    /// cluster mode this asks Redis: the backstop for a lost notice from the
+    /// node that attached a newer stream. An unreachable store answers yes
+    /// (the stream's next read will tell).
+    pub async fn still_attached(&self, session: &Session, stream_id: StreamId) -> bool {
+        match self {
+            LogReader::Local(_) => true,
+            LogReader::Shared(node) => node.holds_stream(&session.id, stream_id).await,
+        }
+    }
+
     /// A stream ended (called from its `Drop`: never waits).
     pub fn detach(&self, session: &Arc<Session>, stream_id: StreamId) {
         match self {
@@ -162,7 +173,11 @@ impl AppState {
         };
         match node.load_session(session_id).await {
             Ok(session) => Ok(Some(session)),
-            Err(StorageError::Gone(GoneReason::SessionMissing)) => Ok(None),
+            // An id that could never name a session (not a key part) is
+            // unknown, as on one node.
+            Err(StorageError::Gone(GoneReason::SessionMissing) | StorageError::InvalidId) => {
+                Ok(None)
+            }
             Err(error) => Err(error.into()),
         }
     }

@@ -28,7 +28,7 @@ use crate::ids::{EventSeq, JobId, Principal, SessionId};
 
 pub use records::{
     GoneReason, IdempotencyClaim, IdempotencyRecord, JobRecord, JobStatus, Lease, NodeNotice,
-    ReapedJob, SessionRecord, SessionState, StreamHolder,
+    ReapedJob, SessionRecord, SessionState, StreamHolder, SubscribeAnswer,
 };
 
 /// Why a storage operation failed. Each variant is small and says what a

@@ -125,12 +125,54 @@ pub enum NodeNotice {
         #[serde(with = "job_id")]
         job_id: JobId,
     },
+    /// Subscribe `subscriber` to the job `job_id` this node runs (§7.6),
+    /// with its history after `history_after`; answer `request` on
+    /// `reply_node`'s channel.
+    SubscribeRequested {
+        request: u64,
+        reply_node: String,
+        #[serde(with = "job_id")]
+        job_id: JobId,
+        #[serde(with = "session_id")]
+        subscriber: SessionId,
+        history_after: Option<EventSeq>,
+    },
+    /// The answer to a `SubscribeRequested` this node sent.
+    SubscribeAnswered {
+        request: u64,
+        answer: SubscribeAnswer,
+    },
+    /// Stop copying the job's events to `subscriber`.
+    Unsubscribed {
+        #[serde(with = "job_id")]
+        job_id: JobId,
+        #[serde(with = "session_id")]
+        subscriber: SessionId,
+    },
     /// The session was closed (§6.7) while this node held its stream.
     SessionClosed {
         #[serde(with = "session_id")]
         session_id: SessionId,
         stream: u64,
     },
+}
+
+/// How a subscription request ended (§7.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SubscribeAnswer {
+    /// Subscribed: events after `subscribed_from` in the job's own session
+    /// follow; `replayed` says whether history was copied first.
+    Subscribed {
+        subscribed_from: EventSeq,
+        replayed: bool,
+    },
+    /// The history asked for is no longer retained.
+    HistoryEvicted,
+    /// The job is not running on the node asked (it ended meanwhile).
+    NotRunning,
+    /// The store could not be reached.
+    Unavailable,
 }
 
 /// A job the reaper ended.

@@ -569,8 +569,8 @@ impl Connection<'_> {
                     subscribe_session(self.state, &self.caller, &self.session, request).await?;
                 payload["request_id"] = json!(request_id);
                 let mut envelope = Envelope::new("job.subscribed", session_id, &payload);
-                envelope.job_id = Some(&job.spec.id);
-                envelope.trace_id = Some(&job.spec.trace_id);
+                envelope.job_id = Some(&job.job_id);
+                envelope.trace_id = Some(&job.trace_id);
                 Ok(Some(frames::control(&envelope)))
             }
             "job.unsubscribe" => {

@@ -38,6 +38,103 @@ fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> StorageResult<T> {
 }
 
 impl RedisStorage {
+    /// Adds (`true`) or removes a job from a session's subscriptions
+    /// (§7.6); whether anything changed.
+    pub async fn set_subscription(
+        &self,
+        session_id: &SessionId,
+        job_id: &JobId,
+        subscribed: bool,
+    ) -> StorageResult<bool> {
+        let op: &[u8] = if subscribed { b"sub" } else { b"unsub" };
+        let job = keys::checked(job_id.as_str())?;
+        let reply = self
+            .session_script(session_id, &[op, job.as_bytes()])
+            .await?;
+        match (status(&reply)?, reply.get(1)) {
+            ("ok", Some(changed)) => Ok(number(changed)? == 1),
+            ("gone", _) => Err(StorageError::Gone(GoneReason::SessionMissing)),
+            _ => Err(unexpected(&reply)),
+        }
+    }
+
+    /// The jobs a session is subscribed to (§7.6).
+    pub async fn subscriptions(&self, session_id: &SessionId) -> StorageResult<Vec<JobId>> {
+        let keys = SessionKeys::new(session_id)?;
+        let mut connection = self.connection.clone();
+        let subs: Option<String> = redis::cmd("HGET")
+            .arg(keys.session())
+            .arg("subs")
+            .query_async(&mut connection)
+            .await
+            .map_err(read_error)?;
+        Ok(subs
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(JobId::from_client)
+            .collect())
+    }
+
+    /// Stops copying a job's events to `subscriber` (§7.6).
+    pub async fn remove_job_subscriber(
+        &self,
+        owner: &SessionId,
+        job_id: &JobId,
+        subscriber: &SessionId,
+    ) -> StorageResult<()> {
+        let keys = SessionKeys::new(owner)?;
+        let mut connection = self.connection.clone();
+        redis::cmd("SREM")
+            .arg(keys.subscribers(job_id)?)
+            .arg(subscriber.as_str())
+            .query_async::<i64>(&mut connection)
+            .await
+            .map_err(write_error)?;
+        Ok(())
+    }
+
+    /// Each job's newest `event_seq` in its own session's log (0 before its
+    /// first event, or once the log is gone), in one round trip.
+    pub async fn last_event_seqs(
+        &self,
+        jobs: &[(SessionId, JobId)],
+    ) -> StorageResult<Vec<EventSeq>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (session_id, job_id) in jobs {
+            let keys = SessionKeys::new(session_id)?;
+            let job = keys::checked(job_id.as_str())?;
+            pipe.cmd("HMGET")
+                .arg(keys.meta())
+                .arg(format!("j:{job}"))
+                .arg(format!("t:{job}"));
+        }
+        let mut connection = self.connection.clone();
+        let positions: Vec<(Option<String>, Option<String>)> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(read_error)?;
+        // `j:` is `index:seq` of the job's own newest append; `t:` the seq of
+        // its terminal, which a reaper appends without moving `j:`.
+        Ok(positions
+            .iter()
+            .map(|(position, terminal)| {
+                let own = position
+                    .as_deref()
+                    .and_then(|text| text.split_once(':'))
+                    .and_then(|(_, seq)| seq.parse().ok())
+                    .unwrap_or(0);
+                let terminal = terminal
+                    .as_deref()
+                    .and_then(|seq| seq.parse().ok())
+                    .unwrap_or(0);
+                own.max(terminal)
+            })
+            .collect())
+    }
+
     async fn session_script(
         &self,
         session_id: &SessionId,
@@ -81,7 +178,7 @@ impl RedisStorage {
 
     /// Best effort: a lost notice is caught by the holder check of a
     /// stream's heartbeat and by lease renewal (`cancel` flag).
-    async fn publish_notice(&self, node: &str, notice: &NodeNotice) {
+    pub async fn publish_notice(&self, node: &str, notice: &NodeNotice) {
         let (Ok(channel), Ok(payload)) = (keys::node_channel(node), to_json(notice)) else {
             return;
         };

@@ -175,6 +175,12 @@ async fn run(client: redis::Client, inner: Weak<Inner>) {
         if let Some(inner) = inner.upgrade() {
             *lock(&inner.sink) = None;
             inner.connected.send_replace(false);
+            // Readers re-read now: if Redis is gone their read fails and
+            // their streams end with a reconnect hint at once, rather than
+            // at their next heartbeat.
+            for sender in lock(&inner.channels).values() {
+                sender.send_modify(|_| {});
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RECONNECT_MAX);

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::*;
 use crate::support::cluster::Cluster;
@@ -181,9 +181,8 @@ async fn jobs_are_cancelled_resubmitted_listed_and_acked_through_any_node() {
         .await;
     assert_eq!(status, StatusCode::OK, "{job}");
     assert_eq!(job["payload"]["status"], "cancelled", "{job}");
-    // The record's terminal is the one on the stream. (Its `last_event_seq`
-    // is not tracked in cluster mode: docs/cluster.md, "Not (yet) in
-    // cluster mode".)
+    assert_eq!(job["payload"]["last_event_seq"], terminal_seq, "{job}");
+    // The record's terminal is the one on the stream.
     let streamed = received
         .events
         .iter()
@@ -365,56 +364,71 @@ async fn jobs_are_cancelled_resubmitted_listed_and_acked_through_any_node() {
     }
 }
 
-/// Issue 12 lists `subscribe` among the operations any node serves; cluster
-/// mode does not offer it yet (docs/cluster.md, "Not (yet) in cluster
-/// mode": copies of a job's events into another session's log are not
-/// carried across nodes). Until it does, every node must say so the same
-/// clear way, and no copy may leak into the other session.
 #[tokio::test]
-async fn subscribe_is_not_negotiated_in_cluster_mode_and_every_node_refuses_it_clearly() {
+async fn a_subscription_made_on_one_node_delivers_another_nodes_job_in_order() {
     let cluster = Cluster::start().await;
     let (n1, n2, n3) = (cluster.node(1), cluster.node(2), cluster.node(3));
     let submitter = n1.create_session(ALICE_TOKEN).await;
     let dashboard = n2.create_session(ALICE_TOKEN).await;
     let (a_sid, d_sid) = (&submitter.session_id, &dashboard.session_id);
-    let features = &dashboard.envelope["payload"]["capabilities"]["features"];
-    let features: Vec<&str> = features
-        .as_array()
-        .unwrap_or_else(|| panic!("negotiated features: {features}"))
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert!(!features.contains(&"subscribe"), "{features:?}");
-    assert!(
-        features.contains(&"ack") && features.contains(&"list_jobs"),
-        "{features:?}"
-    );
-    let job = n1.submit_ok(a_sid, ALICE_TOKEN, ticker(5, 10)).await;
-    for node in [&n1, &n2, &n3] {
-        let (status, body) = node
+    let job = n1.submit_ok(a_sid, ALICE_TOKEN, ticker(30, 20)).await;
+
+    // Subscribe through node 3, with history; stream on node 2.
+    let (status, subscribed) = n3
+        .post_json(
+            &format!("/v1/sessions/{d_sid}/subscriptions"),
+            ALICE_TOKEN,
+            &json!({"job_id": job, "history": true, "from_event_seq": 0}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{subscribed}");
+    assert_eq!(subscribed["type"], "job.subscribed");
+    // Bob learns nothing, whether or not the job exists.
+    let bob = n1.create_session(BOB_TOKEN).await;
+    let mut answers = Vec::new();
+    for job_id in [job.as_str(), "job_does_not_exist"] {
+        let (status, body) = n2
             .post_json(
-                &format!("/v1/sessions/{d_sid}/subscriptions"),
-                ALICE_TOKEN,
-                &json!({"job_id": job, "history": true}),
+                &format!("/v1/sessions/{}/subscriptions", bob.session_id),
+                BOB_TOKEN,
+                &json!({"job_id": job_id}),
             )
             .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{}: {body}", node.base);
-        assert_eq!(body["code"], "INVALID_REQUEST", "{body}");
-        assert_eq!(body["retryable"], false, "{body}");
-        let message = body["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains("subscribe"),
-            "the message names the feature: {body}"
-        );
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        answers.push(body);
     }
-    n3.wait_for_job(a_sid, &job, ALICE_TOKEN, |job| job["status"] == "success")
+    assert_eq!(answers[0], answers[1], "the same answer either way");
+    // A subscriber gains no cancel authority, on any node.
+    let (status, body) = n3.cancel(d_sid, &job, ALICE_TOKEN).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    let mut received = Received::new(&dashboard.resume_token);
+    let mut stream = n2.stream_with_bearer(d_sid, &received.token, Some(0)).await;
+    assert_eq!(stream.status, StatusCode::OK, "{}", stream.error);
+    stream.read_welcome().await;
+    received.note_token(&stream);
+    for _ in 0..10 {
+        received.take(stream.next_event().await.expect("event"));
+    }
+    drop(stream);
+    // Resume on node 1 and read the rest.
+    let mut stream = n1
+        .stream_with_bearer(d_sid, &received.token, Some(received.cursor()))
         .await;
-    let (status, state) = n3
-        .get_json(&format!("/v1/sessions/{d_sid}"), ALICE_TOKEN)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{state}");
-    assert_eq!(
-        state["payload"]["last_event_seq"], 0,
-        "no copy leaked: {state}"
+    assert_eq!(stream.status, StatusCode::OK, "{}", stream.error);
+    stream.read_welcome().await;
+    while !received.has_terminal(&job) {
+        received.take(stream.next_event().await.expect("event"));
+    }
+    let events = received.of_job(&job);
+    assert_eq!(events.len(), 31, "every event of the job once");
+    assert_ticker_story(&events);
+    assert!(
+        events
+            .iter()
+            .all(|event| event.data["session_id"] == d_sid.as_str()),
+        "re-stamped for the subscriber"
     );
+    let replay = full_replay(&n3, d_sid, received.cursor()).await;
+    assert_identical_to_replay(&received.events, &replay);
 }

@@ -31,6 +31,18 @@ async fn a_killed_nodes_job_ends_with_one_retryable_terminal_seen_through_a_surv
         .node(3)
         .submit_ok(&sid, ALICE_TOKEN, ticker(60, 100))
         .await;
+    // Another session follows the doomed job (§7.6), subscribed through
+    // node 1.
+    let dashboard = cluster.node(3).create_session(ALICE_TOKEN).await;
+    let (status, body) = cluster
+        .node(1)
+        .post_json(
+            &format!("/v1/sessions/{}/subscriptions", dashboard.session_id),
+            ALICE_TOKEN,
+            &json!({"job_id": doomed, "history": true, "from_event_seq": 0}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
     let mut received = Received::new(&session.resume_token);
     let mut stream = nginx
@@ -130,6 +142,7 @@ async fn a_killed_nodes_job_ends_with_one_retryable_terminal_seen_through_a_surv
             .await;
         assert_eq!(status, StatusCode::OK, "{job}");
         assert_eq!(job["payload"]["status"], payload["final_status"], "{job}");
+        assert_eq!(job["payload"]["last_event_seq"], terminal.seq, "{job}");
         records.push(job);
     }
     drop(stream);
@@ -154,12 +167,33 @@ async fn a_killed_nodes_job_ends_with_one_retryable_terminal_seen_through_a_surv
     received.take(event);
 
     // Every node's record of the lost job carries the terminal the stream
-    // delivered, `completed_at` included. (Its `last_event_seq` is not
-    // tracked in cluster mode: docs/cluster.md, "Not (yet) in cluster mode".)
+    // delivered, `completed_at` included.
     for job in &records {
         assert_eq!(
             job["payload"]["terminal"], terminal.data["payload"],
             "the job's record and its terminal event disagree: {job}"
         );
     }
+
+    // The subscriber got the job's story too, ending with the same terminal.
+    let mut followed = Received::new(&dashboard.resume_token);
+    let mut stream = cluster
+        .node(3)
+        .stream_with_bearer(&dashboard.session_id, &followed.token, Some(0))
+        .await;
+    assert_eq!(stream.status, StatusCode::OK, "{}", stream.error);
+    stream.read_welcome().await;
+    while !followed.has_terminal(&doomed) {
+        followed.take(stream.next_event().await.expect("event"));
+    }
+    let copy = assert_ticker_story(&followed.of_job(&doomed));
+    assert_eq!(
+        copy.data["payload"], terminal.data["payload"],
+        "the subscriber's terminal is the owner's"
+    );
+    assert_eq!(
+        followed.of_job(&doomed).len(),
+        received.of_job(&doomed).len(),
+        "the subscriber got every event of the job that its own session got"
+    );
 }

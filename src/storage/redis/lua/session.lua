@@ -8,6 +8,8 @@
 -- detach  holder             -> {'ok', '1' or '0'} | {'gone'}
 -- close                      -> {'ok', holder or ''} | {'gone'}
 -- ack     seq                -> {'ok', acked} | {'gone'}
+-- sub     job id             -> {'ok', '1' added or '0' already} | {'gone'}
+-- unsub   job id             -> {'ok', '1' removed or '0' absent} | {'gone'}
 -- A presented generation is consumed (older ones stop working), then the
 -- next one is issued: consume-then-issue in one step.
 -- The resume window (§6.3) is the keys' expiry: it runs while no stream is
@@ -46,6 +48,25 @@ if op == 'close' then
   redis.call('HDEL', sess, 'holder')
   start_window()
   return {'ok', s[4] or ''}
+end
+if op == 'sub' or op == 'unsub' then
+  -- The session's subscriptions (§7.6): job ids separated by spaces (ids
+  -- never contain one: they are checked as key parts).
+  local subs = redis.call('HGET', sess, 'subs') or ''
+  local present = string.find(' ' .. subs .. ' ', ' ' .. ARGV[3] .. ' ', 1, true) ~= nil
+  if op == 'sub' then
+    if present then return {'ok', '0'} end
+    if subs == '' then subs = ARGV[3] else subs = subs .. ' ' .. ARGV[3] end
+  else
+    if not present then return {'ok', '0'} end
+    local kept = {}
+    for id in string.gmatch(subs, '%S+') do
+      if id ~= ARGV[3] then table.insert(kept, id) end
+    end
+    subs = table.concat(kept, ' ')
+  end
+  redis.call('HSET', sess, 'subs', subs)
+  return {'ok', '1'}
 end
 if op == 'ack' then
   local acked = tonumber(ARGV[3])
