@@ -27,6 +27,8 @@ use crate::storage::{
 
 /// How long an idempotency key keeps naming its job (§7.2).
 const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// The pause before renewing a lease again after a renewal failed.
+const RENEW_RETRY: Duration = Duration::from_millis(250);
 
 /// What a node knows of a job of the cluster, wherever it runs.
 #[derive(Clone, Debug)]
@@ -236,15 +238,19 @@ impl ClusterNode {
     }
 
     /// Renews the lease every third of its life until the job's terminal is
-    /// written. A cancel recorded through another node is honoured here if
-    /// its notice was lost; a lost lease stops the agent.
+    /// written; after a failed renewal (Redis unreachable), retries every
+    /// [`RENEW_RETRY`], so a Redis outage shorter than what is left of the
+    /// lease does not cost the job. A cancel recorded through another node
+    /// is honoured here if its notice was lost; a lost lease stops the agent.
     async fn renew_lease(self: Arc<Self>, lease: Lease, job: Arc<Job>, written: CancellationToken) {
         let every = self.config.lease_ttl / 3;
+        let mut wait = every;
         loop {
             tokio::select! {
                 () = written.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep(wait) => {}
             }
+            wait = every;
             match self
                 .storage()
                 .renew_lease(&lease, self.lease_ttl_ms())
@@ -263,6 +269,7 @@ impl ClusterNode {
                 }
                 Err(error) => {
                     tracing::warn!(job = %lease.job_id, %error, "renewing a job lease failed");
+                    wait = every.min(RENEW_RETRY);
                 }
             }
         }
