@@ -27,6 +27,8 @@ use crate::storage::{
 
 /// How long an idempotency key keeps naming its job (§7.2).
 const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// The pause before renewing a lease again after a renewal failed.
+const RENEW_RETRY: Duration = Duration::from_millis(250);
 
 /// What a node knows of a job of the cluster, wherever it runs.
 #[derive(Clone, Debug)]
@@ -123,9 +125,10 @@ pub(super) fn node_lost_payload() -> Value {
     payload
 }
 
-/// The stored body of the terminal a reaper appends for a lost job.
-pub(super) fn node_lost_body(job_id: &JobId) -> Bytes {
-    let tail = crate::protocol::job_envelope_tail(None, job_id, &node_lost_payload());
+/// The stored body of the terminal a reaper appends for a lost job, with
+/// `payload` (from [`node_lost_payload`], one per reaper pass).
+pub(super) fn node_lost_body(job_id: &JobId, payload: &Value) -> Bytes {
+    let tail = crate::protocol::job_envelope_tail(None, job_id, payload);
     super::log::encode_body("job.error", &crate::ids::MessageId::generate(), &tail)
 }
 
@@ -235,15 +238,19 @@ impl ClusterNode {
     }
 
     /// Renews the lease every third of its life until the job's terminal is
-    /// written. A cancel recorded through another node is honoured here if
-    /// its notice was lost; a lost lease stops the agent.
+    /// written; after a failed renewal (Redis unreachable), retries every
+    /// [`RENEW_RETRY`], so a Redis outage shorter than what is left of the
+    /// lease does not cost the job. A cancel recorded through another node
+    /// is honoured here if its notice was lost; a lost lease stops the agent.
     async fn renew_lease(self: Arc<Self>, lease: Lease, job: Arc<Job>, written: CancellationToken) {
         let every = self.config.lease_ttl / 3;
+        let mut wait = every;
         loop {
             tokio::select! {
                 () = written.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep(wait) => {}
             }
+            wait = every;
             match self
                 .storage()
                 .renew_lease(&lease, self.lease_ttl_ms())
@@ -262,6 +269,7 @@ impl ClusterNode {
                 }
                 Err(error) => {
                     tracing::warn!(job = %lease.job_id, %error, "renewing a job lease failed");
+                    wait = every.min(RENEW_RETRY);
                 }
             }
         }
@@ -292,12 +300,16 @@ impl ClusterNode {
     pub(super) async fn reap_forever(&self) {
         let mut tick = tokio::time::interval(self.config.reaper_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let terminal = |_: &SessionId, job_id: &JobId| -> Bytes { node_lost_body(job_id) };
         loop {
             tick.tick().await;
+            // One payload per pass: the event every reaped job gets and the
+            // terminal its record keeps are the same, `completed_at` included.
+            let payload = node_lost_payload();
+            let terminal =
+                |_: &SessionId, job_id: &JobId| -> Bytes { node_lost_body(job_id, &payload) };
             match self
                 .storage()
-                .reap_expired(crate::storage::redis::now_ms(), 100, &terminal)
+                .reap_expired(crate::storage::redis::now_ms(), 100, &terminal, &payload)
                 .await
             {
                 Ok(reaped) => {
@@ -308,7 +320,7 @@ impl ClusterNode {
                             "job ended: its gateway node was lost"
                         );
                         if job.terminal_seq.is_some() {
-                            self.copy_reaped_terminal(&job.session_id, &job.job_id)
+                            self.copy_reaped_terminal(&job.session_id, &job.job_id, &payload)
                                 .await;
                         }
                     }

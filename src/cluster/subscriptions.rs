@@ -237,12 +237,18 @@ impl ClusterNode {
     }
 
     /// After the reaper ended a lost job in its own session: the same
-    /// terminal in every subscriber's session (§7.6), exactly once.
-    pub(super) async fn copy_reaped_terminal(&self, owner: &SessionId, job_id: &JobId) {
+    /// terminal (`payload`, the one the owner's session got) in every
+    /// subscriber's session (§7.6), exactly once.
+    pub(super) async fn copy_reaped_terminal(
+        &self,
+        owner: &SessionId,
+        job_id: &JobId,
+        payload: &serde_json::Value,
+    ) {
         let Ok(subscribers) = self.storage().subscribers(owner, job_id).await else {
             return;
         };
-        let body: Bytes = super::jobs::node_lost_body(job_id);
+        let body: Bytes = super::jobs::node_lost_body(job_id, payload);
         let Some((message_type, _, shared)) = log::decode_body(&body) else {
             return;
         };

@@ -351,13 +351,16 @@ pub trait Coordinator: Send + Sync + 'static {
 
     /// Ends jobs whose lease expired (their node is lost): appends exactly one
     /// terminal built by `terminal` to the job's session log, unless the job
-    /// already has one, and marks the record `Lost`. Safe to run on every
-    /// node at once. `now_ms` is this node's wall clock.
+    /// already has one, and marks the record `Lost` with `terminal_payload`
+    /// (the payload of that event) as its terminal, so every node reports
+    /// the terminal that was delivered. Safe to run on every node at once.
+    /// `now_ms` is this node's wall clock.
     fn reap_expired(
         &self,
         now_ms: u64,
         limit: usize,
         terminal: &(dyn Fn(&SessionId, &JobId) -> Bytes + Sync),
+        terminal_payload: &serde_json::Value,
     ) -> impl Future<Output = StorageResult<Vec<ReapedJob>>> + Send;
 
     /// Claims an idempotency key for `principal` (SET NX): `Claimed` for the

@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod binary;
 mod browser;
+mod cluster;
 mod deploy;
 mod docs;
 mod durable;

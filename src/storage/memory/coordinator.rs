@@ -372,6 +372,7 @@ impl Coordinator for MemoryNode {
         _now_ms: u64,
         limit: usize,
         terminal: &(dyn Fn(&SessionId, &JobId) -> Bytes + Sync),
+        terminal_payload: &serde_json::Value,
     ) -> impl Future<Output = StorageResult<Vec<ReapedJob>>> + Send {
         let mut shared = self.shared();
         let now = Instant::now();
@@ -400,6 +401,9 @@ impl Coordinator for MemoryNode {
             if let Some(job) = shared.jobs.get_mut(&(session_id.clone(), job_id.clone())) {
                 if job.status == JobStatus::Running {
                     job.status = JobStatus::Lost;
+                }
+                if terminal_seq.is_some() {
+                    job.terminal = Some(terminal_payload.clone());
                 }
             }
             reaped.push(ReapedJob {

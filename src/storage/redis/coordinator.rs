@@ -105,24 +105,32 @@ impl RedisStorage {
         let mut pipe = redis::pipe();
         for (session_id, job_id) in jobs {
             let keys = SessionKeys::new(session_id)?;
-            pipe.cmd("HGET")
+            let job = keys::checked(job_id.as_str())?;
+            pipe.cmd("HMGET")
                 .arg(keys.meta())
-                .arg(format!("j:{}", keys::checked(job_id.as_str())?));
+                .arg(format!("j:{job}"))
+                .arg(format!("t:{job}"));
         }
         let mut connection = self.connection.clone();
-        let positions: Vec<Option<String>> = pipe
+        let positions: Vec<(Option<String>, Option<String>)> = pipe
             .query_async(&mut connection)
             .await
             .map_err(read_error)?;
-        // `index:seq`, written by the append script.
+        // `j:` is `index:seq` of the job's own newest append; `t:` the seq of
+        // its terminal, which a reaper appends without moving `j:`.
         Ok(positions
             .iter()
-            .map(|position| {
-                position
+            .map(|(position, terminal)| {
+                let own = position
                     .as_deref()
                     .and_then(|text| text.split_once(':'))
                     .and_then(|(_, seq)| seq.parse().ok())
-                    .unwrap_or(0)
+                    .unwrap_or(0);
+                let terminal = terminal
+                    .as_deref()
+                    .and_then(|seq| seq.parse().ok())
+                    .unwrap_or(0);
+                own.max(terminal)
             })
             .collect())
     }
@@ -591,7 +599,9 @@ impl Coordinator for RedisStorage {
         now_ms: u64,
         limit: usize,
         terminal: &(dyn Fn(&SessionId, &JobId) -> Bytes + Sync),
+        terminal_payload: &serde_json::Value,
     ) -> StorageResult<Vec<ReapedJob>> {
+        let terminal_payload = to_json(terminal_payload)?;
         let mut connection = self.connection.clone();
         let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(RUNNING)
@@ -625,6 +635,7 @@ impl Coordinator for RedisStorage {
                         &body,
                         keys.wake().as_bytes(),
                         member.as_bytes(),
+                        &terminal_payload,
                     ],
                     write_error,
                 )

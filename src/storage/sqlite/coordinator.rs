@@ -169,8 +169,10 @@ impl Coordinator for SqliteStorage {
         now_ms: u64,
         limit: usize,
         terminal: &(dyn Fn(&SessionId, &JobId) -> Bytes + Sync),
+        terminal_payload: &serde_json::Value,
     ) -> StorageResult<Vec<ReapedJob>> {
         let cutoff = now_ms.min(super::now_ms());
+        let terminal_payload = to_json(terminal_payload)?;
         let candidates = self
             .read(move |connection| jobs::reap_candidates(connection, cutoff, limit))
             .await?;
@@ -191,8 +193,15 @@ impl Coordinator for SqliteStorage {
                 // logged and skipped, never a reason to leave the others'
                 // nodes unreaped.
                 connection.execute_batch("SAVEPOINT reap_one")?;
-                let outcome =
-                    jobs::reap_one(connection, session_id, job_id, token, cutoff, body, effects);
+                let outcome = jobs::reap_one(
+                    connection,
+                    session_id,
+                    job_id,
+                    token,
+                    cutoff,
+                    (body, &terminal_payload),
+                    effects,
+                );
                 match outcome {
                     Ok(Ok(job)) => {
                         connection.execute_batch("RELEASE reap_one")?;

@@ -229,7 +229,7 @@ pub fn reap_one(
     job_id: &JobId,
     token: &str,
     cutoff_ms: u64,
-    body: &[u8],
+    (body, terminal_payload): (&[u8], &str),
     effects: &mut Effects,
 ) -> Sql<Option<ReapedJob>> {
     let Some(row) = job_row(connection, session_id, job_id)? else {
@@ -270,6 +270,15 @@ pub fn reap_one(
         }
         None => None,
     };
+    if terminal_seq.is_some() {
+        connection
+            .prepare_cached("UPDATE jobs SET terminal = ?3 WHERE session_id = ?1 AND job_id = ?2")?
+            .execute(params![
+                session_id.as_str(),
+                job_id.as_str(),
+                terminal_payload
+            ])?;
+    }
     connection
         .prepare_cached(
             "UPDATE jobs SET status = ?3 WHERE session_id = ?1 AND job_id = ?2 AND status = ?4",

@@ -106,6 +106,11 @@ async fn jobs_are_listed_per_principal_and_located_by_id<H: Harness>(harness: H)
     assert_eq!(record.terminal, Some(terminal));
 }
 
+/// What the reaper records as a lost job's terminal.
+fn node_lost_payload() -> serde_json::Value {
+    serde_json::json!({"final_status": "error", "code": "INTERNAL_ERROR", "retryable": true})
+}
+
 fn node_lost(session: &SessionId, job: &JobId) -> Bytes {
     Bytes::from(format!(
         "{{\"session\":\"{session}\",\"job\":\"{job}\",\"error\":\"INTERNAL_ERROR\",\"message\":\"gateway node lost\"}}"
@@ -154,16 +159,19 @@ async fn an_expired_lease_gets_exactly_one_terminal_from_racing_reapers<H: Harne
     // Nothing is reaped while leases live.
     let now = now_ms();
     assert_eq!(
-        reapers[0].reap_expired(now, 100, &node_lost).await,
+        reapers[0]
+            .reap_expired(now, 100, &node_lost, &node_lost_payload())
+            .await,
         Ok(vec![])
     );
     // The owner node dies: nothing renews. The reapers race.
     tokio::time::sleep(Duration::from_millis(1_300)).await;
     let now = now_ms();
+    let payload = node_lost_payload();
     let (r1, r2, r3) = tokio::join!(
-        reapers[0].reap_expired(now, 100, &node_lost),
-        reapers[1].reap_expired(now, 100, &node_lost),
-        reapers[2].reap_expired(now, 100, &node_lost),
+        reapers[0].reap_expired(now, 100, &node_lost, &payload),
+        reapers[1].reap_expired(now, 100, &node_lost, &payload),
+        reapers[2].reap_expired(now, 100, &node_lost, &payload),
     );
     let mut reaped: Vec<_> = [r1, r2, r3]
         .into_iter()
@@ -189,6 +197,11 @@ async fn an_expired_lease_gets_exactly_one_terminal_from_racing_reapers<H: Harne
         assert_eq!(theirs[1].body, node_lost(&session, job));
         let record = reapers[0].job(&session, job).await.expect("job record");
         assert_eq!(record.status, JobStatus::Lost);
+        assert_eq!(
+            record.terminal,
+            Some(node_lost_payload()),
+            "the record keeps the terminal that was appended"
+        );
         assert_eq!(record.owner.as_deref(), Some("n1"));
         // The old owner comes back: nothing more of that job is stored.
         let zombie = Append {
@@ -212,7 +225,9 @@ async fn an_expired_lease_gets_exactly_one_terminal_from_racing_reapers<H: Harne
     // A later pass finds nothing.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
-        reapers[1].reap_expired(now_ms(), 100, &node_lost).await,
+        reapers[1]
+            .reap_expired(now_ms(), 100, &node_lost, &node_lost_payload())
+            .await,
         Ok(vec![])
     );
 }

@@ -470,9 +470,12 @@ fn sqlite_any_value_in_any_column_is_answered_never_a_panic() {
                 ];
                 // One corrupt job row never stops the reaper.
                 let reaped = node
-                    .reap_expired(now_ms(), 1_000, &|_: &SessionId, _: &JobId| {
-                        Bytes::from_static(b"{}")
-                    })
+                    .reap_expired(
+                        now_ms(),
+                        1_000,
+                        &|_: &SessionId, _: &JobId| Bytes::from_static(b"{}"),
+                        &serde_json::Value::Null,
+                    )
                     .await;
                 assert!(
                     reaped.is_ok(),
@@ -522,9 +525,12 @@ async fn sqlite_one_corrupt_job_row_never_stops_the_reaper() {
         .await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         let reaped = node
-            .reap_expired(now_ms(), 100, &|_: &SessionId, _: &JobId| {
-                Bytes::from_static(b"{\"lost\":true}")
-            })
+            .reap_expired(
+                now_ms(),
+                100,
+                &|_: &SessionId, _: &JobId| Bytes::from_static(b"{\"lost\":true}"),
+                &serde_json::json!({"lost": true}),
+            )
             .await
             .expect("the reaper goes on");
         assert_eq!(

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod nginx;
 mod process;
 pub mod redis_server;
 

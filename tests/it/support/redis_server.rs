@@ -90,6 +90,12 @@ impl RedisServer {
     /// AOF, as after a crash.
     pub async fn restart(&mut self) {
         self.kill();
+        self.start_again().await;
+    }
+
+    /// After [`RedisServer::kill`]: starts Redis on the same socket and
+    /// directory (it reloads its AOF) and waits until it answers PING.
+    pub async fn start_again(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
         self.child = spawn(self._dir.path(), &self.socket);
         self.wait_ready().await;
@@ -134,6 +140,11 @@ impl RedisServer {
     /// `unix:///…/redis.sock`, as the storage layer takes it.
     pub fn url(&self) -> String {
         format!("unix://{}", self.socket.display())
+    }
+
+    /// `redis+unix:///…/redis.sock`, as `arcp-gateway --redis-url` takes it.
+    pub fn gateway_url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
     }
 
     /// A plain connection for commands a test sends behind the storage's back
