@@ -129,7 +129,7 @@ pub(super) fn node_lost_payload() -> Value {
 /// `payload` (from [`node_lost_payload`], one per reaper pass).
 pub(super) fn node_lost_body(job_id: &JobId, payload: &Value) -> Bytes {
     let tail = crate::protocol::job_envelope_tail(None, job_id, payload);
-    super::log::encode_body("job.error", &crate::ids::MessageId::generate(), &tail)
+    super::log::encode_body("job.error", &crate::ids::MessageId::generate(), 0, &tail)
 }
 
 /// What an idempotent submission found (§7.2).
@@ -320,7 +320,7 @@ impl ClusterNode {
                             "job ended: its gateway node was lost"
                         );
                         if job.terminal_seq.is_some() {
-                            self.copy_reaped_terminal(&job.session_id, &job.job_id, &payload)
+                            self.copy_reaped_terminal(&job.session_id, &job.job_id)
                                 .await;
                         }
                     }

@@ -10,12 +10,11 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::jobs::SharedJob;
-use super::writer::REAPED_COPY_INDEX;
+use super::writer::copies;
 use super::{locked, log, ClusterNode};
-use crate::ids::{EventSeq, JobId, MessageId, Principal, SessionId};
+use crate::ids::{EventSeq, JobId, Principal, SessionId};
 use crate::storage::{
-    Append, Coordinator, EventKind, EventStore, NodeNotice, ReadBudget, StorageError,
-    StorageResult, SubscribeAnswer,
+    Coordinator, EventStore, NodeNotice, ReadBudget, StorageError, StorageResult, SubscribeAnswer,
 };
 
 /// How long a node waits for the job's node to answer a subscription.
@@ -159,36 +158,10 @@ impl ClusterNode {
         if after < bounds.floor {
             return Ok(SubscribeAnswer::HistoryEvicted);
         }
-        let mut cursor = after.min(bounds.newest);
-        let mut appends = Vec::new();
-        let budget = ReadBudget {
-            max_events: 1024,
-            max_bytes: 4 << 20,
-        };
-        loop {
-            let batch = storage.read_after(&job.session_id, cursor, budget).await?;
-            let Some(last) = batch.last().map(|event| event.seq) else {
-                break;
-            };
-            cursor = last;
-            for event in batch.into_iter().filter(|event| event.job_id == job.job_id) {
-                let Some((message_type, _, shared)) = log::decode_body(&event.body) else {
-                    continue;
-                };
-                appends.push(Append {
-                    session_id: subscriber.clone(),
-                    job_id: job.job_id.clone(),
-                    index: appends.len() as u64 + 1,
-                    kind: if message_type == "job.event" {
-                        EventKind::Event
-                    } else {
-                        EventKind::Terminal
-                    },
-                    body: log::encode_body(message_type, &MessageId::generate(), &shared),
-                    fence: None,
-                });
-            }
-        }
+        let bodies = self
+            .job_bodies(&job.session_id, &job.job_id, after.min(bounds.newest), 0)
+            .await?;
+        let appends = copies(subscriber, &job.job_id, &bodies);
         let replayed = !appends.is_empty();
         if replayed {
             match storage.append_batch(&appends).await {
@@ -236,32 +209,62 @@ impl ClusterNode {
         self.storage().subscriptions(session_id).await
     }
 
-    /// After the reaper ended a lost job in its own session: the same
-    /// terminal (`payload`, the one the owner's session got) in every
-    /// subscriber's session (§7.6), exactly once.
-    pub(super) async fn copy_reaped_terminal(
-        &self,
-        owner: &SessionId,
-        job_id: &JobId,
-        payload: &serde_json::Value,
-    ) {
+    /// After the reaper ended a lost job in its own session: every
+    /// subscriber gets what the lost node had not copied to it yet (events
+    /// above the newest index it holds: the node may have died between an
+    /// event and its copies), then the same terminal (§7.6), exactly once.
+    pub(super) async fn copy_reaped_terminal(&self, owner: &SessionId, job_id: &JobId) {
         let Ok(subscribers) = self.storage().subscribers(owner, job_id).await else {
             return;
         };
-        let body: Bytes = super::jobs::node_lost_body(job_id, payload);
-        let Some((message_type, _, shared)) = log::decode_body(&body) else {
-            return;
-        };
         for subscriber in subscribers {
-            let append = Append {
-                session_id: subscriber,
-                job_id: job_id.clone(),
-                index: REAPED_COPY_INDEX,
-                kind: EventKind::Terminal,
-                body: log::encode_body(message_type, &MessageId::generate(), &shared),
-                fence: None,
+            let Ok(copied) = self.storage().job_append_index(&subscriber, job_id).await else {
+                continue;
             };
-            let _ = self.storage().append_batch(&[append]).await;
+            let Ok(missing) = self.job_bodies(owner, job_id, 0, copied).await else {
+                continue;
+            };
+            let appends = copies(&subscriber, job_id, &missing);
+            if let Err(error) = self.storage().append_batch(&appends).await {
+                tracing::warn!(session = %subscriber, job = %job_id, %error, "copying a lost job's end to a subscriber failed");
+            }
+        }
+    }
+
+    /// The stored bodies of `job_id`'s events in `session_id` after `after`
+    /// whose append index is above `above_index` (a reaper's terminal, index
+    /// 0, always counts).
+    async fn job_bodies(
+        &self,
+        session_id: &SessionId,
+        job_id: &JobId,
+        after: EventSeq,
+        above_index: u64,
+    ) -> StorageResult<Vec<Bytes>> {
+        let storage = self.storage();
+        let floor = storage.bounds(session_id).await?.floor;
+        let mut cursor = after.max(floor);
+        let mut bodies = Vec::new();
+        let budget = ReadBudget {
+            max_events: 1024,
+            max_bytes: 4 << 20,
+        };
+        loop {
+            let batch = storage.read_after(session_id, cursor, budget).await?;
+            let Some(last) = batch.last().map(|event| event.seq) else {
+                return Ok(bodies);
+            };
+            cursor = last;
+            bodies.extend(
+                batch
+                    .into_iter()
+                    .filter(|event| &event.job_id == job_id)
+                    .filter(|event| {
+                        log::decode_body(&event.body)
+                            .is_some_and(|body| body.index == 0 || body.index > above_index)
+                    })
+                    .map(|event| event.body),
+            );
         }
     }
 }

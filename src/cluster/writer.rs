@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::jobs::shared_status;
 use super::{locked, log, ClusterNode};
-use crate::ids::{EventSeq, JobId, MessageId, SessionId};
+use crate::ids::{EventSeq, JobId, SessionId};
 use crate::jobs::{Job, JobMessage, Outgoing};
 use crate::protocol::JobStatus;
 use crate::storage::{
@@ -36,19 +36,15 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// exact in a Lua number.
 pub(super) const REAPED_COPY_INDEX: u64 = 1 << 52;
 
-/// A session that receives copies of the job's events.
-struct Subscriber {
-    session_id: SessionId,
-    /// Copies written to it so far (its append index for this job).
-    copied: u64,
-}
-
 /// What the writer knows while the job runs.
 struct Writer {
     node: Arc<ClusterNode>,
     lease: Lease,
     job: Arc<Job>,
-    subscribers: Vec<Subscriber>,
+    /// Sessions that receive copies of the job's events. A copy keeps the
+    /// event's append index, so the store refuses a copy twice and a
+    /// reaper can find the copies a lost node did not write.
+    subscribers: Vec<SessionId>,
     /// The job's newest and first `event_seq` in its own session.
     last_seq: EventSeq,
     first_seq: Option<EventSeq>,
@@ -123,6 +119,7 @@ impl Writer {
                 body: log::encode_body(
                     outgoing.message_type,
                     &outgoing.message_id,
+                    outgoing.index,
                     &outgoing.shared_envelope,
                 ),
                 fence: Some(self.lease.clone()),
@@ -137,11 +134,8 @@ impl Writer {
             self.last_seq = self.last_seq.max(seq);
             self.first_seq.get_or_insert(seq);
         }
-        let copies: Vec<(Bytes, bool)> = own
-            .iter()
-            .map(|append| (append.body.clone(), append.kind == EventKind::Terminal))
-            .collect();
-        self.copy_to_subscribers(&copies).await;
+        let bodies: Vec<Bytes> = own.iter().map(|append| append.body.clone()).collect();
+        self.copy_to_subscribers(&bodies).await;
         let Some(terminal) = events.iter().find(|outgoing| outgoing.terminal) else {
             return Ok(false);
         };
@@ -177,32 +171,21 @@ impl Writer {
         }
     }
 
-    /// Copies events to every subscriber, each with its own append index
-    /// and a fresh envelope id; a subscriber whose session is gone is
-    /// dropped. Copies are retried like the job's own events.
-    async fn copy_to_subscribers(&mut self, events: &[(Bytes, bool)]) {
-        let mut index = 0;
-        while index < self.subscribers.len() {
-            let subscriber = &self.subscribers[index];
-            let appends = copies(
-                &subscriber.session_id,
-                &self.lease.job_id,
-                subscriber.copied,
-                events,
-            );
+    /// Copies events to every subscriber, each under a fresh envelope id;
+    /// a subscriber whose session is gone is dropped. Copies are retried
+    /// like the job's own events.
+    async fn copy_to_subscribers(&mut self, bodies: &[Bytes]) {
+        let mut position = 0;
+        while position < self.subscribers.len() {
+            let appends = copies(&self.subscribers[position], &self.lease.job_id, bodies);
             if self.copy_retrying(&appends).await {
-                self.subscribers[index].copied += appends.len() as u64;
-                index += 1;
+                position += 1;
             } else {
-                let gone = self.subscribers.remove(index);
+                let gone = self.subscribers.remove(position);
                 let _ = self
                     .node
                     .storage()
-                    .remove_job_subscriber(
-                        &self.lease.session_id,
-                        &self.lease.job_id,
-                        &gone.session_id,
-                    )
+                    .remove_job_subscriber(&self.lease.session_id, &self.lease.job_id, &gone)
                     .await;
             }
         }
@@ -235,8 +218,7 @@ impl Writer {
                 let _ = reply.send(answer);
             }
             JobMessage::Unsubscribe(subscriber) => {
-                self.subscribers
-                    .retain(|entry| entry.session_id != subscriber);
+                self.subscribers.retain(|entry| *entry != subscriber);
             }
         }
     }
@@ -248,11 +230,7 @@ impl Writer {
         subscriber: SessionId,
         history_after: Option<EventSeq>,
     ) -> SubscribeAnswer {
-        let already = subscriber == self.lease.session_id
-            || self
-                .subscribers
-                .iter()
-                .any(|entry| entry.session_id == subscriber);
+        let already = subscriber == self.lease.session_id || self.subscribers.contains(&subscriber);
         if already {
             return SubscribeAnswer::Subscribed {
                 subscribed_from: self.last_seq,
@@ -266,7 +244,7 @@ impl Writer {
                 Err(answer) => return answer,
             },
         };
-        let appends = copies(&subscriber, &self.lease.job_id, 0, &history);
+        let appends = copies(&subscriber, &self.lease.job_id, &history);
         if !appends.is_empty() && !self.copy_retrying(&appends).await {
             return SubscribeAnswer::Unavailable;
         }
@@ -278,10 +256,7 @@ impl Writer {
         {
             return SubscribeAnswer::Unavailable;
         }
-        self.subscribers.push(Subscriber {
-            session_id: subscriber,
-            copied: appends.len() as u64,
-        });
+        self.subscribers.push(subscriber);
         SubscribeAnswer::Subscribed {
             subscribed_from: self.last_seq,
             replayed: !appends.is_empty(),
@@ -291,7 +266,7 @@ impl Writer {
     /// The job's retained events after `after` in its own session, as
     /// bodies. 410-worthy only if the floor passed one of this job's events
     /// (events of other jobs below the floor do not count, as on one node).
-    async fn history_after(&self, after: EventSeq) -> Result<Vec<(Bytes, bool)>, SubscribeAnswer> {
+    async fn history_after(&self, after: EventSeq) -> Result<Vec<Bytes>, SubscribeAnswer> {
         let storage = self.node.storage();
         let origin = &self.lease.session_id;
         let bounds = storage
@@ -321,11 +296,7 @@ impl Writer {
                 batch
                     .into_iter()
                     .filter(|event| event.job_id == self.lease.job_id)
-                    .map(|event| {
-                        let terminal = log::decode_body(&event.body)
-                            .is_some_and(|(message_type, _, _)| message_type != "job.event");
-                        (event.body, terminal)
-                    }),
+                    .map(|event| event.body),
             );
         }
     }
@@ -366,30 +337,22 @@ fn kind(terminal: bool) -> EventKind {
     }
 }
 
-/// Copies of stored bodies for `subscriber`, numbered after `copied`, each
-/// with a fresh envelope id (an id names one message in one session).
-fn copies(
-    subscriber: &SessionId,
-    job_id: &JobId,
-    copied: u64,
-    events: &[(Bytes, bool)],
-) -> Vec<Append> {
-    events
+/// Copies of stored bodies for `subscriber`: each keeps the event's append
+/// index and gets a fresh envelope id.
+pub(super) fn copies(subscriber: &SessionId, job_id: &JobId, bodies: &[Bytes]) -> Vec<Append> {
+    bodies
         .iter()
-        .filter_map(|(body, terminal)| {
-            let (message_type, _, shared) = log::decode_body(body)?;
-            Some((
-                log::encode_body(message_type, &MessageId::generate(), &shared),
-                *terminal,
-            ))
-        })
-        .enumerate()
-        .map(|(offset, (body, terminal))| Append {
+        .filter_map(log::decode_body)
+        .map(|body| Append {
             session_id: subscriber.clone(),
             job_id: job_id.clone(),
-            index: copied + offset as u64 + 1,
-            kind: kind(terminal),
-            body,
+            // A reaper's terminal has no index of the job's own.
+            index: match body.index {
+                0 => REAPED_COPY_INDEX,
+                index => index,
+            },
+            kind: kind(body.message_type != "job.event"),
+            body: body.copy(),
             fence: None,
         })
         .collect()

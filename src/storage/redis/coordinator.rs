@@ -58,6 +58,28 @@ impl RedisStorage {
         }
     }
 
+    /// The newest append index of `job_id`'s events in a session's log (0
+    /// for none): what a subscriber already holds of a job.
+    pub async fn job_append_index(
+        &self,
+        session_id: &SessionId,
+        job_id: &JobId,
+    ) -> StorageResult<u64> {
+        let keys = SessionKeys::new(session_id)?;
+        let mut connection = self.connection.clone();
+        let position: Option<String> = redis::cmd("HGET")
+            .arg(keys.meta())
+            .arg(format!("j:{}", keys::checked(job_id.as_str())?))
+            .query_async(&mut connection)
+            .await
+            .map_err(read_error)?;
+        Ok(position
+            .as_deref()
+            .and_then(|text| text.split_once(':'))
+            .and_then(|(index, _)| index.parse().ok())
+            .unwrap_or(0))
+    }
+
     /// The jobs a session is subscribed to (§7.6).
     pub async fn subscriptions(&self, session_id: &SessionId) -> StorageResult<Vec<JobId>> {
         let keys = SessionKeys::new(session_id)?;
