@@ -302,33 +302,37 @@ impl ClusterNode {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            // One payload per pass: the event every reaped job gets and the
-            // terminal its record keeps are the same, `completed_at` included.
-            let payload = node_lost_payload();
-            let terminal =
-                |_: &SessionId, job_id: &JobId| -> Bytes { node_lost_body(job_id, &payload) };
-            match self
-                .storage()
-                .reap_expired(crate::storage::redis::now_ms(), 100, &terminal, &payload)
-                .await
-            {
-                Ok(reaped) => {
-                    for job in &reaped {
-                        tracing::warn!(
-                            session = %job.session_id,
-                            job = %job.job_id,
-                            "job ended: its gateway node was lost"
-                        );
-                        if job.terminal_seq.is_some() {
-                            self.copy_reaped_terminal(&job.session_id, &job.job_id)
-                                .await;
-                        }
-                    }
-                    self.metrics.jobs_reaped(reaped.len());
-                }
-                Err(error) => tracing::debug!(%error, "reaper pass failed"),
+            if let Err(error) = self.reap_once().await {
+                tracing::debug!(%error, "reaper pass failed");
             }
         }
+    }
+
+    /// One reaper pass: ends (at most 100) jobs whose lease lapsed, in their
+    /// own session and in their subscribers'. Returns how many it ended.
+    pub async fn reap_once(&self) -> StorageResult<usize> {
+        // One payload per pass: the event every reaped job gets and the
+        // terminal its record keeps are the same, `completed_at` included.
+        let payload = node_lost_payload();
+        let terminal =
+            |_: &SessionId, job_id: &JobId| -> Bytes { node_lost_body(job_id, &payload) };
+        let reaped = self
+            .storage()
+            .reap_expired(crate::storage::redis::now_ms(), 100, &terminal, &payload)
+            .await?;
+        for job in &reaped {
+            tracing::warn!(
+                session = %job.session_id,
+                job = %job.job_id,
+                "job ended: its gateway node was lost"
+            );
+            if job.terminal_seq.is_some() {
+                self.copy_reaped_terminal(&job.session_id, &job.job_id)
+                    .await;
+            }
+        }
+        self.metrics.jobs_reaped(reaped.len());
+        Ok(reaped.len())
     }
 
     /// A job the caller's principal may see (others' jobs are `NotFound`,

@@ -14,6 +14,7 @@
 mod any_node;
 mod drops;
 mod node_loss;
+mod reaper;
 mod redis_trouble;
 mod startup;
 
