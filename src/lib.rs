@@ -159,16 +159,21 @@ pub async fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError
 /// record).
 fn recover(state: &Arc<AppState>, recovered: Recovered) {
     for record in &recovered.sessions {
-        let Some(session) = Session::restore(record) else {
-            tracing::error!(
-                session = record
-                    .get("id")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("?"),
-                "skipping a session record recovery cannot use"
-            );
-            continue;
+        let row = match serde_json::from_value::<session::SessionRow>(record.clone()) {
+            Ok(row) => row,
+            Err(error) => {
+                tracing::error!(
+                    session = record
+                        .get("id")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("?"),
+                    %error,
+                    "skipping a session record recovery cannot use"
+                );
+                continue;
+            }
         };
+        let session = Session::restore(&row);
         if state.log.bounds(&session.id).is_err() {
             // A session whose log is missing cannot be resumed truthfully.
             let _ = state.log.create(&session.id);
@@ -178,13 +183,17 @@ fn recover(state: &Arc<AppState>, recovered: Recovered) {
     let positions = job_positions(&recovered);
     let mut interrupted = 0;
     for record in &recovered.jobs {
-        let restored = Job::restore(
-            record,
-            |id| state.sessions.get(id),
-            state.log.clone(),
-            state.store.clone(),
-            state.metrics.clone(),
-        );
+        let restored = serde_json::from_value::<jobs::JobRow>(record.clone())
+            .ok()
+            .and_then(|row| {
+                Job::restore(
+                    &row,
+                    |id| state.sessions.get(id),
+                    state.log.clone(),
+                    state.store.clone(),
+                    state.metrics.clone(),
+                )
+            });
         let Some(job) = restored else {
             // Its session is gone (or the record unreadable): nothing can
             // ever observe it again, so the record goes too.

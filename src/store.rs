@@ -1,14 +1,15 @@
 //! What must survive a restart besides the event log: sessions and jobs, as
-//! JSON records. The embedded in-memory deployment keeps nothing
+//! typed records ([`SessionRow`], [`JobRow`]) the store keeps as JSON. The embedded in-memory deployment keeps nothing
 //! ([`Ephemeral`]); the durable one (`event_log::sqlite`) writes records in
 //! the same ordered, group-committed stream as the events.
 
 use std::sync::Arc;
 
-use serde_json::Value;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::ids::{JobId, SessionId};
+use crate::jobs::JobRow;
+use crate::session::SessionRow;
 
 /// Completes once a write is durable. Resolves at once for [`Ephemeral`].
 pub struct Durable(Option<oneshot::Receiver<()>>);
@@ -50,9 +51,9 @@ impl Durable {
 /// Durable storage of session and job records. Writes are queued, applied
 /// in call order, and never block for I/O.
 pub trait Persistence: Send + Sync {
-    fn save_session(&self, session_id: &SessionId, record: Value) -> Durable;
+    fn save_session(&self, session_id: &SessionId, record: &SessionRow) -> Durable;
     fn delete_session(&self, session_id: &SessionId);
-    fn save_job(&self, job_id: &JobId, session_id: &SessionId, record: Value) -> Durable;
+    fn save_job(&self, job_id: &JobId, session_id: &SessionId, record: &JobRow) -> Durable;
     fn delete_job(&self, job_id: &JobId);
     /// Completes once everything written so far is durable.
     fn flush(&self) -> Durable {
@@ -81,13 +82,13 @@ pub async fn wait_for_room(store: &dyn Persistence) {
 pub struct Ephemeral;
 
 impl Persistence for Ephemeral {
-    fn save_session(&self, _: &SessionId, _: Value) -> Durable {
+    fn save_session(&self, _: &SessionId, _: &SessionRow) -> Durable {
         Durable::now()
     }
 
     fn delete_session(&self, _: &SessionId) {}
 
-    fn save_job(&self, _: &JobId, _: &SessionId, _: Value) -> Durable {
+    fn save_job(&self, _: &JobId, _: &SessionId, _: &JobRow) -> Durable {
         Durable::now()
     }
 

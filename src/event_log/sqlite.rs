@@ -25,7 +25,9 @@ use tokio::sync::oneshot;
 use super::memory::{LogSink, MemoryEventLog};
 use super::LogEntry;
 use crate::ids::{EventSeq, JobId, SessionId};
+use crate::jobs::JobRow;
 use crate::metrics::Metrics;
+use crate::session::SessionRow;
 use crate::store::{Durable, Persistence};
 
 /// `PRAGMA application_id`: "ARCG". A database without it is not ours.
@@ -635,9 +637,10 @@ impl LogSink for SqliteStore {
 }
 
 impl Persistence for SqliteStore {
-    fn save_session(&self, session_id: &SessionId, record: Value) -> Durable {
+    fn save_session(&self, session_id: &SessionId, record: &SessionRow) -> Durable {
         let (done, committed) = oneshot::channel();
-        let record = record.to_string();
+        // Plain data: serializing cannot fail.
+        let record = serde_json::to_string(record).unwrap_or_default();
         self.enqueue(Operation::SaveSession {
             session_id: session_id.clone(),
             record,
@@ -652,9 +655,9 @@ impl Persistence for SqliteStore {
         });
     }
 
-    fn save_job(&self, job_id: &JobId, session_id: &SessionId, record: Value) -> Durable {
+    fn save_job(&self, job_id: &JobId, session_id: &SessionId, record: &JobRow) -> Durable {
         let (done, committed) = oneshot::channel();
-        let record = record.to_string();
+        let record = serde_json::to_string(record).unwrap_or_default();
         self.enqueue(Operation::SaveJob {
             job_id: job_id.clone(),
             session_id: session_id.clone(),

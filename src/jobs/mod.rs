@@ -14,6 +14,7 @@ pub mod agents;
 pub mod external;
 pub mod lease;
 pub mod output;
+mod record;
 pub mod runner;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,11 +28,11 @@ use tokio_util::sync::CancellationToken;
 use crate::event_log::{EventDraft, EventLog, EventLogError, ReadLimit};
 use crate::ids::{EventSeq, JobId, Principal, SessionId};
 use crate::metrics::Metrics;
-use crate::protocol::{format_rfc3339, parse_utc_timestamp};
 use crate::protocol::{now_rfc3339, ErrorCode, ErrorPayload, JobStatus};
 use crate::session::Session;
-use crate::store::{Durable, Persistence};
+use crate::store::Persistence;
 pub use output::{JobMessage, JobOutput, Outgoing, SharedOutput};
+pub use record::JobRow;
 
 /// Remaining budget at or below this counts as exhausted (§9.6).
 const BUDGET_EPSILON: f64 = 1e-9;
@@ -318,129 +319,6 @@ impl Job {
         state.running_slot = None;
         state.terminal_payload = Some(payload);
         let _ = self.persist_locked(&state);
-    }
-
-    /// Writes the job's record to the store (a no-op in memory).
-    pub fn persist(&self) -> Durable {
-        let state = self.state();
-        self.persist_locked(&state)
-    }
-
-    fn persist_locked(&self, state: &JobState) -> Durable {
-        let spec = &self.spec;
-        let record = json!({
-            "index": self.index,
-            "id": spec.id,
-            "session_id": spec.session_id,
-            "principal": spec.principal,
-            "agent": spec.agent,
-            "input": spec.input,
-            "lease": spec.lease,
-            "lease_constraints": spec.lease_constraints,
-            "lease_expires_at": spec.lease_expires_at.map(format_rfc3339),
-            "budget": spec.budget,
-            "max_runtime_sec": spec.max_runtime.map(|d| d.as_secs()),
-            "trace_id": spec.trace_id,
-            "created_at": spec.created_at,
-            "fingerprint": spec.fingerprint,
-            "idempotency_key": spec.idempotency_key,
-            "limits": {
-                "max_result_chunk_bytes": spec.limits.max_result_chunk_bytes,
-                "max_result_bytes": spec.limits.max_result_bytes,
-                "back_pressure_lag_events": spec.limits.back_pressure_lag_events,
-            },
-            "status": state.status,
-            "first_event_seq": state.first_event_seq,
-            "terminal_payload": state.terminal_payload,
-            "budget_remaining": state.budget_remaining,
-            "subscribers": state.subscribers.iter().map(|s| &s.id).collect::<Vec<_>>(),
-        });
-        self.store.save_job(&spec.id, &spec.session_id, record)
-    }
-
-    /// Rebuilds a job from its record (recovery). `session` finds live
-    /// sessions by id: the origin (`None` if it is gone) and subscribers.
-    /// The job is not running; an unfinished one is ended by the caller.
-    pub fn restore(
-        record: &Value,
-        session: impl Fn(&SessionId) -> Option<Arc<Session>>,
-        log: Arc<dyn EventLog>,
-        store: Arc<dyn Persistence>,
-        metrics: Arc<Metrics>,
-    ) -> Option<Job> {
-        let text = |field: &str| record.get(field).and_then(Value::as_str);
-        let session_id = SessionId::from_client(text("session_id")?);
-        let origin = session(&session_id)?;
-        let limits = record.get("limits")?;
-        let limit = |field: &str| {
-            limits
-                .get(field)
-                .and_then(Value::as_u64)
-                .unwrap_or(u64::MAX)
-        };
-        let budget: BTreeMap<String, f64> =
-            serde_json::from_value(record.get("budget")?.clone()).ok()?;
-        let created_at = text("created_at").unwrap_or_default().to_owned();
-        let spec = JobSpec {
-            id: JobId::from_client(text("id")?),
-            session_id,
-            principal: Principal::new(text("principal")?),
-            agent: text("agent")?.to_owned(),
-            input: record.get("input").cloned().unwrap_or(Value::Null),
-            lease: record.get("lease").cloned().unwrap_or_else(|| json!({})),
-            lease_constraints: record
-                .get("lease_constraints")
-                .filter(|v| !v.is_null())
-                .cloned(),
-            lease_expires_at: text("lease_expires_at").and_then(parse_utc_timestamp),
-            budget,
-            max_runtime: record
-                .get("max_runtime_sec")
-                .and_then(Value::as_u64)
-                .map(Duration::from_secs),
-            trace_id: text("trace_id").unwrap_or_default().to_owned(),
-            created_at_time: parse_utc_timestamp(&created_at).unwrap_or(OffsetDateTime::UNIX_EPOCH),
-            created_at,
-            fingerprint: record.get("fingerprint").cloned().unwrap_or(Value::Null),
-            limits: JobLimits {
-                max_result_chunk_bytes: limit("max_result_chunk_bytes"),
-                max_result_bytes: limit("max_result_bytes"),
-                back_pressure_lag_events: limit("back_pressure_lag_events"),
-            },
-            idempotency_key: text("idempotency_key").map(str::to_owned),
-        };
-        let mut job = Job::new(spec, origin, JobOutput::Local(log), store, metrics);
-        job.index = record.get("index").and_then(Value::as_u64).unwrap_or(0);
-        {
-            let mut state = job.state();
-            state.status = serde_json::from_value(record.get("status")?.clone()).ok()?;
-            // Records written before this field existed: assume the job's
-            // events may start anywhere (history checks stay conservative).
-            state.first_event_seq = match record.get("first_event_seq") {
-                Some(Value::Null) => None,
-                Some(seq) => Some(seq.as_u64().unwrap_or(1)),
-                None => Some(1),
-            };
-            state.terminal_payload = record
-                .get("terminal_payload")
-                .filter(|v| !v.is_null())
-                .cloned();
-            if let Some(remaining) = record.get("budget_remaining") {
-                state.budget_remaining =
-                    serde_json::from_value(remaining.clone()).unwrap_or_default();
-            }
-            state.subscribers = record
-                .get("subscribers")
-                .and_then(Value::as_array)
-                .map(|ids| {
-                    ids.iter()
-                        .filter_map(Value::as_str)
-                        .filter_map(|id| session(&SessionId::from_client(id)))
-                        .collect()
-                })
-                .unwrap_or_default();
-        }
-        Some(job)
     }
 
     fn state(&self) -> MutexGuard<'_, JobState> {

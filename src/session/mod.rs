@@ -9,10 +9,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::ids::{EventSeq, JobId, Principal, SessionId};
+
+mod record;
+
+pub use record::SessionRow;
 
 /// Why a session refused an operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,64 +115,6 @@ impl Session {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// What a restart must know (`store`): identity, generations, close,
-    /// acknowledgement and subscriptions. Stream state is not kept: after a
-    /// restart no stream is attached and the window starts again.
-    pub fn record(&self) -> Value {
-        let state = self.state();
-        json!({
-            "id": self.id,
-            "principal": self.principal,
-            "features": self.features,
-            "created_at": self.created_at,
-            "issued_generation": state.issued_generation,
-            "used_generation": state.used_generation,
-            "closed": state.closed,
-            "acked_through": state.acked_through,
-            "subscriptions": state.subscriptions.iter().collect::<Vec<_>>(),
-        })
-    }
-
-    /// Rebuilds a session from its record; its resume window restarts now.
-    pub fn restore(record: &Value) -> Option<Session> {
-        let text = |field: &str| record.get(field).and_then(Value::as_str);
-        let number = |field: &str| record.get(field).and_then(Value::as_u64).unwrap_or(0);
-        let features = record
-            .get("features")?
-            .as_array()?
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect();
-        let session = Session::new(
-            SessionId::from_client(text("id")?),
-            Principal::new(text("principal")?),
-            features,
-            text("created_at").unwrap_or_default().to_owned(),
-        );
-        {
-            let mut state = session.state();
-            state.issued_generation = number("issued_generation");
-            state.used_generation = number("used_generation");
-            state.closed = record
-                .get("closed")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            state.acked_through = record.get("acked_through").and_then(Value::as_u64);
-            state.subscriptions = record
-                .get("subscriptions")
-                .and_then(Value::as_array)
-                .map(|ids| {
-                    ids.iter()
-                        .filter_map(Value::as_str)
-                        .map(JobId::from_client)
-                        .collect()
-                })
-                .unwrap_or_default();
-        }
-        Some(session)
     }
 
     /// Cluster mode: takes the shared store's view of the session. The

@@ -75,7 +75,7 @@ impl AppState {
     /// told of something that was not kept.
     pub async fn persist_session(&self, session: &Session) -> Result<(), WriterStopped> {
         self.store
-            .save_session(&session.id, session.record())
+            .save_session(&session.id, &session.record())
             .wait()
             .await
     }

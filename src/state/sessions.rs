@@ -241,7 +241,7 @@ impl AppState {
             self.config.back_pressure_lag_events,
             newest,
         );
-        let _ = self.store.save_session(&session.id, session.record());
+        let _ = self.store.save_session(&session.id, &session.record());
         let bounds = self.log.release_through(&session.id, acked)?;
         Ok((acked, bounds))
     }
