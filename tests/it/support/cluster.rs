@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::nginx::RoundRobinNginx;
 use super::process::{log_tail, GatewayProcess};
 use super::redis_server::RedisServer;
+pub use super::Api;
 use super::{within, Welcome, ALICE_TOKEN, BOB_TOKEN, WAIT};
 
 /// The resume-token secret every node shares.
@@ -193,96 +194,7 @@ impl Cluster {
     }
 }
 
-/// The gateway's HTTP API at one base URL (nginx or one node).
-#[derive(Clone)]
-pub struct Api {
-    pub base: String,
-    pub client: reqwest::Client,
-}
-
 impl Api {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    /// `POST /v1/sessions`; panics unless it is 201.
-    pub async fn create_session(&self, api_token: &str) -> Welcome {
-        let (status, body) = self
-            .post_json("/v1/sessions", api_token, &Value::Null)
-            .await;
-        assert_eq!(
-            status,
-            StatusCode::CREATED,
-            "{} POST /v1/sessions: {body}",
-            self.base
-        );
-        Welcome::from_envelope(body)
-    }
-
-    pub async fn submit(
-        &self,
-        session_id: &str,
-        credential: &str,
-        body: Value,
-    ) -> (StatusCode, Value) {
-        self.post_json(
-            &format!("/v1/sessions/{session_id}/jobs"),
-            credential,
-            &body,
-        )
-        .await
-    }
-
-    /// Submits a job that must be accepted and returns its id.
-    pub async fn submit_ok(&self, session_id: &str, credential: &str, body: Value) -> String {
-        let (status, envelope) = self.submit(session_id, credential, body).await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{}: {envelope}", self.base);
-        envelope["payload"]["job_id"]
-            .as_str()
-            .expect("job_id")
-            .to_owned()
-    }
-
-    pub async fn cancel(
-        &self,
-        session_id: &str,
-        job_id: &str,
-        credential: &str,
-    ) -> (StatusCode, Value) {
-        self.post_json(
-            &format!("/v1/sessions/{session_id}/jobs/{job_id}/cancel"),
-            credential,
-            &Value::Null,
-        )
-        .await
-    }
-
-    pub async fn get_json(&self, path: &str, credential: &str) -> (StatusCode, Value) {
-        let request = self.client.get(self.url(path)).bearer_auth(credential);
-        send(request).await
-    }
-
-    pub async fn post_json(
-        &self,
-        path: &str,
-        credential: &str,
-        body: &Value,
-    ) -> (StatusCode, Value) {
-        let mut request = self.client.post(self.url(path));
-        if !credential.is_empty() {
-            request = request.bearer_auth(credential);
-        }
-        if !body.is_null() {
-            request = request.json(body);
-        }
-        send(request).await
-    }
-
-    pub async fn delete(&self, path: &str, credential: &str) -> (StatusCode, Value) {
-        let request = self.client.delete(self.url(path)).bearer_auth(credential);
-        send(request).await
-    }
-
     /// `GET …/events` with `Authorization: Bearer credential` and an optional
     /// `Last-Event-ID`.
     pub async fn stream_with_bearer(
@@ -316,46 +228,6 @@ impl Api {
             .header("Last-Event-ID", last_event_id.to_string());
         RawStream::open(request).await
     }
-
-    /// Polls the job until `predicate` holds on its status payload.
-    pub async fn wait_for_job(
-        &self,
-        session_id: &str,
-        job_id: &str,
-        credential: &str,
-        predicate: impl Fn(&Value) -> bool,
-    ) -> Value {
-        within("job state", async {
-            loop {
-                let (status, envelope) = self
-                    .get_json(
-                        &format!("/v1/sessions/{session_id}/jobs/{job_id}"),
-                        credential,
-                    )
-                    .await;
-                assert_eq!(status, StatusCode::OK, "{envelope}");
-                if predicate(&envelope["payload"]) {
-                    return envelope["payload"].clone();
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        })
-        .await
-    }
-}
-
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = within("an HTTP response", request.send())
-        .await
-        .expect("HTTP request");
-    let status = response.status();
-    let body = within("an HTTP body", response.bytes())
-        .await
-        .unwrap_or_default();
-    let value = serde_json::from_slice(&body).unwrap_or_else(|_| {
-        Value::String(format!("(not JSON) {}", String::from_utf8_lossy(&body)))
-    });
-    (status, value)
 }
 
 /// One sequenced SSE event and its exact bytes on the wire.

@@ -39,8 +39,7 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 /// A gateway served in-process on its own runtime thread.
 pub struct TestServer {
     pub address: SocketAddr,
-    pub base: String,
-    pub client: reqwest::Client,
+    api: Api,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -93,33 +92,52 @@ impl TestServer {
             .expect("the test server did not report its address");
         TestServer {
             address,
-            base: format!("http://{address}"),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
+            api: Api {
+                base: format!("http://{address}"),
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .expect("client"),
+            },
             shutdown: Some(shutdown_sender),
             thread: Some(thread),
         }
     }
+}
 
+impl std::ops::Deref for TestServer {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// The gateway's HTTP API at one base URL: a test server, one cluster node
+/// or the nginx in front of them.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 
     /// `POST /v1/sessions` with an api token; panics unless it is 201.
     pub async fn create_session(&self, api_token: &str) -> Welcome {
-        let response = within(
-            "session creation",
-            self.client
-                .post(self.url("/v1/sessions"))
-                .bearer_auth(api_token)
-                .send(),
-        )
-        .await
-        .expect("create session");
-        assert_eq!(response.status(), StatusCode::CREATED);
-        Welcome::from_envelope(response.json().await.expect("welcome json"))
+        let (status, body) = self
+            .post_json("/v1/sessions", api_token, &Value::Null)
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "{} POST /v1/sessions: {body}",
+            self.base
+        );
+        Welcome::from_envelope(body)
     }
 
     /// `POST /v1/sessions/{id}/jobs` with the given credential.
@@ -129,24 +147,18 @@ impl TestServer {
         credential: &str,
         body: Value,
     ) -> (StatusCode, Value) {
-        let response = within(
-            "job submission",
-            self.client
-                .post(self.url(&format!("/v1/sessions/{session_id}/jobs")))
-                .bearer_auth(credential)
-                .json(&body)
-                .send(),
+        self.post_json(
+            &format!("/v1/sessions/{session_id}/jobs"),
+            credential,
+            &body,
         )
         .await
-        .expect("submit");
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// Submits a job that must be accepted and returns its id.
     pub async fn submit_ok(&self, session_id: &str, credential: &str, body: Value) -> String {
         let (status, envelope) = self.submit(session_id, credential, body).await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{envelope}");
+        assert_eq!(status, StatusCode::ACCEPTED, "{}: {envelope}", self.base);
         envelope["payload"]["job_id"]
             .as_str()
             .expect("job_id")
@@ -168,17 +180,7 @@ impl TestServer {
     }
 
     pub async fn get_json(&self, path: &str, credential: &str) -> (StatusCode, Value) {
-        let response = within(
-            "GET",
-            self.client
-                .get(self.url(path))
-                .bearer_auth(credential)
-                .send(),
-        )
-        .await
-        .expect("GET");
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        send(self.client.get(self.url(path)).bearer_auth(credential)).await
     }
 
     pub async fn post_json(
@@ -194,9 +196,11 @@ impl TestServer {
         if !body.is_null() {
             request = request.json(body);
         }
-        let response = within("POST", request.send()).await.expect("POST");
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        send(request).await
+    }
+
+    pub async fn delete(&self, path: &str, credential: &str) -> (StatusCode, Value) {
+        send(self.client.delete(self.url(path)).bearer_auth(credential)).await
     }
 
     /// Opens the session's stream with `Authorization: Bearer credential`
@@ -245,6 +249,25 @@ impl TestServer {
         })
         .await
     }
+}
+
+/// Sends a request and reads its status and JSON body: `null` for an empty
+/// body, a string saying so for one that is not JSON (an nginx error page).
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = within("an HTTP response", request.send())
+        .await
+        .expect("HTTP request");
+    let status = response.status();
+    let body = within("an HTTP body", response.bytes())
+        .await
+        .unwrap_or_default();
+    if body.is_empty() {
+        return (status, Value::Null);
+    }
+    let value = serde_json::from_slice(&body).unwrap_or_else(|_| {
+        Value::String(format!("(not JSON) {}", String::from_utf8_lossy(&body)))
+    });
+    (status, value)
 }
 
 impl Drop for TestServer {
