@@ -17,6 +17,16 @@ use crate::storage::{
     NodeNotice, ReapedJob, SessionRecord, SessionState, StorageError, StorageResult, StreamHolder,
 };
 
+/// A job's `j:` field in its session's meta, `index:seq` (the append
+/// script writes it): its newest append index and that event's seq, or
+/// zeros when there is none.
+fn job_position(field: Option<&str>) -> (u64, EventSeq) {
+    field
+        .and_then(|text| text.split_once(':'))
+        .and_then(|(index, seq)| Some((index.parse().ok()?, seq.parse().ok()?)))
+        .unwrap_or((0, 0))
+}
+
 /// How long a job's record, its listing entry and its location outlive the
 /// job's end (a listing is bounded in time, not only by the session).
 const LISTING_KEEP_MS: u64 = 24 * 60 * 60 * 1000;
@@ -73,11 +83,7 @@ impl RedisStorage {
             .query_async(&mut connection)
             .await
             .map_err(read_error)?;
-        Ok(position
-            .as_deref()
-            .and_then(|text| text.split_once(':'))
-            .and_then(|(index, _)| index.parse().ok())
-            .unwrap_or(0))
+        Ok(job_position(position.as_deref()).0)
     }
 
     /// The jobs a session is subscribed to (§7.6).
@@ -143,11 +149,7 @@ impl RedisStorage {
         Ok(positions
             .iter()
             .map(|(position, terminal)| {
-                let own = position
-                    .as_deref()
-                    .and_then(|text| text.split_once(':'))
-                    .and_then(|(_, seq)| seq.parse().ok())
-                    .unwrap_or(0);
+                let own = job_position(position.as_deref()).1;
                 let terminal = terminal
                     .as_deref()
                     .and_then(|seq| seq.parse().ok())

@@ -43,6 +43,30 @@ async fn run_to_exit(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// A node with a shared secret and a token, on Redis at `url`.
+async fn run_node_on(url: &str) -> (bool, String) {
+    let token = format!("alice:{ALICE_TOKEN}");
+    run_to_exit(&[
+        "--redis-url",
+        url,
+        "--secret",
+        CLUSTER_SECRET,
+        "--token",
+        &token,
+    ])
+    .await
+}
+
+async fn config_set(connection: &mut redis::aio::MultiplexedConnection, name: &str, value: &str) {
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query_async::<()>(connection)
+        .await
+        .expect("CONFIG SET");
+}
+
 fn assert_refused(what: &str, (succeeded, output): &(bool, String), names: &[&str]) {
     assert!(
         !succeeded,
@@ -82,76 +106,26 @@ async fn cluster_mode_refuses_to_start_without_a_secret_or_a_safe_redis() {
     let without_secret = run_to_exit(&["--redis-url", &url, "--token", &token]).await;
     assert_refused("no --secret", &without_secret, &["--secret"]);
 
-    let unreachable = run_to_exit(&[
-        "--redis-url",
-        "redis://127.0.0.1:1/0",
-        "--secret",
-        CLUSTER_SECRET,
-        "--token",
-        &token,
-    ])
-    .await;
+    let unreachable = run_node_on("redis://127.0.0.1:1/0").await;
     assert_refused("Redis refusing connections", &unreachable, &["redis"]);
     let missing_socket = format!(
         "redis+unix://{}/nobody.sock",
         redis.socket().parent().unwrap().display()
     );
-    let unreachable = run_to_exit(&[
-        "--redis-url",
-        &missing_socket,
-        "--secret",
-        CLUSTER_SECRET,
-        "--token",
-        &token,
-    ])
-    .await;
+    let unreachable = run_node_on(&missing_socket).await;
     assert_refused("no Redis on the socket", &unreachable, &["redis"]);
 
     // A Redis that would evict keys or lose them on restart.
     let mut connection = redis.connection().await;
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("allkeys-lru")
-        .query_async::<()>(&mut connection)
-        .await
-        .expect("CONFIG SET");
-    let evicting = run_to_exit(&[
-        "--redis-url",
-        &url,
-        "--secret",
-        CLUSTER_SECRET,
-        "--token",
-        &token,
-    ])
-    .await;
+    config_set(&mut connection, "maxmemory-policy", "allkeys-lru").await;
+    let evicting = run_node_on(&url).await;
     assert_refused(
         "maxmemory-policy allkeys-lru",
         &evicting,
         &["maxmemory-policy"],
     );
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("noeviction")
-        .query_async::<()>(&mut connection)
-        .await
-        .expect("CONFIG SET");
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("appendonly")
-        .arg("no")
-        .query_async::<()>(&mut connection)
-        .await
-        .expect("CONFIG SET");
-    let forgetful = run_to_exit(&[
-        "--redis-url",
-        &url,
-        "--secret",
-        CLUSTER_SECRET,
-        "--token",
-        &token,
-    ])
-    .await;
+    config_set(&mut connection, "maxmemory-policy", "noeviction").await;
+    config_set(&mut connection, "appendonly", "no").await;
+    let forgetful = run_node_on(&url).await;
     assert_refused("appendonly no", &forgetful, &["aof"]);
 }
