@@ -118,7 +118,7 @@ pub trait LogSink: Send + Sync {
 }
 
 pub struct MemoryEventLog {
-    sessions: RwLock<HashMap<SessionId, Arc<SessionSlot>>>,
+    sessions: RwLock<HashMap<SessionId, Arc<SessionSlot>, foldhash::fast::RandomState>>,
     limits: RetentionLimits,
     budget: Arc<RetentionBudget>,
     encode: FrameEncoder,
@@ -503,7 +503,7 @@ impl MemoryEventLog {
         budget: Arc<RetentionBudget>,
     ) -> Self {
         MemoryEventLog {
-            sessions: RwLock::new(HashMap::new()),
+            sessions: RwLock::new(HashMap::default()),
             limits: RetentionLimits {
                 max_events: limits.max_events.max(1),
                 max_bytes: limits.max_bytes.max(1),
@@ -586,6 +586,51 @@ impl MemoryEventLog {
 }
 
 impl MemoryEventLog {
+    /// Assigns the next sequence number in `slot`, stores the frame, and
+    /// hands it to the sink or makes it visible.
+    fn append_to(
+        &self,
+        session_id: &SessionId,
+        slot: &SessionSlot,
+        draft: &EventDraft,
+    ) -> EventSeq {
+        let mut log = slot.lock();
+        let seq = log.newest + 1;
+        let encoded = (self.encode)(session_id, seq, draft);
+        // The entry keeps the encoder's buffer for the sink; the log stores
+        // a copy of the frame in its blocks.
+        let entry = LogEntry {
+            seq,
+            job_id: draft.job_id.clone(),
+            frame: encoded.frame,
+            envelope: encoded.envelope,
+        };
+        log.push(&entry);
+        if let Some(metrics) = self.metrics.get() {
+            metrics.event_appended(entry.frame.len());
+        }
+        let floor_before = log.floor;
+        // Past a budget shared with other sessions (the owner's, the
+        // gateway's), this session gives up its own oldest events: the one
+        // just written always stays.
+        while log.entries.len() > self.limits.max_events
+            || (log.entries.len() > 1
+                && (log.retained_bytes > self.limits.max_bytes || log.account.over()))
+        {
+            log.evict_front();
+        }
+        match self.sink.get() {
+            Some(sink) => {
+                sink.appended(session_id, &entry);
+                if log.floor != floor_before {
+                    sink.released(session_id, log.floor);
+                }
+            }
+            None => slot.publish(seq),
+        }
+        seq
+    }
+
     fn create_charged(
         &self,
         session_id: &SessionId,
@@ -624,41 +669,34 @@ impl EventLog for MemoryEventLog {
         draft: &EventDraft,
     ) -> Result<EventSeq, EventLogError> {
         let slot = self.session(session_id)?;
-        let mut log = slot.lock();
-        let seq = log.newest + 1;
-        let encoded = (self.encode)(session_id, seq, draft);
-        // The entry keeps the encoder's buffer for the sink; the log stores
-        // a copy of the frame in its blocks.
-        let entry = LogEntry {
-            seq,
-            job_id: draft.job_id.clone(),
-            frame: encoded.frame,
-            envelope: encoded.envelope,
+        Ok(self.append_to(session_id, &slot, draft))
+    }
+
+    fn append_each(
+        &self,
+        session_ids: &[&SessionId],
+        draft: &EventDraft,
+    ) -> Vec<Result<EventSeq, EventLogError>> {
+        // The map's read lock once for all of them (its counter is shared
+        // by every thread), not held while appending.
+        let slots: Vec<Option<Arc<SessionSlot>>> = {
+            let sessions = self
+                .sessions
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            session_ids
+                .iter()
+                .map(|session_id| sessions.get(*session_id).cloned())
+                .collect()
         };
-        log.push(&entry);
-        if let Some(metrics) = self.metrics.get() {
-            metrics.event_appended(entry.frame.len());
-        }
-        let floor_before = log.floor;
-        // Past a budget shared with other sessions (the owner's, the
-        // gateway's), this session gives up its own oldest events: the one
-        // just written always stays.
-        while log.entries.len() > self.limits.max_events
-            || (log.entries.len() > 1
-                && (log.retained_bytes > self.limits.max_bytes || log.account.over()))
-        {
-            log.evict_front();
-        }
-        match self.sink.get() {
-            Some(sink) => {
-                sink.appended(session_id, &entry);
-                if log.floor != floor_before {
-                    sink.released(session_id, log.floor);
-                }
-            }
-            None => slot.publish(seq),
-        }
-        Ok(seq)
+        session_ids
+            .iter()
+            .zip(slots)
+            .map(|(session_id, slot)| match slot {
+                Some(slot) => Ok(self.append_to(session_id, &slot, draft)),
+                None => Err(EventLogError::UnknownSession),
+            })
+            .collect()
     }
 
     fn read_after(
@@ -682,7 +720,6 @@ impl EventLog for MemoryEventLog {
             .map(|entry| log.shared_entry(entry))
             .collect())
     }
-
     fn read_chunk_after(
         &self,
         session_id: &SessionId,

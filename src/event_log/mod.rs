@@ -215,6 +215,20 @@ pub trait EventLog: Send + Sync + 'static {
     fn append(&self, session_id: &SessionId, draft: &EventDraft)
         -> Result<EventSeq, EventLogError>;
 
+    /// Appends the same draft to several sessions' logs, in order, each as
+    /// [`EventLog::append`] would (a job's subscribers, §7.6). Backends may
+    /// override it to find the logs in one pass.
+    fn append_each(
+        &self,
+        session_ids: &[&SessionId],
+        draft: &EventDraft,
+    ) -> Vec<Result<EventSeq, EventLogError>> {
+        session_ids
+            .iter()
+            .map(|session_id| self.append(session_id, draft))
+            .collect()
+    }
+
     /// Entries with `seq > after`, oldest first, within `limit`. An empty
     /// result means the reader is caught up.
     fn read_after(

@@ -237,7 +237,7 @@ async fn write_stream(stream: &mut TcpStream, mut events: EventStream, chunked: 
             Next::Chunk(chunk) => {
                 // A stop already due skips the chunk, so the farewell still
                 // goes out on a well-framed stream.
-                if let Some(stop) = interrupted_now(&mut events).await {
+                if let Some(stop) = events.interrupted_now() {
                     events.end(stop);
                     continue;
                 }
@@ -276,15 +276,6 @@ async fn write_stream(stream: &mut TcpStream, mut events: EventStream, chunked: 
                 return matches!(written, Ok(Ok(())));
             }
         }
-    }
-}
-
-/// A stop that is already due, without waiting.
-async fn interrupted_now(events: &mut EventStream) -> Option<Stop> {
-    tokio::select! {
-        biased;
-        stop = events.interrupted() => Some(stop),
-        () = std::future::ready(()) => None,
     }
 }
 

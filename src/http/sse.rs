@@ -13,6 +13,7 @@
 //! holds at most a few chunks in memory.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -195,12 +196,11 @@ pub struct EventStream {
     cursor: EventSeq,
     /// The welcome and the first events, written with the response head.
     initial: Option<Bytes>,
-    attached: watch::Receiver<Option<StreamId>>,
     /// `None` when the log was already gone at open.
     newest: Option<watch::Receiver<EventSeq>>,
     heartbeat: tokio::time::Interval,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    shutdown: CancellationToken,
+    /// Shutdown, a newer stream, the duration limit: armed once.
+    stop: StopSignal,
     retry: Duration,
     /// Set once the stream must end; `next()` then says goodbye.
     stopped: Option<Stop>,
@@ -246,8 +246,14 @@ impl EventStream {
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = StopSignal::arm(
+            plan.shutdown,
+            plan.session.watch_attached_stream(),
+            plan.stream_id,
+            plan.max_duration,
+        );
         let stream = EventStream {
-            attached: plan.session.watch_attached_stream(),
+            stop,
             log: plan.log,
             session: plan.session,
             stream_id: plan.stream_id,
@@ -255,10 +261,6 @@ impl EventStream {
             initial: None,
             newest,
             heartbeat,
-            deadline: plan
-                .max_duration
-                .map(|duration| Box::pin(tokio::time::sleep(duration))),
-            shutdown: plan.shutdown,
             retry: plan.retry,
             stopped: None,
             finished: false,
@@ -304,8 +306,13 @@ impl EventStream {
     /// (shutdown, a newer stream, the duration limit). Raced against writes,
     /// so a client that stopped reading cannot hold a stream open.
     pub async fn interrupted(&mut self) -> Stop {
-        let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
-        gateway_stop(&self.shutdown, &mut self.attached, self.stream_id, deadline).await
+        self.stop.wait().await
+    }
+
+    /// A reason of the gateway's own to end the stream that is already due,
+    /// without waiting.
+    pub fn interrupted_now(&mut self) -> Option<Stop> {
+        self.stop.due()
     }
 
     async fn wait_for_chunk(&mut self) -> Result<Bytes, Stop> {
@@ -372,10 +379,9 @@ impl EventStream {
     /// heartbeat tick, or a reason to stop.
     async fn wait(&mut self) -> Result<Waited<()>, Stop> {
         let newest = self.newest.as_mut().ok_or(Stop::LogGone)?;
-        let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
         tokio::select! {
             biased;
-            stop = gateway_stop(&self.shutdown, &mut self.attached, self.stream_id, deadline) => Err(stop),
+            stop = self.stop.wait() => Err(stop),
             changed = newest.changed() => match changed {
                 Ok(()) => Ok(Waited::Read(())),
                 Err(_) => Err(Stop::LogGone),
@@ -454,26 +460,72 @@ fn count_events(metrics: &Metrics, replay_until: EventSeq, from: EventSeq, to: E
     metrics.stream_events(replayed, live);
 }
 
-/// The gateway's own reasons to end a stream, whichever comes first: shutdown,
-/// a newer stream (or a close), the duration limit.
-async fn gateway_stop(
-    shutdown: &CancellationToken,
-    attached: &mut watch::Receiver<Option<StreamId>>,
-    stream_id: StreamId,
-    deadline: Option<Pin<&mut tokio::time::Sleep>>,
-) -> Stop {
-    tokio::select! {
-        biased;
-        () = shutdown.cancelled() => Stop::Shutdown,
-        () = replaced(attached, stream_id) => Stop::Replaced,
-        () = expired(deadline) => Stop::MaxDuration,
+/// The gateway's own reasons to end a stream, whichever comes first:
+/// shutdown, a newer stream, the duration limit. Armed once when the stream
+/// opens and kept across events: a stream that re-created these waits per
+/// event took the gateway-wide shutdown token's lock several times per
+/// delivery, shared by every stream (a profile of fan-out to 1,000
+/// subscribers showed it).
+struct StopSignal {
+    pending: Option<Pin<Box<dyn Future<Output = Stop> + Send>>>,
+    fired: Option<Stop>,
+}
+
+impl StopSignal {
+    fn arm(
+        shutdown: CancellationToken,
+        mut attached: watch::Receiver<Option<StreamId>>,
+        stream_id: StreamId,
+        max_duration: Option<Duration>,
+    ) -> StopSignal {
+        let deadline = max_duration.map(|duration| tokio::time::Instant::now() + duration);
+        let future = async move {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Stop::Shutdown,
+                () = replaced(&mut attached, stream_id) => Stop::Replaced,
+                () = expired(deadline) => Stop::MaxDuration,
+            }
+        };
+        StopSignal {
+            pending: Some(Box::pin(future)),
+            fired: None,
+        }
+    }
+
+    fn poll_stop(&mut self, context: &mut Context<'_>) -> Poll<Stop> {
+        if let Some(stop) = self.fired {
+            return Poll::Ready(stop);
+        }
+        let Some(pending) = self.pending.as_mut() else {
+            return Poll::Pending;
+        };
+        let stop = std::task::ready!(pending.as_mut().poll(context));
+        self.fired = Some(stop);
+        self.pending = None;
+        Poll::Ready(stop)
+    }
+
+    /// Completes when a reason is due; again at once after that.
+    async fn wait(&mut self) -> Stop {
+        std::future::poll_fn(|context| self.poll_stop(context)).await
+    }
+
+    /// The reason, if one is due now. (Polled with a waker that does
+    /// nothing; the next `wait` registers the task's own again.)
+    fn due(&mut self) -> Option<Stop> {
+        let mut context = Context::from_waker(std::task::Waker::noop());
+        match self.poll_stop(&mut context) {
+            Poll::Ready(stop) => Some(stop),
+            Poll::Pending => None,
+        }
     }
 }
 
 /// Completes at the deadline; never without one.
-async fn expired(deadline: Option<Pin<&mut tokio::time::Sleep>>) {
+async fn expired(deadline: Option<tokio::time::Instant>) {
     match deadline {
-        Some(sleep) => sleep.await,
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

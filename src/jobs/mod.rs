@@ -555,15 +555,19 @@ impl Job {
             }
             self.signal_back_pressure(log.as_ref(), &self.origin, seq);
         }
-        state
-            .subscribers
-            .retain(|subscriber| match log.append(&subscriber.id, &draft) {
-                Ok(seq) => {
-                    self.signal_back_pressure(log.as_ref(), subscriber, seq);
-                    true
-                }
-                Err(_) => false,
-            });
+        if !state.subscribers.is_empty() {
+            let ids: Vec<&SessionId> = state.subscribers.iter().map(|s| &s.id).collect();
+            let mut appended = log.append_each(&ids, &draft).into_iter();
+            state
+                .subscribers
+                .retain(|subscriber| match appended.next() {
+                    Some(Ok(seq)) => {
+                        self.signal_back_pressure(log.as_ref(), subscriber, seq);
+                        true
+                    }
+                    _ => false,
+                });
+        }
         state.last_event_seq
     }
 

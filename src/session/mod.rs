@@ -36,6 +36,9 @@ pub struct Session {
     pub principal: Principal,
     /// The negotiated feature set: hello ∩ runtime (§6.2).
     pub features: Vec<String>,
+    /// `features` includes `ack` (§6.5): read on every append, so kept
+    /// apart from the list.
+    acks: bool,
     pub created_at: String,
     state: Mutex<SessionState>,
     /// The currently attached stream, if any. A stream whose id is no longer
@@ -93,6 +96,7 @@ impl Session {
         Session {
             id,
             principal,
+            acks: features.iter().any(|feature| feature == "ack"),
             features,
             created_at,
             state: Mutex::new(SessionState {
@@ -312,7 +316,7 @@ impl Session {
     /// negotiated `ack`, has acknowledged at least once, and its consumer is
     /// more than `lag_threshold` events behind.
     pub fn note_append(&self, seq: EventSeq, lag_threshold: u64) -> Option<u64> {
-        if !self.has_feature("ack") {
+        if !self.acks {
             return None;
         }
         let mut state = self.state();

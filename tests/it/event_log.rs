@@ -68,6 +68,30 @@ pub fn sessions_have_independent_sequences(log: Arc<dyn EventLog>) {
     assert_eq!(log.bounds(&a).unwrap().newest, 2);
 }
 
+/// A job's event goes to all its subscribers at once (§7.6): each log gets
+/// its own next sequence number and a frame stamped for it, an unknown
+/// session fails alone, and the result is what one append each would give.
+pub fn appending_to_each_numbers_every_log_on_its_own(log: Arc<dyn EventLog>) {
+    let (a, b, gone) = (session("each-a"), session("each-b"), session("each-gone"));
+    log.create(&a).unwrap();
+    log.create(&b).unwrap();
+    log.append(&a, &draft(1)).unwrap();
+    let results = log.append_each(&[&a, &gone, &b], &draft(2));
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0], Ok(2));
+    assert_eq!(results[1], Err(EventLogError::UnknownSession));
+    assert_eq!(results[2], Ok(1));
+    let frames = log.read_after(&b, 0, ALL).unwrap();
+    assert_eq!(frames.len(), 1);
+    let frame = std::str::from_utf8(&frames[0].frame).unwrap();
+    assert!(frame.starts_with("id: 1\n"), "{frame}");
+    assert!(
+        frame.contains(&format!("\"session_id\":\"{b}\"")),
+        "{frame}"
+    );
+    assert_eq!(log.bounds(&a).unwrap().newest, 2);
+}
+
 pub fn reads_are_bounded_and_resume_from_any_cursor(log: Arc<dyn EventLog>) {
     let sid = session("s");
     log.create(&sid).unwrap();
@@ -762,6 +786,11 @@ macro_rules! backend_conformance {
             #[test]
             fn sessions_have_independent_sequences() {
                 super::sessions_have_independent_sequences(unlimited());
+            }
+
+            #[test]
+            fn appending_to_each_numbers_every_log_on_its_own() {
+                super::appending_to_each_numbers_every_log_on_its_own(unlimited());
             }
 
             #[test]
