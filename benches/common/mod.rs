@@ -1,5 +1,5 @@
-//! What the gateway benchmarks share (`benches/gateway.rs`,
-//! `benches/cluster.rs`): starting the release binary as a process and
+//! What the gateway benchmarks share (`benches/gateway/`,
+//! `benches/cluster/`): starting the release binary as a process and
 //! reading its CPU and memory from /proc, the control-plane client, the lean
 //! SSE reader that counts events and collects `ts_ns` latencies, and the
 //! machine facts printed with every run.
@@ -111,6 +111,15 @@ pub async fn start_gateway(extra: &[&str]) -> Server {
         .args([
             "--max-sessions-per-principal",
             "20000",
+            // The storm runs 1,000 jobs at once (the default limit) and
+            // keeps about 450 MB of events (the default limits are 256 MiB
+            // per principal and 1 GiB for all).
+            "--max-running-jobs-per-principal",
+            "20000",
+            "--max-retained-bytes",
+            "8589934592",
+            "--max-retained-bytes-per-principal",
+            "8589934592",
             "--max-stream-duration-sec",
             "0",
             // Every benchmark client connects from 127.0.0.1.
@@ -175,7 +184,7 @@ impl Api {
             .await;
         accepted["payload"]["job_id"]
             .as_str()
-            .expect("job id")
+            .unwrap_or_else(|| panic!("no job id in the answer to a submission: {accepted}"))
             .to_owned()
     }
 
@@ -297,8 +306,8 @@ impl Reader {
             if self.events >= until || self.ended {
                 return;
             }
-            if self.wire.capacity() - self.wire.len() < 16 * 1024 {
-                self.wire.reserve(64 * 1024);
+            if self.wire.capacity() - self.wire.len() < 64 * 1024 {
+                self.wire.reserve(256 * 1024);
             }
             match self.stream.read_buf(&mut self.wire).await {
                 Ok(0) | Err(_) => {
@@ -422,6 +431,30 @@ pub async fn timed_replay(
 /// delivered rate, counted from the first event anywhere to the last (so a
 /// job's start delay does not dilute it).
 pub async fn read_all(readers: Vec<Reader>, events_each: u64) -> (Vec<u64>, f64) {
+    let delivery = deliver_all(readers, events_each).await;
+    (delivery.latencies, delivery.rate)
+}
+
+/// What a set of readers received.
+pub struct Delivery {
+    /// Emit-to-client latency of every event that carried `ts_ns`, in ns.
+    pub latencies: Vec<u64>,
+    /// Events per second from the first event anywhere to the last.
+    pub rate: f64,
+    pub events: u64,
+    /// Body bytes (after chunked framing is undone).
+    pub bytes: u64,
+}
+
+impl Delivery {
+    /// Mean body bytes per event: the frame size the server sent.
+    pub fn frame_bytes(&self) -> f64 {
+        self.bytes as f64 / self.events.max(1) as f64
+    }
+}
+
+/// [`read_all`], with the events and bytes received.
+pub async fn deliver_all(readers: Vec<Reader>, events_each: u64) -> Delivery {
     let tasks: Vec<_> = readers
         .into_iter()
         .map(|mut reader| {
@@ -436,11 +469,12 @@ pub async fn read_all(readers: Vec<Reader>, events_each: u64) -> (Vec<u64>, f64)
         })
         .collect();
     let mut latencies = Vec::new();
-    let mut delivered = 0;
+    let (mut events, mut bytes) = (0, 0);
     let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
     for task in tasks {
         let mut reader = task.await.expect("reader");
-        delivered += reader.events;
+        events += reader.events;
+        bytes += reader.bytes;
         latencies.append(&mut reader.latencies_ns);
         first = match (first, reader.first_event_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -452,7 +486,12 @@ pub async fn read_all(readers: Vec<Reader>, events_each: u64) -> (Vec<u64>, f64)
         (Some(first), Some(last)) if last > first => (last - first).as_secs_f64(),
         _ => f64::INFINITY,
     };
-    (latencies, delivered as f64 / span)
+    Delivery {
+        latencies,
+        rate: events as f64 / span,
+        events,
+        bytes,
+    }
 }
 
 pub fn machine_facts() -> Value {

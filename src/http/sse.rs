@@ -54,7 +54,7 @@ const FIRST_READ_LIMIT: ReadLimit = ReadLimit {
 /// The largest chunk a stream writes at once.
 pub const STREAM_READ_LIMIT: ReadLimit = ReadLimit {
     max_entries: 4096,
-    max_bytes: 512 * 1024,
+    max_bytes: 1024 * 1024,
 };
 
 /// The [`crate::event_log::FrameEncoder`] for job events. The session's own
