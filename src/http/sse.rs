@@ -247,7 +247,7 @@ impl EventStream {
             tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = StopSignal::arm(
-            plan.shutdown,
+            &plan.shutdown,
             plan.session.watch_attached_stream(),
             plan.stream_id,
             plan.max_duration,
@@ -469,27 +469,44 @@ fn count_events(metrics: &Metrics, replay_until: EventSeq, from: EventSeq, to: E
 struct StopSignal {
     pending: Option<Pin<Box<dyn Future<Output = Stop> + Send>>>,
     fired: Option<Stop>,
+    /// For [`StopSignal::due`], which looks without polling.
+    shutdown: CancellationToken,
+    attached: watch::Receiver<Option<StreamId>>,
+    stream_id: StreamId,
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl StopSignal {
+    /// Waits on a child of the gateway's shutdown token: polling a wait on
+    /// the shared token itself takes that token's lock, one lock for every
+    /// stream, on every event of every stream.
     fn arm(
-        shutdown: CancellationToken,
-        mut attached: watch::Receiver<Option<StreamId>>,
+        shutdown: &CancellationToken,
+        attached: watch::Receiver<Option<StreamId>>,
         stream_id: StreamId,
         max_duration: Option<Duration>,
     ) -> StopSignal {
+        let shutdown = shutdown.child_token();
         let deadline = max_duration.map(|duration| tokio::time::Instant::now() + duration);
-        let future = async move {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => Stop::Shutdown,
-                () = replaced(&mut attached, stream_id) => Stop::Replaced,
-                () = expired(deadline) => Stop::MaxDuration,
+        let future = {
+            let shutdown = shutdown.clone();
+            let mut attached = attached.clone();
+            async move {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => Stop::Shutdown,
+                    () = replaced(&mut attached, stream_id) => Stop::Replaced,
+                    () = expired(deadline) => Stop::MaxDuration,
+                }
             }
         };
         StopSignal {
             pending: Some(Box::pin(future)),
             fired: None,
+            shutdown,
+            attached,
+            stream_id,
+            deadline,
         }
     }
 
@@ -511,14 +528,24 @@ impl StopSignal {
         std::future::poll_fn(|context| self.poll_stop(context)).await
     }
 
-    /// The reason, if one is due now. (Polled with a waker that does
-    /// nothing; the next `wait` registers the task's own again.)
+    /// The reason, if one is due now, in the same order as `wait`; looks
+    /// at the signals without polling (so no waker is swapped).
     fn due(&mut self) -> Option<Stop> {
-        let mut context = Context::from_waker(std::task::Waker::noop());
-        match self.poll_stop(&mut context) {
-            Poll::Ready(stop) => Some(stop),
-            Poll::Pending => None,
+        if self.fired.is_none() {
+            self.fired = if self.shutdown.is_cancelled() {
+                Some(Stop::Shutdown)
+            } else if *self.attached.borrow() != Some(self.stream_id) {
+                Some(Stop::Replaced)
+            } else if self
+                .deadline
+                .is_some_and(|deadline| tokio::time::Instant::now() >= deadline)
+            {
+                Some(Stop::MaxDuration)
+            } else {
+                None
+            };
         }
+        self.fired
     }
 }
 
