@@ -391,9 +391,15 @@ impl Metrics {
     }
 
     /// Events handed to a stream: `replayed` were logged before it opened.
+    /// Called per chunk a stream writes; a counter left at zero is not
+    /// touched (the counters are shared by every stream).
     pub fn stream_events(&self, replayed: u64, live: u64) {
-        self.replayed_events.inc_by(replayed);
-        self.live_events.inc_by(live);
+        if replayed > 0 {
+            self.replayed_events.inc_by(replayed);
+        }
+        if live > 0 {
+            self.live_events.inc_by(live);
+        }
     }
 
     pub fn session_created(&self) {
