@@ -1,5 +1,5 @@
-//! What the gateway benchmarks share (`benches/gateway.rs`,
-//! `benches/cluster.rs`): starting the release binary as a process and
+//! What the gateway benchmarks share (`benches/gateway/`,
+//! `benches/cluster/`): starting the release binary as a process and
 //! reading its CPU and memory from /proc, the control-plane client, the lean
 //! SSE reader that counts events and collects `ts_ns` latencies, and the
 //! machine facts printed with every run.
@@ -422,6 +422,30 @@ pub async fn timed_replay(
 /// delivered rate, counted from the first event anywhere to the last (so a
 /// job's start delay does not dilute it).
 pub async fn read_all(readers: Vec<Reader>, events_each: u64) -> (Vec<u64>, f64) {
+    let delivery = deliver_all(readers, events_each).await;
+    (delivery.latencies, delivery.rate)
+}
+
+/// What a set of readers received.
+pub struct Delivery {
+    /// Emit-to-client latency of every event that carried `ts_ns`, in ns.
+    pub latencies: Vec<u64>,
+    /// Events per second from the first event anywhere to the last.
+    pub rate: f64,
+    pub events: u64,
+    /// Body bytes (after chunked framing is undone).
+    pub bytes: u64,
+}
+
+impl Delivery {
+    /// Mean body bytes per event: the frame size the server sent.
+    pub fn frame_bytes(&self) -> f64 {
+        self.bytes as f64 / self.events.max(1) as f64
+    }
+}
+
+/// [`read_all`], with the events and bytes received.
+pub async fn deliver_all(readers: Vec<Reader>, events_each: u64) -> Delivery {
     let tasks: Vec<_> = readers
         .into_iter()
         .map(|mut reader| {
@@ -436,11 +460,12 @@ pub async fn read_all(readers: Vec<Reader>, events_each: u64) -> (Vec<u64>, f64)
         })
         .collect();
     let mut latencies = Vec::new();
-    let mut delivered = 0;
+    let (mut events, mut bytes) = (0, 0);
     let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
     for task in tasks {
         let mut reader = task.await.expect("reader");
-        delivered += reader.events;
+        events += reader.events;
+        bytes += reader.bytes;
         latencies.append(&mut reader.latencies_ns);
         first = match (first, reader.first_event_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -452,7 +477,12 @@ pub async fn read_all(readers: Vec<Reader>, events_each: u64) -> (Vec<u64>, f64)
         (Some(first), Some(last)) if last > first => (last - first).as_secs_f64(),
         _ => f64::INFINITY,
     };
-    (latencies, delivered as f64 / span)
+    Delivery {
+        latencies,
+        rate: events as f64 / span,
+        events,
+        bytes,
+    }
 }
 
 pub fn machine_facts() -> Value {

@@ -1,0 +1,112 @@
+//! Fan-out: one paced job read by K subscribers, at 10,000 and 100,000
+//! deliveries per second in total (the job's rate is the total / K), on the
+//! gateway, the hyper baseline, the raw-socket floor and nchan (one
+//! publisher, K subscribers on one channel). The ratio is against the
+//! floor.
+
+use serde_json::json;
+
+use crate::common::{connect, deliver_all, start_gateway, start_process, Api, Delivery};
+use crate::live::delivery_rows;
+use crate::nchan::{paced_delivery, PacedLoad, Peer};
+use crate::table::{Column, Reference, Row};
+use crate::{start_helper, Plan};
+
+async fn gateway_fanout(subscribers: u64, rate: u64, count: u64) -> Delivery {
+    let gateway = start_gateway(&[]).await;
+    let api = Api::new(&gateway);
+    let submitter = api.session().await;
+    let input =
+        json!({"count": count, "size": 64, "rate": rate, "delay_ms": 1500 + subscribers * 4});
+    let job = api.submit(&submitter, input).await;
+    let mut readers = Vec::new();
+    for _ in 0..subscribers {
+        let session = api.session().await;
+        api.post(
+            &format!("/v1/sessions/{session}/subscriptions"),
+            json!({"job_id": job}),
+        )
+        .await;
+        let path = format!("/v1/sessions/{session}/events");
+        readers.push(connect(gateway.address, &path, None, false).await);
+    }
+    deliver_all(readers, count).await
+}
+
+async fn hyper_fanout(subscribers: u64, rate: u64, count: u64, frame_bytes: usize) -> Delivery {
+    let hyper = start_helper("--serve-baseline").await;
+    let mut readers = Vec::new();
+    for _ in 0..subscribers {
+        readers.push(connect(hyper.address, "/fanout", None, false).await);
+    }
+    reqwest::Client::new()
+        .get(format!(
+            "http://{}/fanout-start?rate={rate}&count={count}&bytes={frame_bytes}",
+            hyper.address
+        ))
+        .send()
+        .await
+        .expect("start fan-out");
+    deliver_all(readers, count).await
+}
+
+async fn floor_fanout(subscribers: u64, rate: u64, count: u64, frame_bytes: usize) -> Delivery {
+    let mut command = tokio::process::Command::new(std::env::current_exe().expect("own path"));
+    command.arg("--serve-floor").args([
+        subscribers.to_string(),
+        rate.to_string(),
+        count.to_string(),
+        frame_bytes.to_string(),
+    ]);
+    let floor = start_process(command).await;
+    let mut readers = Vec::new();
+    for _ in 0..subscribers {
+        readers.push(connect(floor.address, "/fanout", None, false).await);
+    }
+    deliver_all(readers, count).await
+}
+
+pub async fn scenario(plan: &Plan, peer: &Peer) -> Vec<Row> {
+    let seconds = if plan.quick { 2 } else { 4 };
+    let loads: &[(u64, u64)] = if plan.quick {
+        &[(100, 10_000), (1000, 100_000)]
+    } else {
+        &[
+            (100, 10_000),
+            (100, 100_000),
+            (1000, 10_000),
+            (1000, 100_000),
+        ]
+    };
+    let mut rows = Vec::new();
+    for &(subscribers, total) in loads {
+        let rate = total / subscribers;
+        let count = rate * seconds;
+        let gateway = gateway_fanout(subscribers, rate, count).await;
+        let frame_bytes = gateway.frame_bytes().round() as usize;
+        let hyper = hyper_fanout(subscribers, rate, count, frame_bytes).await;
+        let floor = floor_fanout(subscribers, rate, count, frame_bytes).await;
+        let load = PacedLoad {
+            channels: 1,
+            readers: subscribers as usize,
+            rate,
+            per_channel: count,
+            frame_bytes,
+        };
+        let nchan = paced_delivery(peer, load).await;
+        let label = format!(
+            "fan-out 1 job -> {subscribers} subscribers x {rate} ev/s, {total} deliveries/s total"
+        );
+        rows.extend(delivery_rows(
+            &label,
+            Reference::Only(Column::Floor),
+            vec![
+                (Column::Gateway, Some(gateway)),
+                (Column::Hyper, Some(hyper)),
+                (Column::Floor, Some(floor)),
+                (Column::Nchan, nchan),
+            ],
+        ));
+    }
+    rows
+}

@@ -1,0 +1,182 @@
+//! The gateway benchmark: the real release binary, driven over loopback by
+//! many concurrent HTTP/1.1 SSE clients, beside reference servers measured
+//! in the same run with the same lean client and frames of the same size:
+//!
+//! - **hyper**: a minimal hyper server streaming pre-encoded frames
+//!   (`hyper_server.rs`);
+//! - **plain**: raw sockets, HTTP/1.1 chunked, pre-encoded frames in large
+//!   writes, the loopback limit (`plain.rs`);
+//! - **floor**: for fan-out, raw sockets and blocking writes from one thread
+//!   per core, no HTTP server at all (`floor.rs`);
+//! - **nchan**: nginx with the nchan module, the real peer (`nchan.rs`).
+//!
+//! Each runs as a separate process, like the gateway (the first three are
+//! this binary re-executed with `--serve-baseline`, `--serve-plain` or
+//! `--serve-floor`). Every row also gives the ratio of the gateway to its
+//! reference: the faster of hyper and plain for replay, the floor for
+//! fan-out, hyper elsewhere.
+//!
+//! Run: `cargo bench --bench gateway` (options after `--`):
+//!   `--quick`            smaller workloads (a smoke run, not for quoting)
+//!   `--only NAME`        one scenario: replay, live, fanout, idle, storm, append
+//!   `--runs N`           repeat the scenarios N times: medians per column,
+//!                        the ratio's min-max (default 1)
+//!   `--json PATH`        also write the results as JSON
+//!   `--plain-chunk N`    the plain writer's replay chunk in bytes
+//!   `--plain-threads`    the plain writer replays from blocking threads
+//!
+//! It measures and prints; it asserts nothing about speed. The same
+//! scenarios in cluster mode are `benches/cluster/`; what both use is in
+//! `benches/common/`.
+
+// Shared with benches/cluster/, which uses the parts this one does not.
+#[allow(dead_code)]
+#[path = "../common/mod.rs"]
+mod common;
+mod fanout;
+mod floor;
+mod hyper_server;
+mod live;
+mod nchan;
+mod plain;
+mod replay;
+mod storm;
+mod table;
+mod wire;
+
+use std::time::Instant;
+
+use serde_json::json;
+use tokio::process::Command;
+
+use common::{machine_facts, start_process, Server};
+use nchan::Peer;
+use table::{Results, Row};
+
+pub struct Plan {
+    quick: bool,
+    /// `--plain-chunk`: the plain writer's replay chunk (default its own).
+    plain_chunk: Option<usize>,
+    /// `--plain-threads`: replay from blocking threads.
+    plain_threads: bool,
+}
+
+impl Plan {
+    fn plain_chunk_query(&self) -> String {
+        self.plain_chunk
+            .map_or(String::new(), |bytes| format!("&chunk={bytes}"))
+    }
+
+    fn plain_threads_query(&self) -> &'static str {
+        if self.plain_threads {
+            "&threads=1"
+        } else {
+            ""
+        }
+    }
+}
+
+/// This bench binary re-executed as a reference server (`mode` is
+/// `--serve-baseline` or `--serve-plain`).
+async fn start_helper(mode: &str) -> Server {
+    let mut command = Command::new(std::env::current_exe().expect("own path"));
+    command.arg(mode);
+    start_process(command).await
+}
+
+fn option(args: &[String], name: &str) -> Option<String> {
+    args.windows(2)
+        .find(|pair| pair[0] == name)
+        .map(|pair| pair[1].clone())
+}
+
+async fn run_once(plan: &Plan, peer: &Peer, only: Option<&str>) -> Vec<Row> {
+    let wanted = |name: &str| only.is_none_or(|only| only == name);
+    let mut rows = Vec::new();
+    if wanted("replay") {
+        rows.extend(replay::scenario(plan, peer).await);
+    }
+    if wanted("live") {
+        rows.extend(live::scenario_live(plan, peer).await);
+    }
+    if wanted("fanout") {
+        rows.extend(fanout::scenario(plan, peer).await);
+    }
+    if wanted("idle") {
+        rows.extend(live::scenario_idle(plan, peer).await);
+    }
+    if wanted("storm") {
+        rows.extend(storm::scenario_storm(plan).await);
+    }
+    if wanted("append") {
+        rows.extend(storm::scenario_append(plan).await);
+    }
+    rows
+}
+
+async fn run(args: Vec<String>) {
+    let plan = Plan {
+        quick: args.iter().any(|a| a == "--quick"),
+        plain_chunk: option(&args, "--plain-chunk").map(|n| n.parse().expect("--plain-chunk N")),
+        plain_threads: args.iter().any(|a| a == "--plain-threads"),
+    };
+    let only = option(&args, "--only");
+    let json_path = option(&args, "--json");
+    let runs: usize = option(&args, "--runs").map_or(1, |n| n.parse().expect("--runs N"));
+    let command = format!("cargo bench --bench gateway -- {}", args.join(" "));
+    let machine = machine_facts();
+    println!("command: {}", command.trim());
+    println!("machine: {machine}");
+    let peer = Peer::detect();
+    let started = Instant::now();
+    let mut results = Results::default();
+    for run in 1..=runs {
+        if runs > 1 {
+            println!("run {run} of {runs}");
+        }
+        results
+            .runs
+            .push(run_once(&plan, &peer, only.as_deref()).await);
+    }
+    println!();
+    results.print();
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("\nfinished in {elapsed:.0} s");
+    if let Some(path) = json_path {
+        let document = json!({
+            "command": command.trim(),
+            "machine": machine,
+            "runs": runs,
+            "seconds": elapsed,
+            "nchan": matches!(peer, Peer::Found { .. }),
+            "rows": results.json(),
+        });
+        std::fs::write(&path, serde_json::to_vec_pretty(&document).expect("json"))
+            .expect("write json");
+        println!("wrote {path}");
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if let Some(at) = args.iter().position(|a| a == "--serve-floor") {
+        floor::serve(&args[at + 1..]);
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if args.iter().any(|a| a == "--serve-baseline") {
+        runtime.block_on(hyper_server::serve());
+        return;
+    }
+    if args.iter().any(|a| a == "--serve-plain") {
+        runtime.block_on(plain::serve());
+        return;
+    }
+    runtime.block_on(run(args));
+}

@@ -1,0 +1,190 @@
+//! Replay: one session's finished log read from the start, by the gateway,
+//! and the same bytes by the hyper and the plain baselines (uploaded from
+//! what the gateway sent) and by nchan (the same `data:` JSON published as
+//! messages before the timed reads). The ratio is against the faster of the
+//! two baselines.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::{connect, start_gateway, Api, Server};
+use crate::nchan::{Peer, Publisher};
+use crate::table::{Cell, Column, Reference, Row};
+use crate::wire::data_lines;
+use crate::{start_helper, Plan};
+
+/// Reads per server, gateway and baselines alternating; the best is kept.
+const ROUNDS: usize = 7;
+/// Reads of nchan, which is far slower (the best is kept).
+const NCHAN_ROUNDS: usize = 3;
+
+/// One full read from the start.
+#[derive(Clone, Copy)]
+struct Read {
+    total: Duration,
+    first: Duration,
+    bytes: u64,
+    events: u64,
+}
+
+impl Read {
+    const NONE: Read = Read {
+        total: Duration::MAX,
+        first: Duration::MAX,
+        bytes: 0,
+        events: 0,
+    };
+
+    fn best(self, other: Read) -> Read {
+        if other.total < self.total {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+async fn timed_read(
+    address: SocketAddr,
+    path: &str,
+    last_event_id: Option<u64>,
+    events: u64,
+) -> Read {
+    let started = Instant::now();
+    let mut reader = connect(address, path, last_event_id, false).await;
+    let _ = tokio::time::timeout(Duration::from_secs(120), reader.read_events(events, false)).await;
+    let total = started.elapsed();
+    Read {
+        total,
+        first: reader.first_event_at.map_or(total, |at| at - started),
+        bytes: reader.bytes,
+        events: reader.events,
+    }
+}
+
+async fn upload(server: &Server, name: &str, query: &str, body: bytes::Bytes) {
+    reqwest::Client::new()
+        .post(format!(
+            "http://{}/store?name={name}{query}",
+            server.address
+        ))
+        .body(body)
+        .send()
+        .await
+        .expect("upload");
+}
+
+/// Publishes every captured event's `data:` JSON to channel `channel`, then
+/// reads it from the oldest message: the best of a few reads.
+async fn nchan_replay(peer: &Peer, lines: &[Vec<u8>], rounds: usize) -> Option<Read> {
+    let nchan = peer.start().await?;
+    let mut publisher = Publisher::connect(nchan.address).await;
+    for batch in lines.chunks(256) {
+        for line in batch {
+            publisher.queue("replay", line);
+        }
+        publisher.flush().await;
+    }
+    publisher.finish().await;
+    let mut best = Read::NONE;
+    for _ in 0..rounds {
+        let read = timed_read(nchan.address, "/replay/replay", None, lines.len() as u64).await;
+        if read.events != lines.len() as u64 {
+            println!(
+                "nchan replay: read {} events of the {} published",
+                read.events,
+                lines.len()
+            );
+        }
+        best = best.best(read);
+    }
+    Some(best)
+}
+
+pub async fn scenario(plan: &Plan, peer: &Peer) -> Vec<Row> {
+    let counts: &[u64] = if plan.quick {
+        &[10_000]
+    } else {
+        &[10_000, 100_000]
+    };
+    let mut rows = Vec::new();
+    for &count in counts {
+        for size in [64u64, 1024] {
+            let gateway = start_gateway(&[
+                "--max-events-per-session",
+                "200000",
+                "--max-bytes-per-session",
+                "1000000000",
+            ])
+            .await;
+            let api = Api::new(&gateway);
+            let session = api.session().await;
+            let job = api
+                .submit(&session, json!({"count": count, "size": size}))
+                .await;
+            api.wait_done(&session, &job).await;
+            // The first read captures what the gateway sends, for the
+            // baselines to serve the same bytes.
+            let events_path = format!("/v1/sessions/{session}/events");
+            let mut capture = connect(gateway.address, &events_path, Some(0), true).await;
+            capture.read_events(count + 1, false).await;
+            let events = capture.events;
+            let captured = capture.raw.take().unwrap_or_default().freeze();
+            drop(capture);
+            let hyper = start_helper("--serve-baseline").await;
+            let plain = start_helper("--serve-plain").await;
+            let name = format!("replay-{count}-{size}");
+            upload(&hyper, &name, "", captured.clone()).await;
+            upload(&plain, &name, &plan.plain_chunk_query(), captured.clone()).await;
+            let plain_path = format!("/replay?name={name}{}", plan.plain_threads_query());
+            let hyper_path = format!("/replay?name={name}");
+            // Best of ROUNDS reads each, alternating, so a noisy moment on
+            // this shared machine hits all alike.
+            let (mut best_gateway, mut best_hyper, mut best_plain) =
+                (Read::NONE, Read::NONE, Read::NONE);
+            for _ in 0..ROUNDS {
+                best_gateway = best_gateway
+                    .best(timed_read(gateway.address, &events_path, Some(0), events).await);
+                best_hyper =
+                    best_hyper.best(timed_read(hyper.address, &hyper_path, None, events).await);
+                best_plain =
+                    best_plain.best(timed_read(plain.address, &plain_path, None, events).await);
+            }
+            drop((gateway, hyper, plain));
+            let lines = data_lines(&captured);
+            let rounds = if plan.quick { 1 } else { NCHAN_ROUNDS };
+            let best_nchan = nchan_replay(peer, &lines, rounds).await;
+            let label = format!("replay {count} x {size} B");
+            let columns = [
+                (Column::Gateway, Some(best_gateway)),
+                (Column::Hyper, Some(best_hyper)),
+                (Column::Plain, Some(best_plain)),
+                (Column::Nchan, best_nchan),
+            ];
+            let row = |metric: &str, unit: &'static str, value: fn(&Read) -> f64| {
+                columns.iter().fold(
+                    Row::new(&label, metric, unit, Reference::BetterBaseline),
+                    |row, (column, read)| {
+                        row.set(
+                            *column,
+                            read.as_ref()
+                                .map_or(Cell::Missing, |read| Cell::Value(value(read))),
+                        )
+                    },
+                )
+            };
+            rows.push(row("events/s", "ev/s", |read| {
+                read.events as f64 / read.total.as_secs_f64()
+            }));
+            rows.push(row("throughput", "MB/s", |read| {
+                read.bytes as f64 / 1e6 / read.total.as_secs_f64()
+            }));
+            rows.push(row("time to first event", "ms", |read| {
+                read.first.as_secs_f64() * 1e3
+            }));
+        }
+    }
+    rows
+}
