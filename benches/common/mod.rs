@@ -297,8 +297,8 @@ impl Reader {
             if self.events >= until || self.ended {
                 return;
             }
-            if self.wire.capacity() - self.wire.len() < 16 * 1024 {
-                self.wire.reserve(64 * 1024);
+            if self.wire.capacity() - self.wire.len() < 64 * 1024 {
+                self.wire.reserve(256 * 1024);
             }
             match self.stream.read_buf(&mut self.wire).await {
                 Ok(0) | Err(_) => {

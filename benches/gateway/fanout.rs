@@ -100,6 +100,7 @@ pub async fn scenario(plan: &Plan, peer: &Peer) -> Vec<Row> {
         rows.extend(delivery_rows(
             &label,
             Reference::Only(Column::Floor),
+            subscribers * count,
             vec![
                 (Column::Gateway, Some(gateway)),
                 (Column::Hyper, Some(hyper)),

@@ -15,16 +15,25 @@ use crate::{start_helper, Plan};
 const TOTAL_LIVE_RATE: u64 = 10_000;
 
 /// Rows for one load: delivered rate and frame size per column, then the
-/// latency percentiles. `None` is a missing server.
+/// latency percentiles. `None` is a missing server. A column that delivered
+/// fewer than `expected` events in all is said on the output.
 pub fn delivery_rows(
     label: &str,
     reference: Reference,
+    expected: u64,
     columns: Vec<(Column, Option<Delivery>)>,
 ) -> Vec<Row> {
     let mut rate = Row::new(label, "delivered events/s", "ev/s", reference);
     let mut frame = Row::new(label, "frame size", "B", Reference::Nothing);
     let mut latencies = Vec::new();
     for (column, delivery) in columns {
+        if let Some(delivery) = delivery.as_ref().filter(|d| d.events < expected) {
+            println!(
+                "{label}: {} delivered {} events of the {expected} expected",
+                column.name(),
+                delivery.events
+            );
+        }
         let cell = |value: fn(&Delivery) -> f64| {
             delivery
                 .as_ref()
@@ -107,6 +116,7 @@ pub async fn scenario_live(plan: &Plan, peer: &Peer) -> Vec<Row> {
         rows.extend(delivery_rows(
             &label,
             Reference::Only(Column::Hyper),
+            sessions * per_session,
             vec![
                 (Column::Gateway, Some(gateway)),
                 (Column::Hyper, Some(hyper)),

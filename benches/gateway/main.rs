@@ -24,6 +24,7 @@
 //!   `--json PATH`        also write the results as JSON
 //!   `--plain-chunk N`    the plain writer's replay chunk in bytes
 //!   `--plain-threads`    the plain writer replays from blocking threads
+//!   `--without-nchan`    no nchan column this run (it shows `missing`)
 //!
 //! It measures and prints; it asserts nothing about speed. The same
 //! scenarios in cluster mode are `benches/cluster/`; what both use is in
@@ -127,7 +128,11 @@ async fn run(args: Vec<String>) {
     let machine = machine_facts();
     println!("command: {}", command.trim());
     println!("machine: {machine}");
-    let peer = Peer::detect();
+    let peer = if args.iter().any(|a| a == "--without-nchan") {
+        Peer::left_out()
+    } else {
+        Peer::detect()
+    };
     let started = Instant::now();
     let mut results = Results::default();
     for run in 1..=runs {

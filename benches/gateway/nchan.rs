@@ -55,6 +55,12 @@ impl Peer {
         }
     }
 
+    /// No nchan this run, by request (`--without-nchan`); said, not skipped.
+    pub fn left_out() -> Peer {
+        println!("nchan: left out (--without-nchan); its column shows `missing`");
+        Peer::Missing
+    }
+
     /// A fresh nginx + nchan, or None when missing.
     pub async fn start(&self) -> Option<Nchan> {
         match self {
@@ -206,7 +212,13 @@ impl Drop for Nchan {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = self.child.start_kill();
+            // A worker still busy (e.g. mid-replay) after 5 s: kill them all.
+            for pid in self.pids() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
     }
 }

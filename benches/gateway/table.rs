@@ -130,8 +130,13 @@ impl Row {
 
     /// Gateway / reference.
     fn ratio(&self) -> Option<f64> {
+        self.ratio_to(self.reference_column()?)
+    }
+
+    /// Gateway / `column`.
+    fn ratio_to(&self, column: Column) -> Option<f64> {
         let gateway = self.number(Column::Gateway)?;
-        let reference = self.number(self.reference_column()?)?;
+        let reference = self.number(column)?;
         (reference > 0.0 && gateway > 0.0).then(|| gateway / reference)
     }
 }
@@ -215,7 +220,15 @@ impl Results {
                     Some(Cell::Missing)
                 };
             }
-            summary.ratios = summary.raw.iter().filter_map(Row::ratio).collect();
+            // Every run against the same column: the one the medians chose.
+            summary.ratios = match summary.median.reference_column() {
+                Some(column) => summary
+                    .raw
+                    .iter()
+                    .filter_map(|row| row.ratio_to(column))
+                    .collect(),
+                None => Vec::new(),
+            };
         }
         summaries
     }
