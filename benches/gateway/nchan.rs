@@ -368,9 +368,13 @@ pub async fn paced_delivery(peer: &Peer, load: PacedLoad) -> Option<crate::commo
     let publishing = tokio::spawn(async move {
         let start = Instant::now() + Duration::from_millis(500);
         let mut tick = 0u64;
+        // How late each publish was written, against its schedule: says
+        // whether the publisher kept up.
+        let mut late = Vec::with_capacity(ticks as usize);
         while tick < ticks {
             let now = Instant::now();
             while tick < ticks && start + due(tick) <= now {
+                late.push(now.saturating_duration_since(start + due(tick)).as_nanos() as u64);
                 let seq = tick / channels + 1;
                 let body = crate::wire::event_json(seq, crate::common::now_ns(), json_bytes);
                 publisher.queue(&format!("c{}", tick % channels), body.as_bytes());
@@ -380,9 +384,18 @@ pub async fn paced_delivery(peer: &Peer, load: PacedLoad) -> Option<crate::commo
             tokio::time::sleep_until((start + due(tick)).into()).await;
         }
         publisher.finish().await;
+        late
     });
     let delivery = crate::common::deliver_all(readers, load.per_channel).await;
-    publishing.await.expect("publisher");
+    let mut late = publishing.await.expect("publisher");
+    late.sort_unstable();
+    println!(
+        "nchan publisher, {} channel(s) x {} ev/s: behind schedule p99 {:.2} ms, max {:.2} ms",
+        load.channels,
+        load.rate,
+        crate::common::percentile(&late, 0.99),
+        crate::common::percentile(&late, 1.0)
+    );
     drop(nchan);
     Some(delivery)
 }
