@@ -111,6 +111,15 @@ pub async fn start_gateway(extra: &[&str]) -> Server {
         .args([
             "--max-sessions-per-principal",
             "20000",
+            // The storm runs 1,000 jobs at once (the default limit) and
+            // keeps about 450 MB of events (the default limits are 256 MiB
+            // per principal and 1 GiB for all).
+            "--max-running-jobs-per-principal",
+            "20000",
+            "--max-retained-bytes",
+            "8589934592",
+            "--max-retained-bytes-per-principal",
+            "8589934592",
             "--max-stream-duration-sec",
             "0",
             // Every benchmark client connects from 127.0.0.1.
@@ -175,7 +184,7 @@ impl Api {
             .await;
         accepted["payload"]["job_id"]
             .as_str()
-            .expect("job id")
+            .unwrap_or_else(|| panic!("no job id in the answer to a submission: {accepted}"))
             .to_owned()
     }
 

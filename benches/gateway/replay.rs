@@ -18,11 +18,14 @@ use crate::{start_helper, Plan};
 /// Reads per server, gateway and baselines alternating; the best is kept.
 const ROUNDS: usize = 7;
 /// Reads of nchan, which is far slower (the best is kept). Its replay from
-/// the oldest message grows with the square of the messages buffered (10k:
-/// about 0.7 s, 40k: 9 s, 100k: about a minute here), so 100k rows read it
-/// once.
+/// the oldest message grows faster than the messages buffered (10k: about
+/// 0.7 s, 40k: 9 s here; 100k did not finish in 2 minutes), so 100k rows
+/// read it once, and any nchan read stops after `NCHAN_LIMIT`.
 const NCHAN_ROUNDS: usize = 3;
+/// A read of the gateway or a baseline that takes longer is broken.
+const LIMIT: Duration = Duration::from_secs(120);
 const NCHAN_ROUNDS_100K: usize = 1;
+const NCHAN_LIMIT: Duration = Duration::from_secs(30);
 
 /// One full read from the start.
 #[derive(Clone, Copy)]
@@ -50,15 +53,17 @@ impl Read {
     }
 }
 
+/// Reads `events` events, for at most `limit`.
 async fn timed_read(
     address: SocketAddr,
     path: &str,
     last_event_id: Option<u64>,
     events: u64,
+    limit: Duration,
 ) -> Read {
     let started = Instant::now();
     let mut reader = connect(address, path, last_event_id, false).await;
-    let _ = tokio::time::timeout(Duration::from_secs(120), reader.read_events(events, false)).await;
+    let _ = tokio::time::timeout(limit, reader.read_events(events, false)).await;
     let total = started.elapsed();
     Read {
         total,
@@ -80,10 +85,11 @@ async fn upload(server: &Server, name: &str, query: &str, body: bytes::Bytes) {
         .expect("upload");
 }
 
-/// Publishes every captured event's `data:` JSON to channel `channel`, then
-/// reads it from the oldest message: the best of a few reads.
-async fn nchan_replay(peer: &Peer, lines: &[Vec<u8>], rounds: usize) -> Option<Read> {
-    let nchan = peer.start().await?;
+/// Publishes every captured event's `data:` JSON to one channel, then
+/// reads it from the oldest message: the best of a few reads; `TimedOut`
+/// when a read did not finish within `NCHAN_LIMIT`.
+async fn nchan_replay(peer: &Peer, lines: &[Vec<u8>], rounds: usize) -> Result<Read, Cell> {
+    let nchan = peer.start().await.ok_or(Cell::Missing)?;
     let mut publisher = Publisher::connect(nchan.address).await;
     for batch in lines.chunks(256) {
         for line in batch {
@@ -94,17 +100,20 @@ async fn nchan_replay(peer: &Peer, lines: &[Vec<u8>], rounds: usize) -> Option<R
     publisher.finish().await;
     let mut best = Read::NONE;
     for _ in 0..rounds {
-        let read = timed_read(nchan.address, "/replay/replay", None, lines.len() as u64).await;
-        if read.events != lines.len() as u64 {
+        let path = "/replay/replay";
+        let read = timed_read(nchan.address, path, None, lines.len() as u64, NCHAN_LIMIT).await;
+        if read.events < lines.len() as u64 {
             println!(
-                "nchan replay: read {} events of the {} published",
+                "nchan replay: read {} events of the {} published in {:.1} s",
                 read.events,
-                lines.len()
+                lines.len(),
+                read.total.as_secs_f64()
             );
+            return Err(Cell::TimedOut);
         }
         best = best.best(read);
     }
-    Some(best)
+    Ok(best)
 }
 
 pub async fn scenario(plan: &Plan, peer: &Peer) -> Vec<Row> {
@@ -150,11 +159,11 @@ pub async fn scenario(plan: &Plan, peer: &Peer) -> Vec<Row> {
                 (Read::NONE, Read::NONE, Read::NONE);
             for _ in 0..ROUNDS {
                 best_gateway = best_gateway
-                    .best(timed_read(gateway.address, &events_path, Some(0), events).await);
-                best_hyper =
-                    best_hyper.best(timed_read(hyper.address, &hyper_path, None, events).await);
-                best_plain =
-                    best_plain.best(timed_read(plain.address, &plain_path, None, events).await);
+                    .best(timed_read(gateway.address, &events_path, Some(0), events, LIMIT).await);
+                best_hyper = best_hyper
+                    .best(timed_read(hyper.address, &hyper_path, None, events, LIMIT).await);
+                best_plain = best_plain
+                    .best(timed_read(plain.address, &plain_path, None, events, LIMIT).await);
             }
             drop((gateway, hyper, plain));
             let lines = data_lines(&captured);
@@ -165,9 +174,9 @@ pub async fn scenario(plan: &Plan, peer: &Peer) -> Vec<Row> {
             let best_nchan = nchan_replay(peer, &lines, rounds).await;
             let label = format!("replay {count} x {size} B");
             let columns = [
-                (Column::Gateway, Some(best_gateway)),
-                (Column::Hyper, Some(best_hyper)),
-                (Column::Plain, Some(best_plain)),
+                (Column::Gateway, Ok(best_gateway)),
+                (Column::Hyper, Ok(best_hyper)),
+                (Column::Plain, Ok(best_plain)),
                 (Column::Nchan, best_nchan),
             ];
             let row = |metric: &str, unit: &'static str, value: fn(&Read) -> f64| {
@@ -176,8 +185,10 @@ pub async fn scenario(plan: &Plan, peer: &Peer) -> Vec<Row> {
                     |row, (column, read)| {
                         row.set(
                             *column,
-                            read.as_ref()
-                                .map_or(Cell::Missing, |read| Cell::Value(value(read))),
+                            match read {
+                                Ok(read) => Cell::Value(value(read)),
+                                Err(cell) => *cell,
+                            },
                         )
                     },
                 )

@@ -53,6 +53,9 @@ pub enum Cell {
     Value(f64),
     /// The server could not run here (nchan not installed): said, never skipped.
     Missing,
+    /// The server did not finish within the scenario's time limit (said on
+    /// the output, with how far it got).
+    TimedOut,
 }
 
 /// What the gateway is compared with in a row.
@@ -209,15 +212,13 @@ impl Results {
                     .iter()
                     .filter_map(|cell| match cell {
                         Cell::Value(value) => Some(*value),
-                        Cell::Missing => None,
+                        Cell::Missing | Cell::TimedOut => None,
                     })
                     .collect();
                 summary.median.cells[column.index()] = if !values.is_empty() {
                     Some(Cell::Value(median(&mut values)))
-                } else if cells.is_empty() {
-                    None
                 } else {
-                    Some(Cell::Missing)
+                    cells.first().copied()
                 };
             }
             // Every run against the same column: the one the medians chose.
@@ -252,6 +253,7 @@ impl Results {
                 .map(|column| match row.cells[column.index()] {
                     Some(Cell::Value(value)) => format_value(value, row.unit),
                     Some(Cell::Missing) => "missing".into(),
+                    Some(Cell::TimedOut) => "timeout".into(),
                     None => "-".into(),
                 })
                 .collect();
@@ -281,6 +283,7 @@ impl Results {
         let cell_json = |cell: Option<Cell>| match cell {
             Some(Cell::Value(value)) => json!(value),
             Some(Cell::Missing) => json!("missing"),
+            Some(Cell::TimedOut) => json!("timeout"),
             None => Value::Null,
         };
         let rows: Vec<Value> = self
