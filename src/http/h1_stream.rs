@@ -241,10 +241,12 @@ async fn write_stream(stream: &mut TcpStream, mut events: EventStream, chunked: 
                     events.end(stop);
                     continue;
                 }
+                // The write first: one that completes at once (the usual
+                // case) never polls the wait; one that blocks races it.
                 let written = tokio::select! {
                     biased;
-                    stop = events.interrupted() => Err(stop),
                     written = write_body(stream, &chunk, chunked) => Ok(written),
+                    stop = events.interrupted() => Err(stop),
                 };
                 match written {
                     Ok(Ok(())) => {}

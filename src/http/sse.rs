@@ -379,13 +379,19 @@ impl EventStream {
     /// heartbeat tick, or a reason to stop.
     async fn wait(&mut self) -> Result<Waited<()>, Stop> {
         let newest = self.newest.as_mut().ok_or(Stop::LogGone)?;
+        // A stop that is due wins over new events. Looking is cheap; the
+        // armed wait is polled only when no event is there, so a busy
+        // stream does not poll it once per event.
+        if let Some(stop) = self.stop.due() {
+            return Err(stop);
+        }
         tokio::select! {
             biased;
-            stop = self.stop.wait() => Err(stop),
             changed = newest.changed() => match changed {
                 Ok(()) => Ok(Waited::Read(())),
                 Err(_) => Err(Stop::LogGone),
             },
+            stop = self.stop.wait() => Err(stop),
             _ = self.heartbeat.tick() => {
                 if !self.log.still_attached(&self.session, self.stream_id).await {
                     return Err(Stop::Replaced);
