@@ -13,7 +13,6 @@
 //! holds at most a few chunks in memory.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -199,8 +198,9 @@ pub struct EventStream {
     /// `None` when the log was already gone at open.
     newest: Option<watch::Receiver<EventSeq>>,
     heartbeat: tokio::time::Interval,
-    /// Shutdown, a newer stream, the duration limit: armed once.
-    stop: StopSignal,
+    attached: watch::Receiver<Option<StreamId>>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    shutdown: CancellationToken,
     retry: Duration,
     /// Set once the stream must end; `next()` then says goodbye.
     stopped: Option<Stop>,
@@ -246,14 +246,12 @@ impl EventStream {
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let stop = StopSignal::arm(
-            &plan.shutdown,
-            plan.session.watch_attached_stream(),
-            plan.stream_id,
-            plan.max_duration,
-        );
         let stream = EventStream {
-            stop,
+            attached: plan.session.watch_attached_stream(),
+            deadline: plan
+                .max_duration
+                .map(|duration| Box::pin(tokio::time::sleep(duration))),
+            shutdown: plan.shutdown,
             log: plan.log,
             session: plan.session,
             stream_id: plan.stream_id,
@@ -306,13 +304,29 @@ impl EventStream {
     /// (shutdown, a newer stream, the duration limit). Raced against writes,
     /// so a client that stopped reading cannot hold a stream open.
     pub async fn interrupted(&mut self) -> Stop {
-        self.stop.wait().await
+        let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
+        gateway_stop(&self.shutdown, &mut self.attached, self.stream_id, deadline).await
     }
 
     /// A reason of the gateway's own to end the stream that is already due,
-    /// without waiting.
-    pub fn interrupted_now(&mut self) -> Option<Stop> {
-        self.stop.due()
+    /// in the order `interrupted` gives them. It looks at the signals
+    /// instead of polling waits on them: registering and removing a wait on
+    /// the gateway-wide shutdown token takes that token's lock, which every
+    /// stream shares, and this runs once per event.
+    pub fn interrupted_now(&self) -> Option<Stop> {
+        if self.shutdown.is_cancelled() {
+            Some(Stop::Shutdown)
+        } else if *self.attached.borrow() != Some(self.stream_id) {
+            Some(Stop::Replaced)
+        } else if self
+            .deadline
+            .as_ref()
+            .is_some_and(|sleep| sleep.deadline() <= tokio::time::Instant::now())
+        {
+            Some(Stop::MaxDuration)
+        } else {
+            None
+        }
     }
 
     async fn wait_for_chunk(&mut self) -> Result<Bytes, Stop> {
@@ -379,19 +393,14 @@ impl EventStream {
     /// heartbeat tick, or a reason to stop.
     async fn wait(&mut self) -> Result<Waited<()>, Stop> {
         let newest = self.newest.as_mut().ok_or(Stop::LogGone)?;
-        // A stop that is due wins over new events. Looking is cheap; the
-        // armed wait is polled only when no event is there, so a busy
-        // stream does not poll it once per event.
-        if let Some(stop) = self.stop.due() {
-            return Err(stop);
-        }
+        let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
         tokio::select! {
             biased;
+            stop = gateway_stop(&self.shutdown, &mut self.attached, self.stream_id, deadline) => Err(stop),
             changed = newest.changed() => match changed {
                 Ok(()) => Ok(Waited::Read(())),
                 Err(_) => Err(Stop::LogGone),
             },
-            stop = self.stop.wait() => Err(stop),
             _ = self.heartbeat.tick() => {
                 if !self.log.still_attached(&self.session, self.stream_id).await {
                     return Err(Stop::Replaced);
@@ -466,99 +475,26 @@ fn count_events(metrics: &Metrics, replay_until: EventSeq, from: EventSeq, to: E
     metrics.stream_events(replayed, live);
 }
 
-/// The gateway's own reasons to end a stream, whichever comes first:
-/// shutdown, a newer stream, the duration limit. Armed once when the stream
-/// opens and kept across events: a stream that re-created these waits per
-/// event took the gateway-wide shutdown token's lock several times per
-/// delivery, shared by every stream (a profile of fan-out to 1,000
-/// subscribers showed it).
-struct StopSignal {
-    pending: Option<Pin<Box<dyn Future<Output = Stop> + Send>>>,
-    fired: Option<Stop>,
-    /// For [`StopSignal::due`], which looks without polling.
-    shutdown: CancellationToken,
-    attached: watch::Receiver<Option<StreamId>>,
+/// The gateway's own reasons to end a stream, whichever comes first: shutdown,
+/// a newer stream (or a close), the duration limit.
+async fn gateway_stop(
+    shutdown: &CancellationToken,
+    attached: &mut watch::Receiver<Option<StreamId>>,
     stream_id: StreamId,
-    deadline: Option<tokio::time::Instant>,
-}
-
-impl StopSignal {
-    /// Waits on a child of the gateway's shutdown token: polling a wait on
-    /// the shared token itself takes that token's lock, one lock for every
-    /// stream, on every event of every stream.
-    fn arm(
-        shutdown: &CancellationToken,
-        attached: watch::Receiver<Option<StreamId>>,
-        stream_id: StreamId,
-        max_duration: Option<Duration>,
-    ) -> StopSignal {
-        let shutdown = shutdown.child_token();
-        let deadline = max_duration.map(|duration| tokio::time::Instant::now() + duration);
-        let future = {
-            let shutdown = shutdown.clone();
-            let mut attached = attached.clone();
-            async move {
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => Stop::Shutdown,
-                    () = replaced(&mut attached, stream_id) => Stop::Replaced,
-                    () = expired(deadline) => Stop::MaxDuration,
-                }
-            }
-        };
-        StopSignal {
-            pending: Some(Box::pin(future)),
-            fired: None,
-            shutdown,
-            attached,
-            stream_id,
-            deadline,
-        }
-    }
-
-    fn poll_stop(&mut self, context: &mut Context<'_>) -> Poll<Stop> {
-        if let Some(stop) = self.fired {
-            return Poll::Ready(stop);
-        }
-        let Some(pending) = self.pending.as_mut() else {
-            return Poll::Pending;
-        };
-        let stop = std::task::ready!(pending.as_mut().poll(context));
-        self.fired = Some(stop);
-        self.pending = None;
-        Poll::Ready(stop)
-    }
-
-    /// Completes when a reason is due; again at once after that.
-    async fn wait(&mut self) -> Stop {
-        std::future::poll_fn(|context| self.poll_stop(context)).await
-    }
-
-    /// The reason, if one is due now, in the same order as `wait`; looks
-    /// at the signals without polling (so no waker is swapped).
-    fn due(&mut self) -> Option<Stop> {
-        if self.fired.is_none() {
-            self.fired = if self.shutdown.is_cancelled() {
-                Some(Stop::Shutdown)
-            } else if *self.attached.borrow() != Some(self.stream_id) {
-                Some(Stop::Replaced)
-            } else if self
-                .deadline
-                .is_some_and(|deadline| tokio::time::Instant::now() >= deadline)
-            {
-                Some(Stop::MaxDuration)
-            } else {
-                None
-            };
-        }
-        self.fired
+    deadline: Option<Pin<&mut tokio::time::Sleep>>,
+) -> Stop {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => Stop::Shutdown,
+        () = replaced(attached, stream_id) => Stop::Replaced,
+        () = expired(deadline) => Stop::MaxDuration,
     }
 }
 
 /// Completes at the deadline; never without one.
-async fn expired(deadline: Option<tokio::time::Instant>) {
+async fn expired(deadline: Option<Pin<&mut tokio::time::Sleep>>) {
     match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        Some(sleep) => sleep.await,
         None => std::future::pending().await,
     }
 }
