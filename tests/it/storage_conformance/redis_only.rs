@@ -311,3 +311,43 @@ async fn redis_the_wake_connection_survives_its_keepalive_pings() {
     })
     .await;
 }
+
+/// A batch goes to Redis as one pipeline of script calls. After Redis lost
+/// its script cache (a restart, `SCRIPT FLUSH`) every call in it is refused
+/// with NOSCRIPT and none runs; the batch is sent again behind a load, and
+/// each event is stored once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_batch_after_the_script_cache_was_flushed_is_stored_once_in_order() {
+    bounded(async {
+        let server = RedisServer::start().await;
+        let node = redis_node(&server, "n1").await;
+        let session = new_log(&node, ROOMY).await;
+        let job = JobId::generate();
+        assert_eq!(stored(&node, event(&session, &job, 1)).await, 1);
+        command(&server, &["SCRIPT", "FLUSH"]).await;
+        let batch: Vec<Append> = (2..=5).map(|index| event(&session, &job, index)).collect();
+        let outcomes = node.append_batch(&batch).await.expect("batch");
+        assert_eq!(
+            outcomes,
+            (2..=5).map(AppendOutcome::Stored).collect::<Vec<_>>()
+        );
+        // The same batch again (a retry after a lost reply): all duplicates
+        // (the job's newest index still knows its seq, older ones do not).
+        let again = node.append_batch(&batch).await.expect("retry");
+        assert_eq!(
+            again,
+            vec![
+                AppendOutcome::Duplicate(None),
+                AppendOutcome::Duplicate(None),
+                AppendOutcome::Duplicate(None),
+                AppendOutcome::Duplicate(Some(5)),
+            ]
+        );
+        let events = node.read_after(&session, 0, ALL).await.expect("read");
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+    })
+    .await;
+}
