@@ -19,7 +19,7 @@
 //! to install, never a skipped figure.
 //!
 //! Scenarios, each measured through the same lean SSE client as
-//! `benches/gateway.rs` (benches/common):
+//! `benches/gateway/` (benches/common):
 //! - append: 4 sessions each running an unpaced `firehose` (64 B events) at
 //!   once; events/s, CPU of the nodes, nginx and Redis over the run, and
 //!   Redis CPU per append (`INFO cpu` used_cpu_sys + used_cpu_user delta over
@@ -34,7 +34,7 @@
 //!   own stream, at the same total delivered rate as the fan-out (the same
 //!   number of appends and streams, K producers instead of one).
 
-// Shared with benches/gateway.rs, which uses the parts this one does not.
+// Shared with benches/gateway/, which uses the parts this one does not.
 #[allow(dead_code)]
 #[path = "../common/mod.rs"]
 mod common;
