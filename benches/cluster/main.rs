@@ -45,7 +45,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::{connect, machine_facts, percentile, read_all, timed_replay, Api};
+use common::{
+    connect, machine_facts, percentile, read_all, sessions_with_streams, submit_paced,
+    timed_replay, Api,
+};
 use stack::{tool, Target};
 use table::{cpu_rows, Table};
 
@@ -159,25 +162,9 @@ async fn paced_sessions(
     let rate = (plan.rate / sessions).max(1);
     let per_session = rate * seconds;
     let api = Api::at(target.entry());
-    let mut ids = Vec::new();
-    let mut readers = Vec::new();
-    for _ in 0..sessions {
-        let session = api.session().await;
-        let path = format!("/v1/sessions/{session}/events");
-        readers.push(connect(target.entry(), &path, None, false).await);
-        ids.push(session);
-    }
+    let (ids, readers) = sessions_with_streams(&api, target.entry(), sessions).await;
     let start_at = Instant::now() + Duration::from_millis(1000 + 5 * sessions);
-    let period_ms = 1000 / rate;
-    for (index, session) in ids.iter().enumerate() {
-        let phase = index as u64 * period_ms / sessions;
-        let delay = start_at
-            .saturating_duration_since(Instant::now())
-            .as_millis() as u64
-            + phase;
-        let input = json!({"count": per_session, "size": 64, "rate": rate, "delay_ms": delay});
-        api.submit(session, input).await;
-    }
+    submit_paced(&api, &ids, rate, per_session, start_at).await;
     tokio::time::sleep_until(start_at.into()).await;
     let before = target.cpu().await;
     let window = Instant::now();

@@ -494,6 +494,48 @@ pub async fn deliver_all(readers: Vec<Reader>, events_each: u64) -> Delivery {
     }
 }
 
+/// Creates `count` sessions through `api`, each with its stream opened at
+/// `address`.
+pub async fn sessions_with_streams(
+    api: &Api,
+    address: SocketAddr,
+    count: u64,
+) -> (Vec<String>, Vec<Reader>) {
+    let mut ids = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..count {
+        let session = api.session().await;
+        let path = format!("/v1/sessions/{session}/events");
+        readers.push(connect(address, &path, None, false).await);
+        ids.push(session);
+    }
+    (ids, readers)
+}
+
+/// Submits one paced job per session (`per_session` events of 64 B at
+/// `rate` per second), all starting at `start_at`, their phases spread
+/// evenly over one period as independent producers' are, rather than all
+/// firing in one burst.
+pub async fn submit_paced(
+    api: &Api,
+    sessions: &[String],
+    rate: u64,
+    per_session: u64,
+    start_at: Instant,
+) {
+    let period_ms = 1000 / rate.max(1);
+    let count = sessions.len() as u64;
+    for (index, session) in sessions.iter().enumerate() {
+        let phase = index as u64 * period_ms / count;
+        let delay = start_at
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64
+            + phase;
+        let input = json!({"count": per_session, "size": 64, "rate": rate, "delay_ms": delay});
+        api.submit(session, input).await;
+    }
+}
+
 pub fn machine_facts() -> Value {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
     let cpu = read("/proc/cpuinfo")

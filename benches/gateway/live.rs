@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use crate::common::{connect, deliver_all, start_gateway, Api, Delivery, Server};
+use crate::common::{
+    connect, deliver_all, sessions_with_streams, start_gateway, submit_paced, Api, Delivery, Server,
+};
 use crate::nchan::{paced_delivery, Nchan, PacedLoad, Peer};
 use crate::table::{latency_rows, Cell, Column, Reference, Row};
 use crate::{start_helper, Plan};
@@ -51,30 +51,12 @@ pub fn delivery_rows(
 async fn gateway_live(sessions: u64, rate: u64, per_session: u64) -> Delivery {
     let gateway = start_gateway(&[]).await;
     let api = Api::new(&gateway);
-    let mut ids = Vec::new();
-    let mut readers = Vec::new();
-    for _ in 0..sessions {
-        let session = api.session().await;
-        let path = format!("/v1/sessions/{session}/events");
-        readers.push(connect(gateway.address, &path, None, false).await);
-        ids.push(session);
-    }
+    let (ids, readers) = sessions_with_streams(&api, gateway.address, sessions).await;
     // Every job starts after all are submitted, so the measurement is
     // steady-state delivery, not submission traffic (the baselines have
     // no submissions).
     let start_at = Instant::now() + Duration::from_millis(1000 + 3 * sessions);
-    // Phases are spread evenly over one period, as independent streams'
-    // (and the baselines') are, rather than all firing in one burst.
-    let period_ms = 1000 / rate.max(1);
-    for (index, session) in ids.iter().enumerate() {
-        let phase = index as u64 * period_ms / sessions;
-        let delay = start_at
-            .saturating_duration_since(Instant::now())
-            .as_millis() as u64
-            + phase;
-        let input = json!({"count": per_session, "size": 64, "rate": rate, "delay_ms": delay});
-        api.submit(session, input).await;
-    }
+    submit_paced(&api, &ids, rate, per_session, start_at).await;
     deliver_all(readers, per_session).await
 }
 
