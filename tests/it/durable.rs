@@ -12,17 +12,37 @@ use crate::support::*;
 const ALICE_TOKEN_FLAG: &str = "alice:alice-api-token-0001";
 
 async fn start(dir: &std::path::Path) -> GatewayProcess {
+    start_with(dir, &[]).await
+}
+
+async fn start_with(dir: &std::path::Path, extra: &[&str]) -> GatewayProcess {
     let dir = dir.to_str().expect("utf-8 path");
-    GatewayProcess::start(&[
+    let mut args = vec![
         "--data-dir",
         dir,
         "--token",
         ALICE_TOKEN_FLAG,
         "--heartbeat-interval-sec",
         "1",
-    ])
-    .await
+    ];
+    args.extend_from_slice(extra);
+    GatewayProcess::start(&args).await
 }
+
+/// Room for every event the SIGKILL torture appends (8 rounds of up to
+/// 60,000), so that how far its short reads fall behind fast appends never
+/// decides the outcome: with the default limits a fast machine evicts the
+/// reader's cursor (an honest 410, but not what the test is about).
+const ROOM_FOR_THE_TORTURE: [&str; 8] = [
+    "--max-events-per-session",
+    "1000000",
+    "--max-bytes-per-session",
+    "1073741824",
+    "--max-retained-bytes-per-principal",
+    "1073741824",
+    "--max-retained-bytes",
+    "2147483648",
+];
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -179,7 +199,7 @@ async fn a_client_resumes_across_a_sigkill_with_nothing_lost_and_the_truth_about
 #[tokio::test]
 async fn repeated_sigkills_during_heavy_appends_never_lose_a_delivered_event_or_open_a_gap() {
     let dir = tempfile::tempdir().unwrap();
-    let mut gateway = start(dir.path()).await;
+    let mut gateway = start_with(dir.path(), &ROOM_FOR_THE_TORTURE).await;
     let (_, welcome) = post(&gateway.base, "/v1/sessions", Value::Null).await;
     let sid = welcome["session_id"].as_str().unwrap().to_owned();
     // Every event any client was ever sent, by seq.
@@ -212,7 +232,7 @@ async fn repeated_sigkills_during_heavy_appends_never_lose_a_delivered_event_or_
         .await;
         gateway.kill().await;
         drop(stream);
-        gateway = start(dir.path()).await;
+        gateway = start_with(dir.path(), &ROOM_FOR_THE_TORTURE).await;
 
         // The log is gap-free and holds every delivered event unchanged.
         let status = get(&gateway.base, &format!("/v1/sessions/{sid}")).await;
