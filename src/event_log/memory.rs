@@ -73,12 +73,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::watch;
 
 use super::budget::{Account, RetentionBudget};
+use super::signal::{NewestSender, NewestWatch};
 use super::{
     EventDraft, EventLog, EventLogError, FrameEncoder, LogBounds, LogEntry, ReadLimit,
     RetentionLimits,
@@ -131,37 +131,30 @@ pub struct MemoryEventLog {
 }
 
 /// One session's log, and the newest event readers may see: `newest`
-/// without a sink, the newest durable one with. The watermark lives in the
-/// `watch` channel, outside the log's mutex, so the store's writer thread
+/// without a sink, the newest durable one with. The watermark lives in a
+/// [`NewestSender`], outside the log's mutex, so the store's writer thread
 /// raises it without taking the log lock. (An appender waiting on a full
 /// write queue while holding that lock must never stall the writer.)
 struct SessionSlot {
     log: Mutex<SessionLog>,
-    visible: watch::Sender<EventSeq>,
+    visible: NewestSender,
 }
 
 impl SessionSlot {
     fn new(log: SessionLog) -> Self {
-        let (visible, _) = watch::channel(log.floor);
         SessionSlot {
+            visible: NewestSender::new(log.floor),
             log: Mutex::new(log),
-            visible,
         }
     }
 
     fn visible(&self) -> EventSeq {
-        *self.visible.borrow()
+        self.visible.get()
     }
 
     /// Raises the watermark; never lowers it.
     fn publish(&self, seq: EventSeq) {
-        self.visible.send_if_modified(|visible| {
-            if seq > *visible {
-                *visible = seq;
-                return true;
-            }
-            false
-        });
+        self.visible.raise(seq);
     }
 
     /// Locks the log; a poisoned lock still holds consistent data because
@@ -170,6 +163,85 @@ impl SessionSlot {
         self.log
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn bounds(&self) -> LogBounds {
+        self.lock().bounds(self.visible())
+    }
+
+    fn read_after(
+        &self,
+        after: EventSeq,
+        limit: ReadLimit,
+    ) -> Result<Vec<LogEntry>, EventLogError> {
+        let mut log = self.lock();
+        let visible = self.visible();
+        let start = log.start_after(after, visible)?;
+        let (count, _) = log.span(start, visible, limit, |_| false);
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        log.seal_through(start + count - 1);
+        Ok(log
+            .entries
+            .range(start..start + count)
+            .map(|entry| log.shared_entry(entry))
+            .collect())
+    }
+
+    fn read_chunk_after(
+        &self,
+        after: EventSeq,
+        limit: ReadLimit,
+    ) -> Result<Option<(EventSeq, Bytes)>, EventLogError> {
+        let mut log = self.lock();
+        let visible = self.visible();
+        let start = log.start_after(after, visible)?;
+        Ok(log.chunk(start, visible, limit))
+    }
+}
+
+/// One session's log, found once for a reader that reads it many times (a
+/// stream): its reads skip the lookup by id in the map every session
+/// shares. It does not keep the log alive: once the log is removed, the
+/// reads fail with `UnknownSession`, as reads by id would, and the watch
+/// taken from the log closes.
+#[derive(Clone)]
+pub struct SessionReader {
+    slot: Weak<SessionSlot>,
+}
+
+impl SessionReader {
+    fn slot(&self) -> Result<Arc<SessionSlot>, EventLogError> {
+        self.slot.upgrade().ok_or(EventLogError::UnknownSession)
+    }
+
+    /// As [`EventLog::bounds`].
+    pub fn bounds(&self) -> Result<LogBounds, EventLogError> {
+        Ok(self.slot()?.bounds())
+    }
+
+    /// As [`EventLog::read_after`].
+    pub fn read_after(
+        &self,
+        after: EventSeq,
+        limit: ReadLimit,
+    ) -> Result<Vec<LogEntry>, EventLogError> {
+        self.slot()?.read_after(after, limit)
+    }
+
+    /// As [`EventLog::read_chunk_after`].
+    pub fn read_chunk_after(
+        &self,
+        after: EventSeq,
+        limit: ReadLimit,
+    ) -> Result<Option<(EventSeq, Bytes)>, EventLogError> {
+        self.slot()?.read_chunk_after(after, limit)
+    }
+
+    /// As [`EventLog::watch_newest`].
+    pub fn watch_newest(&self) -> Result<NewestWatch, EventLogError> {
+        Ok(self.slot()?.visible.subscribe())
     }
 }
 
@@ -709,38 +781,27 @@ impl EventLog for MemoryEventLog {
         after: EventSeq,
         limit: ReadLimit,
     ) -> Result<Vec<LogEntry>, EventLogError> {
-        let slot = self.session(session_id)?;
-        let mut log = slot.lock();
-        let visible = slot.visible();
-        let start = log.start_after(after, visible)?;
-        let (count, _) = log.span(start, visible, limit, |_| false);
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        log.seal_through(start + count - 1);
-        Ok(log
-            .entries
-            .range(start..start + count)
-            .map(|entry| log.shared_entry(entry))
-            .collect())
+        self.session(session_id)?.read_after(after, limit)
     }
+
     fn read_chunk_after(
         &self,
         session_id: &SessionId,
         after: EventSeq,
         limit: ReadLimit,
     ) -> Result<Option<(EventSeq, Bytes)>, EventLogError> {
+        self.session(session_id)?.read_chunk_after(after, limit)
+    }
+
+    fn session_reader(&self, session_id: &SessionId) -> Result<SessionReader, EventLogError> {
         let slot = self.session(session_id)?;
-        let mut log = slot.lock();
-        let visible = slot.visible();
-        let start = log.start_after(after, visible)?;
-        Ok(log.chunk(start, visible, limit))
+        Ok(SessionReader {
+            slot: Arc::downgrade(&slot),
+        })
     }
 
     fn bounds(&self, session_id: &SessionId) -> Result<LogBounds, EventLogError> {
-        let slot = self.session(session_id)?;
-        let bounds = slot.lock().bounds(slot.visible());
-        Ok(bounds)
+        Ok(self.session(session_id)?.bounds())
     }
 
     fn release_through(
@@ -768,10 +829,7 @@ impl EventLog for MemoryEventLog {
         Ok(log.bounds(slot.visible()))
     }
 
-    fn watch_newest(
-        &self,
-        session_id: &SessionId,
-    ) -> Result<watch::Receiver<EventSeq>, EventLogError> {
+    fn watch_newest(&self, session_id: &SessionId) -> Result<NewestWatch, EventLogError> {
         let slot = self.session(session_id)?;
         let receiver = slot.visible.subscribe();
         Ok(receiver)

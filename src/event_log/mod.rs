@@ -9,21 +9,22 @@
 //!
 //! The trait is synchronous on purpose: appends and reads are short critical
 //! sections, never held across an `.await`. Readers learn about new entries
-//! through a `watch` channel carrying the newest sequence number.
+//! through a [`NewestWatch`] carrying the newest sequence number.
 
 pub mod budget;
 pub mod memory;
+pub mod signal;
 pub mod sqlite;
 
 use std::sync::OnceLock;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::watch;
 
 use crate::ids::{EventSeq, JobId, MessageId, Principal, SessionId};
 
-pub use memory::{LogSink, MemoryEventLog};
+pub use memory::{LogSink, MemoryEventLog, SessionReader};
+pub use signal::{NewestWatch, WatchClosed};
 
 /// An event before the log has given it a sequence number.
 #[derive(Clone, Debug)]
@@ -262,6 +263,11 @@ pub trait EventLog: Send + Sync + 'static {
         Ok(Some((last, chunk.freeze())))
     }
 
+    /// The session's log, found once, for a reader that reads it many times
+    /// (a stream). It does not keep the log alive: after `remove`, its
+    /// reads fail with `UnknownSession`.
+    fn session_reader(&self, session_id: &SessionId) -> Result<SessionReader, EventLogError>;
+
     fn bounds(&self, session_id: &SessionId) -> Result<LogBounds, EventLogError>;
 
     /// Frees every entry with `seq <= up_to` (acknowledged, §6.5) and raises
@@ -274,10 +280,7 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// A receiver whose value is the newest sequence number. Closed once the
     /// session's log is removed.
-    fn watch_newest(
-        &self,
-        session_id: &SessionId,
-    ) -> Result<watch::Receiver<EventSeq>, EventLogError>;
+    fn watch_newest(&self, session_id: &SessionId) -> Result<NewestWatch, EventLogError>;
 
     /// Drops the session's log; readers see their watch close.
     fn remove(&self, session_id: &SessionId);

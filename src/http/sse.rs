@@ -13,7 +13,6 @@
 //! holds at most a few chunks in memory.
 
 use std::convert::Infallible;
-use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 use crate::event_log::{EncodedFrame, EventDraft, LogEntry, ReadLimit};
 use crate::ids::{EventSeq, SessionId};
 use crate::metrics::{Metrics, OpenGuard, StreamEnd, Transport};
-use crate::protocol::{job_envelope_head, Envelope};
+use crate::protocol::{job_envelope_head, push_json_number, Envelope};
 use crate::session::{Session, StreamId};
-use crate::state::{LogReader, OpError};
+use crate::state::{LogReader, LogWatch, OpError};
 use crate::storage::StorageError;
 
 /// A keepalive comment (§6.4 heartbeats are not events and use no seq).
@@ -62,14 +61,19 @@ pub const STREAM_READ_LIMIT: ReadLimit = ReadLimit {
 /// sessions serializes its payload once.
 pub fn encode_job_event(session_id: &SessionId, seq: EventSeq, draft: &EventDraft) -> EncodedFrame {
     let shared = draft.shared_envelope();
-    let mut frame = Vec::with_capacity(shared.len() + 160);
-    // Writing to a `Vec` cannot fail.
-    let _ = write!(frame, "id: {seq}\nevent: {}\ndata: ", draft.message_type);
+    let mut frame = Vec::with_capacity(shared.len() + 192 + session_id.as_str().len());
+    frame.extend_from_slice(b"id: ");
+    push_json_number(&mut frame, seq);
+    frame.extend_from_slice(b"\nevent: ");
+    frame.extend_from_slice(draft.message_type.as_bytes());
+    frame.extend_from_slice(b"\ndata: ");
     let start = frame.len();
-    let id = draft
-        .message_id
-        .clone()
-        .unwrap_or_else(crate::ids::MessageId::generate);
+    // A fresh id is formatted on the stack, not allocated as a `MessageId`.
+    let mut fresh = [0u8; ulid::ULID_LEN];
+    let id = match &draft.message_id {
+        Some(id) => id.as_str(),
+        None => ulid::Ulid::new().array_to_str(&mut fresh),
+    };
     job_envelope_head(&mut frame, draft.message_type, session_id, seq, id);
     frame.extend_from_slice(shared);
     let envelope = start..frame.len();
@@ -196,7 +200,7 @@ pub struct EventStream {
     /// The welcome and the first events, written with the response head.
     initial: Option<Bytes>,
     /// `None` when the log was already gone at open.
-    newest: Option<watch::Receiver<EventSeq>>,
+    newest: Option<LogWatch>,
     heartbeat: tokio::time::Interval,
     attached: watch::Receiver<Option<StreamId>>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -237,12 +241,12 @@ impl EventStream {
     /// prelude.
     async fn attach(plan: StreamPlan) -> (EventStream, Bytes) {
         let open = plan.metrics.stream_opened(plan.transport);
-        let replay_until = plan
-            .log
+        let log = plan.log.bind(&plan.session.id);
+        let replay_until = log
             .bounds(&plan.session.id)
             .await
             .map_or(plan.cursor, |bounds| bounds.newest);
-        let newest = plan.log.watch(&plan.session.id).await;
+        let newest = log.watch(&plan.session.id).await;
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -252,7 +256,7 @@ impl EventStream {
                 .max_duration
                 .map(|duration| Box::pin(tokio::time::sleep(duration))),
             shutdown: plan.shutdown,
-            log: plan.log,
+            log,
             session: plan.session,
             stream_id: plan.stream_id,
             cursor: plan.cursor,
@@ -331,14 +335,18 @@ impl EventStream {
 
     async fn wait_for_chunk(&mut self) -> Result<Bytes, Stop> {
         loop {
-            self.mark_seen()?;
-            let read = self
-                .log
-                .read_chunk_after(&self.session.id, self.cursor, STREAM_READ_LIMIT)
-                .await;
-            if let Some((last, chunk)) = read.map_err(stop_for)? {
-                self.advance(last);
-                return Ok(chunk);
+            let seen = self.mark_seen()?;
+            // Live, a stream just wrote what it read last: the watch then
+            // says there is nothing new, and the read is skipped.
+            if !self.log.caught_up(seen, self.cursor) {
+                let read = self
+                    .log
+                    .read_chunk_after(&self.session.id, self.cursor, STREAM_READ_LIMIT)
+                    .await;
+                if let Some((last, chunk)) = read.map_err(stop_for)? {
+                    self.advance(last);
+                    return Ok(chunk);
+                }
             }
             if let Waited::Heartbeat = self.wait().await? {
                 return Ok(heartbeat_chunk(&self.session));
@@ -354,15 +362,17 @@ impl EventStream {
     /// [`EventStream::open_for_entries`].
     pub async fn next_entries(&mut self, limit: ReadLimit) -> Result<Waited<Vec<LogEntry>>, Stop> {
         loop {
-            self.mark_seen()?;
-            let entries = self
-                .log
-                .read_after(&self.session.id, self.cursor, limit)
-                .await
-                .map_err(stop_for)?;
-            if let Some(last) = entries.last().map(|entry| entry.seq) {
-                self.advance(last);
-                return Ok(Waited::Read(entries));
+            let seen = self.mark_seen()?;
+            if !self.log.caught_up(seen, self.cursor) {
+                let entries = self
+                    .log
+                    .read_after(&self.session.id, self.cursor, limit)
+                    .await
+                    .map_err(stop_for)?;
+                if let Some(last) = entries.last().map(|entry| entry.seq) {
+                    self.advance(last);
+                    return Ok(Waited::Read(entries));
+                }
             }
             if let Waited::Heartbeat = self.wait().await? {
                 return Ok(Waited::Heartbeat);
@@ -378,10 +388,9 @@ impl EventStream {
 
     /// Marks the newest sequence as seen before a read, so an append that
     /// lands after the read wakes the wait that follows it.
-    fn mark_seen(&mut self) -> Result<(), Stop> {
+    fn mark_seen(&mut self) -> Result<EventSeq, Stop> {
         let newest = self.newest.as_mut().ok_or(Stop::LogGone)?;
-        newest.borrow_and_update();
-        Ok(())
+        Ok(newest.mark_seen())
     }
 
     fn advance(&mut self, last: EventSeq) {
@@ -689,6 +698,27 @@ mod tests {
             prop_assert_eq!(&envelope["payload"], &payload);
             prop_assert_eq!(&envelope["event_seq"], &json!(seq));
             prop_assert_eq!(&envelope["session_id"], &json!("sess_x"));
+        }
+
+        #[test]
+        fn any_session_id_and_message_id_are_written_as_json_strings(
+            session in any::<String>(),
+            message in proptest::option::of(any::<String>()),
+            seq in any::<u64>(),
+        ) {
+            let session_id = SessionId::from_client(&session);
+            let mut draft = EventDraft::new("job.event", JobId::from_client("job_\"y"), None, json!(1));
+            draft.message_id = message.as_deref().map(crate::ids::MessageId::from_client);
+            let encoded = encode_job_event(&session_id, seq, &draft);
+            let envelope: Value = serde_json::from_slice(&encoded.frame[encoded.envelope.clone()]).unwrap();
+            prop_assert_eq!(&envelope["session_id"], &json!(session));
+            prop_assert_eq!(&envelope["event_seq"], &json!(seq));
+            prop_assert_eq!(&envelope["arcp"], &json!("1.1"));
+            prop_assert_eq!(&envelope["job_id"], &json!("job_\"y"));
+            match message {
+                Some(message) => prop_assert_eq!(&envelope["id"], &json!(message)),
+                None => prop_assert_eq!(envelope["id"].as_str().map(str::len), Some(26)),
+            }
         }
 
         #[test]

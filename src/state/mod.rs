@@ -37,7 +37,7 @@ pub const RUNTIME_FEATURES: &[&str] = &[
 ];
 
 pub use jobs::{Accepted, JobView, SubmitError, SubscribeFailure, SubscribedView};
-pub use sessions::{LogReader, OpError};
+pub use sessions::{LogReader, LogWatch, OpError};
 
 pub struct AppState {
     pub config: Config,

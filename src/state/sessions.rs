@@ -7,7 +7,9 @@ use tokio::sync::watch;
 
 use super::AppState;
 use crate::cluster::ClusterNode;
-use crate::event_log::{EventLog, EventLogError, LogBounds, LogEntry, ReadLimit};
+use crate::event_log::{
+    EventLog, EventLogError, LogBounds, LogEntry, NewestWatch, ReadLimit, SessionReader,
+};
 use crate::ids::{EventSeq, Principal, SessionId};
 use crate::session::{Session, SessionError, StreamId, Welcome};
 use crate::storage::{GoneReason, ReadBudget, StorageError};
@@ -62,23 +64,52 @@ fn budget(limit: ReadLimit) -> ReadBudget {
 #[derive(Clone)]
 pub enum LogReader {
     Local(Arc<dyn EventLog>),
+    /// One session's log in this process, found once ([`LogReader::bind`]):
+    /// the `session_id` arguments are then that session's.
+    Bound(SessionReader),
     Shared(Arc<ClusterNode>),
 }
 
 impl LogReader {
+    /// The reader a stream of `session_id` keeps: in this process, bound to
+    /// the session's log so its reads skip the lookup by id.
+    pub fn bind(self, session_id: &SessionId) -> LogReader {
+        match &self {
+            LogReader::Local(log) => match log.session_reader(session_id) {
+                Ok(reader) => LogReader::Bound(reader),
+                // Gone already: reads by id say so.
+                Err(_) => self,
+            },
+            LogReader::Bound(_) | LogReader::Shared(_) => self,
+        }
+    }
+
     pub async fn bounds(&self, session_id: &SessionId) -> Result<LogBounds, OpError> {
         match self {
             LogReader::Local(log) => Ok(log.bounds(session_id)?),
+            LogReader::Bound(reader) => Ok(reader.bounds()?),
             LogReader::Shared(node) => Ok(bounds_of(node.bounds(session_id).await?)),
         }
     }
 
     /// A receiver that changes when the log may have grown; `None` when the
     /// log is gone.
-    pub async fn watch(&self, session_id: &SessionId) -> Option<watch::Receiver<EventSeq>> {
+    pub async fn watch(&self, session_id: &SessionId) -> Option<LogWatch> {
         match self {
-            LogReader::Local(log) => log.watch_newest(session_id).ok(),
-            LogReader::Shared(node) => node.watch(session_id).await.ok(),
+            LogReader::Local(log) => log.watch_newest(session_id).ok().map(LogWatch::Local),
+            LogReader::Bound(reader) => reader.watch_newest().ok().map(LogWatch::Local),
+            LogReader::Shared(node) => node.watch(session_id).await.ok().map(LogWatch::Shared),
+        }
+    }
+
+    /// Whether a reader at `cursor` whose watch last showed `seen` has
+    /// nothing to read, without reading. In this process the watch carries
+    /// the newest readable sequence number, so equal means caught up; the
+    /// cluster's watch only signals that the log may have grown.
+    pub fn caught_up(&self, seen: EventSeq, cursor: EventSeq) -> bool {
+        match self {
+            LogReader::Local(_) | LogReader::Bound(_) => seen == cursor,
+            LogReader::Shared(_) => false,
         }
     }
 
@@ -91,6 +122,7 @@ impl LogReader {
     ) -> Result<Option<(EventSeq, Bytes)>, OpError> {
         match self {
             LogReader::Local(log) => Ok(log.read_chunk_after(session_id, after, limit)?),
+            LogReader::Bound(reader) => Ok(reader.read_chunk_after(after, limit)?),
             LogReader::Shared(node) => Ok(node
                 .read_chunk_after(session_id, after, budget(limit))
                 .await?),
@@ -106,6 +138,7 @@ impl LogReader {
     ) -> Result<Vec<LogEntry>, OpError> {
         match self {
             LogReader::Local(log) => Ok(log.read_after(session_id, after, limit)?),
+            LogReader::Bound(reader) => Ok(reader.read_after(after, limit)?),
             LogReader::Shared(node) => {
                 Ok(node.read_after(session_id, after, budget(limit)).await?)
             }
@@ -118,7 +151,7 @@ impl LogReader {
     /// (the stream's next read will tell).
     pub async fn still_attached(&self, session: &Session, stream_id: StreamId) -> bool {
         match self {
-            LogReader::Local(_) => true,
+            LogReader::Local(_) | LogReader::Bound(_) => true,
             LogReader::Shared(node) => node.holds_stream(&session.id, stream_id).await,
         }
     }
@@ -126,8 +159,37 @@ impl LogReader {
     /// A stream ended (called from its `Drop`: never waits).
     pub fn detach(&self, session: &Arc<Session>, stream_id: StreamId) {
         match self {
-            LogReader::Local(_) => session.detach_stream(stream_id),
+            LogReader::Local(_) | LogReader::Bound(_) => session.detach_stream(stream_id),
             LogReader::Shared(node) => node.detach(session, stream_id),
+        }
+    }
+}
+
+/// What a stream waits on for its log to grow: in this process the newest
+/// readable sequence number; in the cluster a count of wake-ups.
+pub enum LogWatch {
+    Local(NewestWatch),
+    Shared(watch::Receiver<u64>),
+}
+
+/// The log is gone: its watch closed.
+#[derive(Debug)]
+pub struct LogWatchClosed;
+
+impl LogWatch {
+    /// The current value, marked as seen.
+    pub fn mark_seen(&mut self) -> u64 {
+        match self {
+            LogWatch::Local(watch) => watch.borrow_and_update(),
+            LogWatch::Shared(watch) => *watch.borrow_and_update(),
+        }
+    }
+
+    /// Waits for a value not yet seen. Cancel-safe.
+    pub async fn changed(&mut self) -> Result<(), LogWatchClosed> {
+        match self {
+            LogWatch::Local(watch) => watch.changed().await.map_err(|_| LogWatchClosed),
+            LogWatch::Shared(watch) => watch.changed().await.map_err(|_| LogWatchClosed),
         }
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use arcp_gateway::event_log::sqlite::SqliteStore;
 use arcp_gateway::event_log::{
-    EventDraft, EventLog, EventLogError, LogBounds, LogEntry, MemoryEventLog, ReadLimit,
-    RetentionLimits,
+    EventDraft, EventLog, EventLogError, LogBounds, LogEntry, MemoryEventLog, NewestWatch,
+    ReadLimit, RetentionLimits, SessionReader,
 };
 use arcp_gateway::http::sse::encode_job_event;
 use arcp_gateway::ids::{JobId, SessionId};
@@ -271,10 +271,10 @@ pub fn watchers_see_appends_and_removal(log: Arc<dyn EventLog>) {
     let sid = session("s");
     log.create(&sid).unwrap();
     let mut watch = log.watch_newest(&sid).unwrap();
-    assert_eq!(*watch.borrow_and_update(), 0);
+    assert_eq!(watch.borrow_and_update(), 0);
     log.append(&sid, &draft(1)).unwrap();
     assert!(watch.has_changed().unwrap());
-    assert_eq!(*watch.borrow_and_update(), 1);
+    assert_eq!(watch.borrow_and_update(), 1);
     log.remove(&sid);
     assert!(watch.has_changed().is_err(), "removal closes the watch");
     assert_eq!(
@@ -562,6 +562,10 @@ impl EventLog for Settling {
         self.log.read_chunk_after(session_id, after, limit)
     }
 
+    fn session_reader(&self, session_id: &SessionId) -> Result<SessionReader, EventLogError> {
+        self.log.session_reader(session_id)
+    }
+
     fn bounds(&self, session_id: &SessionId) -> Result<LogBounds, EventLogError> {
         self.log.bounds(session_id)
     }
@@ -576,10 +580,7 @@ impl EventLog for Settling {
         result
     }
 
-    fn watch_newest(
-        &self,
-        session_id: &SessionId,
-    ) -> Result<tokio::sync::watch::Receiver<u64>, EventLogError> {
+    fn watch_newest(&self, session_id: &SessionId) -> Result<NewestWatch, EventLogError> {
         self.log.watch_newest(session_id)
     }
 
@@ -731,7 +732,7 @@ fn events_are_invisible_until_durable() {
         .flush()
         .wait_blocking()
         .expect("the store writer is running");
-    assert_eq!(*watch.borrow_and_update(), 1, "visible once committed");
+    assert_eq!(watch.borrow_and_update(), 1, "visible once committed");
     assert_eq!(log.read_after(&sid, 0, ALL).unwrap().len(), 1);
 }
 

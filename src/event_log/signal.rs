@@ -1,0 +1,173 @@
+//! The newest readable sequence number of one session's log, and a way for
+//! its stream to wait for it to change.
+//!
+//! This is what a `tokio::sync::watch` channel did, cut to the one case
+//! the log has: one writer that only raises a number, and a reader or two
+//! (a stream, briefly the one replacing it). A `watch` wakes readers
+//! through eight `Notify`s, each with its own lock, and guards the value
+//! with a read-write lock; in a profile of one job fanned out to 1,000
+//! sessions, raising and waiting on them were among the largest user-space
+//! costs per delivery, mostly cache lines moving between the appending
+//! core and the streaming one. Here the value is one atomic and the wake
+//! one `Notify`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::ids::EventSeq;
+
+struct Shared {
+    newest: AtomicU64,
+    closed: AtomicBool,
+    notify: Notify,
+}
+
+/// The writer's end, kept with the session's log. Dropping it closes every
+/// [`NewestWatch`] (the log was removed).
+pub struct NewestSender {
+    shared: Arc<Shared>,
+}
+
+/// The sender is gone: the log was removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchClosed;
+
+/// A reader's end: the newest value, and whether it changed since the
+/// reader last looked.
+pub struct NewestWatch {
+    shared: Arc<Shared>,
+    seen: EventSeq,
+}
+
+impl NewestSender {
+    pub fn new(initial: EventSeq) -> Self {
+        NewestSender {
+            shared: Arc::new(Shared {
+                newest: AtomicU64::new(initial),
+                closed: AtomicBool::new(false),
+                notify: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn get(&self) -> EventSeq {
+        self.shared.newest.load(Ordering::Acquire)
+    }
+
+    /// Raises the value to `seq` and wakes the waiting readers; a lower or
+    /// equal `seq` changes nothing.
+    pub fn raise(&self, seq: EventSeq) {
+        if self.shared.newest.fetch_max(seq, Ordering::AcqRel) < seq {
+            self.shared.notify.notify_waiters();
+        }
+    }
+
+    /// A reader that has seen the current value.
+    pub fn subscribe(&self) -> NewestWatch {
+        NewestWatch {
+            seen: self.get(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for NewestSender {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.notify.notify_waiters();
+    }
+}
+
+impl NewestWatch {
+    /// The newest value, now marked as seen.
+    pub fn borrow_and_update(&mut self) -> EventSeq {
+        self.seen = self.shared.newest.load(Ordering::Acquire);
+        self.seen
+    }
+
+    /// Whether the value changed since it was last seen; an error once the
+    /// sender is gone.
+    pub fn has_changed(&self) -> Result<bool, WatchClosed> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(WatchClosed);
+        }
+        Ok(self.shared.newest.load(Ordering::Acquire) != self.seen)
+    }
+
+    /// Waits until the value differs from the one last seen and marks the
+    /// new one seen; an error once the sender is gone with nothing new.
+    /// Cancel-safe.
+    pub async fn changed(&mut self) -> Result<(), WatchClosed> {
+        loop {
+            // Registered before the checks, so a raise or a close between
+            // the checks and the wait still wakes it.
+            let notified = self.shared.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let newest = self.shared.newest.load(Ordering::Acquire);
+            if newest != self.seen {
+                self.seen = newest;
+                return Ok(());
+            }
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(WatchClosed);
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_raise_wakes_a_waiting_reader_and_a_lower_value_does_not() {
+        let sender = NewestSender::new(3);
+        let mut watch = sender.subscribe();
+        assert_eq!(watch.borrow_and_update(), 3);
+        sender.raise(2);
+        assert_eq!(sender.get(), 3, "never lowered");
+        assert_eq!(watch.has_changed(), Ok(false));
+        let waiting =
+            tokio::spawn(async move { watch.changed().await.map(|()| watch.borrow_and_update()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sender.raise(5);
+        let woken = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(woken, Ok(5));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_sender_closes_readers_after_what_they_missed() {
+        let sender = NewestSender::new(0);
+        let mut watch = sender.subscribe();
+        sender.raise(1);
+        drop(sender);
+        assert_eq!(watch.has_changed(), Err(WatchClosed));
+        assert_eq!(watch.changed().await, Ok(()), "the raise is still seen");
+        assert_eq!(watch.borrow_and_update(), 1);
+        let closed = tokio::time::timeout(Duration::from_secs(5), watch.changed()).await;
+        assert_eq!(closed, Ok(Err(WatchClosed)));
+    }
+
+    #[tokio::test]
+    async fn a_reader_waiting_when_the_sender_goes_is_woken() {
+        let sender = NewestSender::new(0);
+        let mut watch = sender.subscribe();
+        let waiting = tokio::spawn(async move { watch.changed().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(sender);
+        let woken = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(woken, Err(WatchClosed));
+    }
+}
