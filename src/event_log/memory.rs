@@ -793,11 +793,12 @@ impl EventLog for MemoryEventLog {
         self.session(session_id)?.read_chunk_after(after, limit)
     }
 
-    fn session_reader(&self, session_id: &SessionId) -> Result<SessionReader, EventLogError> {
-        let slot = self.session(session_id)?;
-        Ok(SessionReader {
-            slot: Arc::downgrade(&slot),
-        })
+    fn session_reader(&self, session_id: &SessionId) -> SessionReader {
+        SessionReader {
+            slot: self
+                .session(session_id)
+                .map_or_else(|_| Weak::new(), |slot| Arc::downgrade(&slot)),
+        }
     }
 
     fn bounds(&self, session_id: &SessionId) -> Result<LogBounds, EventLogError> {

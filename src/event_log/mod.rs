@@ -264,9 +264,9 @@ pub trait EventLog: Send + Sync + 'static {
     }
 
     /// The session's log, found once, for a reader that reads it many times
-    /// (a stream). It does not keep the log alive: after `remove`, its
-    /// reads fail with `UnknownSession`.
-    fn session_reader(&self, session_id: &SessionId) -> Result<SessionReader, EventLogError>;
+    /// (a stream). It does not keep the log alive: after `remove` (or for a
+    /// session with no log) its reads fail with `UnknownSession`.
+    fn session_reader(&self, session_id: &SessionId) -> SessionReader;
 
     fn bounds(&self, session_id: &SessionId) -> Result<LogBounds, EventLogError>;
 

@@ -463,7 +463,7 @@ pub async fn open_event_stream(
     ));
     let token = attached.resume_token;
     let plan = StreamPlan {
-        log: state.log_reader(),
+        log: state.log_reader(session_id),
         session: attached.session,
         stream_id: attached.stream_id,
         cursor: attached.cursor,

@@ -241,7 +241,7 @@ impl EventStream {
     /// prelude.
     async fn attach(plan: StreamPlan) -> (EventStream, Bytes) {
         let open = plan.metrics.stream_opened(plan.transport);
-        let log = plan.log.bind(&plan.session.id);
+        let log = plan.log;
         let replay_until = log
             .bounds(&plan.session.id)
             .await

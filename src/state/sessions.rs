@@ -7,9 +7,7 @@ use tokio::sync::watch;
 
 use super::AppState;
 use crate::cluster::ClusterNode;
-use crate::event_log::{
-    EventLog, EventLogError, LogBounds, LogEntry, NewestWatch, ReadLimit, SessionReader,
-};
+use crate::event_log::{EventLogError, LogBounds, LogEntry, NewestWatch, ReadLimit, SessionReader};
 use crate::ids::{EventSeq, Principal, SessionId};
 use crate::session::{Session, SessionError, StreamId, Welcome};
 use crate::storage::{GoneReason, ReadBudget, StorageError};
@@ -60,34 +58,19 @@ fn budget(limit: ReadLimit) -> ReadBudget {
     }
 }
 
-/// What a stream reads: this process's log, or the cluster's.
+/// What a stream reads: its session's log in this process (found once, so
+/// reads skip the lookup by id; the `session_id` arguments are then that
+/// session's), or the cluster's log.
 #[derive(Clone)]
 pub enum LogReader {
-    Local(Arc<dyn EventLog>),
-    /// One session's log in this process, found once ([`LogReader::bind`]):
-    /// the `session_id` arguments are then that session's.
-    Bound(SessionReader),
+    Local(SessionReader),
     Shared(Arc<ClusterNode>),
 }
 
 impl LogReader {
-    /// The reader a stream of `session_id` keeps: in this process, bound to
-    /// the session's log so its reads skip the lookup by id.
-    pub fn bind(self, session_id: &SessionId) -> LogReader {
-        match &self {
-            LogReader::Local(log) => match log.session_reader(session_id) {
-                Ok(reader) => LogReader::Bound(reader),
-                // Gone already: reads by id say so.
-                Err(_) => self,
-            },
-            LogReader::Bound(_) | LogReader::Shared(_) => self,
-        }
-    }
-
     pub async fn bounds(&self, session_id: &SessionId) -> Result<LogBounds, OpError> {
         match self {
-            LogReader::Local(log) => Ok(log.bounds(session_id)?),
-            LogReader::Bound(reader) => Ok(reader.bounds()?),
+            LogReader::Local(reader) => Ok(reader.bounds()?),
             LogReader::Shared(node) => Ok(bounds_of(node.bounds(session_id).await?)),
         }
     }
@@ -96,8 +79,7 @@ impl LogReader {
     /// log is gone.
     pub async fn watch(&self, session_id: &SessionId) -> Option<LogWatch> {
         match self {
-            LogReader::Local(log) => log.watch_newest(session_id).ok().map(LogWatch::Local),
-            LogReader::Bound(reader) => reader.watch_newest().ok().map(LogWatch::Local),
+            LogReader::Local(reader) => reader.watch_newest().ok().map(LogWatch::Local),
             LogReader::Shared(node) => node.watch(session_id).await.ok().map(LogWatch::Shared),
         }
     }
@@ -108,7 +90,7 @@ impl LogReader {
     /// cluster's watch only signals that the log may have grown.
     pub fn caught_up(&self, seen: EventSeq, cursor: EventSeq) -> bool {
         match self {
-            LogReader::Local(_) | LogReader::Bound(_) => seen == cursor,
+            LogReader::Local(_) => seen == cursor,
             LogReader::Shared(_) => false,
         }
     }
@@ -121,8 +103,7 @@ impl LogReader {
         limit: ReadLimit,
     ) -> Result<Option<(EventSeq, Bytes)>, OpError> {
         match self {
-            LogReader::Local(log) => Ok(log.read_chunk_after(session_id, after, limit)?),
-            LogReader::Bound(reader) => Ok(reader.read_chunk_after(after, limit)?),
+            LogReader::Local(reader) => Ok(reader.read_chunk_after(after, limit)?),
             LogReader::Shared(node) => Ok(node
                 .read_chunk_after(session_id, after, budget(limit))
                 .await?),
@@ -137,8 +118,7 @@ impl LogReader {
         limit: ReadLimit,
     ) -> Result<Vec<LogEntry>, OpError> {
         match self {
-            LogReader::Local(log) => Ok(log.read_after(session_id, after, limit)?),
-            LogReader::Bound(reader) => Ok(reader.read_after(after, limit)?),
+            LogReader::Local(reader) => Ok(reader.read_after(after, limit)?),
             LogReader::Shared(node) => {
                 Ok(node.read_after(session_id, after, budget(limit)).await?)
             }
@@ -151,7 +131,7 @@ impl LogReader {
     /// (the stream's next read will tell).
     pub async fn still_attached(&self, session: &Session, stream_id: StreamId) -> bool {
         match self {
-            LogReader::Local(_) | LogReader::Bound(_) => true,
+            LogReader::Local(_) => true,
             LogReader::Shared(node) => node.holds_stream(&session.id, stream_id).await,
         }
     }
@@ -159,7 +139,7 @@ impl LogReader {
     /// A stream ended (called from its `Drop`: never waits).
     pub fn detach(&self, session: &Arc<Session>, stream_id: StreamId) {
         match self {
-            LogReader::Local(_) | LogReader::Bound(_) => session.detach_stream(stream_id),
+            LogReader::Local(_) => session.detach_stream(stream_id),
             LogReader::Shared(node) => node.detach(session, stream_id),
         }
     }
@@ -195,10 +175,11 @@ impl LogWatch {
 }
 
 impl AppState {
-    pub fn log_reader(&self) -> LogReader {
+    /// The reader of `session_id`'s log.
+    pub fn log_reader(&self, session_id: &SessionId) -> LogReader {
         match &self.cluster {
             Some(node) => LogReader::Shared(node.clone()),
-            None => LogReader::Local(self.log.clone()),
+            None => LogReader::Local(self.log.session_reader(session_id)),
         }
     }
 
@@ -245,7 +226,7 @@ impl AppState {
     }
 
     pub async fn log_bounds(&self, session_id: &SessionId) -> Result<LogBounds, OpError> {
-        self.log_reader().bounds(session_id).await
+        self.log_reader(session_id).bounds(session_id).await
     }
 
     /// `session.resume` without a stream (§6.3).

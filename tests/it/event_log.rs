@@ -284,6 +284,36 @@ pub fn watchers_see_appends_and_removal(log: Arc<dyn EventLog>) {
     assert_eq!(log.bounds(&sid), Err(EventLogError::UnknownSession));
 }
 
+pub fn a_session_reader_reads_what_reads_by_id_read_until_the_log_goes(log: Arc<dyn EventLog>) {
+    let sid = session("s");
+    log.create(&sid).unwrap();
+    let reader = log.session_reader(&sid);
+    for n in 1..=5 {
+        log.append(&sid, &draft(n)).unwrap();
+    }
+    assert_eq!(
+        reader.read_after(1, ALL).unwrap(),
+        log.read_after(&sid, 1, ALL).unwrap()
+    );
+    assert_eq!(
+        reader.read_chunk_after(2, ALL).unwrap(),
+        log.read_chunk_after(&sid, 2, ALL).unwrap()
+    );
+    assert_eq!(reader.bounds().unwrap(), log.bounds(&sid).unwrap());
+    let mut watch = reader.watch_newest().unwrap();
+    assert_eq!(watch.borrow_and_update(), 5);
+    log.remove(&sid);
+    assert_eq!(
+        reader.read_chunk_after(0, ALL),
+        Err(EventLogError::UnknownSession),
+        "a reader does not keep a removed log alive"
+    );
+    assert!(watch.has_changed().is_err(), "removal closes its watch");
+    let never = log.session_reader(&session("never"));
+    assert_eq!(never.read_after(0, ALL), Err(EventLogError::UnknownSession));
+    assert_eq!(never.bounds(), Err(EventLogError::UnknownSession));
+}
+
 /// Limits a stream uses, and some awkward ones.
 const LIMITS: [ReadLimit; 5] = [
     ALL,
@@ -562,7 +592,7 @@ impl EventLog for Settling {
         self.log.read_chunk_after(session_id, after, limit)
     }
 
-    fn session_reader(&self, session_id: &SessionId) -> Result<SessionReader, EventLogError> {
+    fn session_reader(&self, session_id: &SessionId) -> SessionReader {
         self.log.session_reader(session_id)
     }
 
@@ -837,6 +867,11 @@ macro_rules! backend_conformance {
             #[test]
             fn watchers_see_appends_and_removal() {
                 super::watchers_see_appends_and_removal(unlimited());
+            }
+
+            #[test]
+            fn a_session_reader_reads_what_reads_by_id_read_until_the_log_goes() {
+                super::a_session_reader_reads_what_reads_by_id_read_until_the_log_goes(unlimited());
             }
         }
     };

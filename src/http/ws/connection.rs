@@ -284,7 +284,7 @@ async fn serve(
         resume: None,
     };
     let mut stream = EventStream::open_for_entries(StreamPlan {
-        log: state.log_reader(),
+        log: state.log_reader(&session_id),
         session: session.clone(),
         stream_id: attached.stream_id,
         cursor: attached.cursor,
