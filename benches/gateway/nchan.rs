@@ -127,6 +127,22 @@ http {{
     )
 }
 
+/// The command that starts nginx so that it cannot outlive the bench.
+/// `Drop` stops it when a row ends or the bench unwinds; for a bench killed
+/// outright (SIGKILL, an abort), `setpriv --pdeathsig TERM` (util-linux)
+/// has the kernel send nginx TERM when the thread that started it is gone,
+/// and the runtime's worker threads live as long as the bench. Without
+/// setpriv, nginx is started directly.
+fn nginx_command(nginx: &Path) -> Command {
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if !setpriv.is_file() {
+        return Command::new(nginx);
+    }
+    let mut command = Command::new(setpriv);
+    command.args(["--pdeathsig", "TERM", "--"]).arg(nginx);
+    command
+}
+
 impl Nchan {
     async fn start(nginx: &Path) -> Nchan {
         let dir = tempfile::tempdir().expect("temporary directory");
@@ -136,7 +152,7 @@ impl Nchan {
             .port();
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, config(dir.path(), port)).expect("write nginx.conf");
-        let child = Command::new(nginx)
+        let child = nginx_command(nginx)
             .arg("-p")
             .arg(format!("{}/", dir.path().display()))
             .arg("-c")

@@ -241,12 +241,12 @@ impl EventStream {
     /// prelude.
     async fn attach(plan: StreamPlan) -> (EventStream, Bytes) {
         let open = plan.metrics.stream_opened(plan.transport);
-        let log = plan.log;
-        let replay_until = log
+        let replay_until = plan
+            .log
             .bounds(&plan.session.id)
             .await
             .map_or(plan.cursor, |bounds| bounds.newest);
-        let newest = log.watch(&plan.session.id).await;
+        let newest = plan.log.watch(&plan.session.id).await;
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -256,7 +256,7 @@ impl EventStream {
                 .max_duration
                 .map(|duration| Box::pin(tokio::time::sleep(duration))),
             shutdown: plan.shutdown,
-            log,
+            log: plan.log,
             session: plan.session,
             stream_id: plan.stream_id,
             cursor: plan.cursor,
