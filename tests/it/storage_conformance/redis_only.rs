@@ -29,14 +29,21 @@ async fn command(server: &RedisServer, args: &[&str]) -> redis::Value {
         .unwrap_or_else(|error| panic!("{args:?}: {error}"))
 }
 
+/// A Redis server, a node on it, and a session's log holding the first
+/// event of a job.
+async fn one_event_stored() -> (RedisServer, RedisStorage, SessionId, JobId) {
+    let server = RedisServer::start().await;
+    let node = redis_node(&server, "n1").await;
+    let session = new_log(&node, ROOMY).await;
+    let job = JobId::generate();
+    assert_eq!(stored(&node, event(&session, &job, 1)).await, 1);
+    (server, node, session, job)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_an_append_whose_reply_was_lost_is_retried_without_a_duplicate() {
     bounded(async {
-        let server = RedisServer::start().await;
-        let node = redis_node(&server, "n1").await;
-        let session = new_log(&node, ROOMY).await;
-        let job = JobId::generate();
-        assert_eq!(stored(&node, event(&session, &job, 1)).await, 1);
+        let (server, node, session, job) = one_event_stored().await;
         // Writes stall past the client's 2 s response timeout, then apply:
         // the client sees an error although the append happened.
         command(&server, &["CLIENT", "PAUSE", "3000", "WRITE"]).await;
@@ -319,11 +326,7 @@ async fn redis_the_wake_connection_survives_its_keepalive_pings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_batch_after_the_script_cache_was_flushed_is_stored_once_in_order() {
     bounded(async {
-        let server = RedisServer::start().await;
-        let node = redis_node(&server, "n1").await;
-        let session = new_log(&node, ROOMY).await;
-        let job = JobId::generate();
-        assert_eq!(stored(&node, event(&session, &job, 1)).await, 1);
+        let (server, node, session, job) = one_event_stored().await;
         command(&server, &["SCRIPT", "FLUSH"]).await;
         let batch: Vec<Append> = (2..=5).map(|index| event(&session, &job, index)).collect();
         let outcomes = node.append_batch(&batch).await.expect("batch");
