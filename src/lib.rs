@@ -91,6 +91,7 @@ pub async fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError
         retention.clone(),
     ));
     memory.attach_metrics(metrics.clone());
+    memory.defer_fan_out(http::sse::encode_job_event_head);
     let (store, recovered): (Arc<dyn Persistence>, Option<Recovered>) = match &config.data_dir {
         None => (Arc::new(Ephemeral), None),
         Some(data_dir) => {

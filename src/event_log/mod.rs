@@ -103,6 +103,20 @@ pub struct EncodedFrame {
 pub type FrameEncoder =
     fn(session_id: &SessionId, seq: EventSeq, draft: &EventDraft) -> EncodedFrame;
 
+/// Writes the start of a job event's frame, for `session_id` at `seq` with
+/// message id `message_id`: everything before the draft's shared envelope
+/// ([`EventDraft::shared_envelope`]), which follows, then `\n\n`. Returns
+/// where the envelope JSON starts. With it, [`MemoryEventLog`] keeps a
+/// job's copies in its subscribers' logs as references to the one shared
+/// envelope ([`MemoryEventLog::defer_fan_out`]).
+pub type HeadEncoder = fn(
+    frame: &mut Vec<u8>,
+    session_id: &SessionId,
+    seq: EventSeq,
+    message_type: &'static str,
+    message_id: &str,
+) -> usize;
+
 /// One stored event.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogEntry {

@@ -62,19 +62,13 @@ pub const STREAM_READ_LIMIT: ReadLimit = ReadLimit {
 pub fn encode_job_event(session_id: &SessionId, seq: EventSeq, draft: &EventDraft) -> EncodedFrame {
     let shared = draft.shared_envelope();
     let mut frame = Vec::with_capacity(shared.len() + 192 + session_id.as_str().len());
-    frame.extend_from_slice(b"id: ");
-    push_json_number(&mut frame, seq);
-    frame.extend_from_slice(b"\nevent: ");
-    frame.extend_from_slice(draft.message_type.as_bytes());
-    frame.extend_from_slice(b"\ndata: ");
-    let start = frame.len();
     // A fresh id is formatted on the stack, not allocated as a `MessageId`.
     let mut fresh = [0u8; ulid::ULID_LEN];
     let id = match &draft.message_id {
         Some(id) => id.as_str(),
         None => ulid::Ulid::new().array_to_str(&mut fresh),
     };
-    job_envelope_head(&mut frame, draft.message_type, session_id, seq, id);
+    let start = encode_job_event_head(&mut frame, session_id, seq, draft.message_type, id);
     frame.extend_from_slice(shared);
     let envelope = start..frame.len();
     frame.extend_from_slice(b"\n\n");
@@ -82,6 +76,26 @@ pub fn encode_job_event(session_id: &SessionId, seq: EventSeq, draft: &EventDraf
         frame: Bytes::from(frame),
         envelope,
     }
+}
+
+/// The [`crate::event_log::HeadEncoder`] for job events: the frame of
+/// [`encode_job_event`] up to the draft's shared envelope, for the message
+/// id `id`. Returns where the envelope JSON starts.
+pub fn encode_job_event_head(
+    frame: &mut Vec<u8>,
+    session_id: &SessionId,
+    seq: EventSeq,
+    message_type: &'static str,
+    id: &str,
+) -> usize {
+    frame.extend_from_slice(b"id: ");
+    push_json_number(frame, seq);
+    frame.extend_from_slice(b"\nevent: ");
+    frame.extend_from_slice(message_type.as_bytes());
+    frame.extend_from_slice(b"\ndata: ");
+    let start = frame.len();
+    job_envelope_head(frame, message_type, session_id, seq, id);
+    start
 }
 
 /// An event with no `id:` line, for control messages. `data` must be one

@@ -8,8 +8,8 @@ use arcp_gateway::event_log::{
     EventDraft, EventLog, EventLogError, LogBounds, LogEntry, MemoryEventLog, NewestWatch,
     ReadLimit, RetentionLimits, SessionReader,
 };
-use arcp_gateway::http::sse::encode_job_event;
-use arcp_gateway::ids::{JobId, SessionId};
+use arcp_gateway::http::sse::{encode_job_event, encode_job_event_head};
+use arcp_gateway::ids::{JobId, MessageId, SessionId};
 use arcp_gateway::metrics::Metrics;
 use arcp_gateway::store::Persistence;
 use serde_json::json;
@@ -345,6 +345,115 @@ fn sized_draft(n: u64, len: usize) -> EventDraft {
     )
 }
 
+/// Session `s` gets events 1..=`count`; two in three are a job's copies
+/// fanned out to `s` and another session `o` (`append_each`), the rest
+/// `s`'s own (`append`), with payloads of varied sizes. A reader follows
+/// `s` live every few events, as a stream does, checking what it reads.
+fn fan_out_into(log: &dyn EventLog, s: &SessionId, o: &SessionId, count: u64) {
+    log.create(s).unwrap();
+    log.create(o).unwrap();
+    let mut live = 0;
+    for n in 1..=count {
+        let draft = sized_draft(n, (n as usize * 37) % 700);
+        if n % 3 == 0 {
+            assert_eq!(log.append(s, &draft), Ok(n));
+        } else {
+            let results = log.append_each(&[o, s], &draft);
+            assert_eq!(results[1], Ok(n));
+        }
+        if n % 7 == 0 {
+            if let Ok(Some((last, chunk))) = log.read_chunk_after(s, live, ALL) {
+                assert_frames(&chunk, live, last);
+                live = last;
+            }
+        }
+    }
+}
+
+/// The frame `encode_job_event` gives `entry`'s event with the message id
+/// the entry carries: what an `append` with that id would have stored.
+fn frame_as_appended(sid: &SessionId, entry: &LogEntry, payload_len: usize) -> Vec<u8> {
+    let envelope: serde_json::Value = serde_json::from_slice(entry.envelope_json()).unwrap();
+    let mut draft = sized_draft(entry.seq, payload_len);
+    draft.message_id = Some(MessageId::from_client(envelope["id"].as_str().unwrap()));
+    encode_job_event(sid, entry.seq, &draft).frame.to_vec()
+}
+
+/// §7.6 copies in a subscriber's log read back exactly like appended
+/// events: whole frames stamped for that session, in every read shape,
+/// the same bytes on every read (ids fixed when appended, unique), and
+/// each byte for byte what `append` would have stored.
+pub fn fan_out_copies_read_like_appended_events(log: Arc<dyn EventLog>) {
+    let (s, o) = (session("fan-s"), session("fan-o"));
+    fan_out_into(&*log, &s, &o, 300);
+    let joined = joined_entries(&*log, &s, 0);
+    assert_eq!(joined, joined_entries(&*log, &s, 0), "reads are stable");
+    for limit in LIMITS {
+        assert_eq!(replay(&*log, &s, 0, limit).0, joined);
+    }
+    let entries = log.read_after(&s, 0, ALL).unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for entry in &entries {
+        let envelope: serde_json::Value = serde_json::from_slice(entry.envelope_json()).unwrap();
+        assert_eq!(envelope["session_id"], s.as_str());
+        assert!(ids.insert(envelope["id"].as_str().unwrap().to_owned()));
+        let payload_len = (entry.seq as usize * 37) % 700;
+        assert_eq!(
+            entry.frame.to_vec(),
+            frame_as_appended(&s, entry, payload_len)
+        );
+    }
+    // The other session's copies are its own: its own numbering and ids.
+    let other = log.read_after(&o, 0, ALL).unwrap();
+    assert_eq!(other.len(), 200);
+    assert_eq!(other.last().unwrap().seq, 200);
+    for entry in &other {
+        let envelope: serde_json::Value = serde_json::from_slice(entry.envelope_json()).unwrap();
+        assert_eq!(envelope["session_id"], o.as_str());
+        assert!(!ids.contains(envelope["id"].as_str().unwrap()));
+    }
+}
+
+/// Retention counts a copy's whole frame and evicts copies like appended
+/// events; what is left reads whole from the new floor.
+pub fn fan_out_copies_evict_like_appended_events(
+    log_for: impl Fn(RetentionLimits) -> Arc<dyn EventLog>,
+) {
+    let log = log_for(RetentionLimits {
+        max_events: 40,
+        max_bytes: usize::MAX,
+    });
+    let (s, o) = (session("fan-s"), session("fan-o"));
+    fan_out_into(&*log, &s, &o, 300);
+    assert_eq!(
+        log.bounds(&s).unwrap(),
+        LogBounds {
+            floor: 260,
+            newest: 300
+        }
+    );
+    assert_eq!(
+        log.read_chunk_after(&s, 259, ALL),
+        Err(EventLogError::CursorEvicted { floor: 260 })
+    );
+    let joined = joined_entries(&*log, &s, 260);
+    for limit in LIMITS {
+        assert_eq!(replay(&*log, &s, 260, limit).0, joined);
+    }
+    let retained: usize = log
+        .read_after(&s, 260, ALL)
+        .unwrap()
+        .iter()
+        .map(|entry| entry.frame.len())
+        .sum();
+    let log = log_for(RetentionLimits {
+        max_events: usize::MAX,
+        max_bytes: retained,
+    });
+    fan_out_into(&*log, &s, &o, 300);
+    assert_eq!(log.bounds(&s).unwrap().floor, 260, "bytes are whole frames");
+}
+
 /// Checks that `bytes` are exactly the whole frames of events `after + 1
 /// ..= last`, in order: no gap, no duplicate, no torn frame.
 fn assert_frames(bytes: &[u8], after: u64, last: u64) {
@@ -624,6 +733,14 @@ fn memory_backend(limits: RetentionLimits) -> Arc<dyn EventLog> {
     Arc::new(MemoryEventLog::new(limits, encode_job_event))
 }
 
+/// The in-memory log as the gateway runs it without a data directory:
+/// a job's copies to subscribers are deferred.
+fn memory_deferred_backend(limits: RetentionLimits) -> Arc<dyn EventLog> {
+    let log = MemoryEventLog::new(limits, encode_job_event);
+    log.defer_fan_out(encode_job_event_head);
+    Arc::new(log)
+}
+
 /// The durable backend over a database in `dir`, recovering what is there.
 fn sqlite_backend_in(
     dir: &std::path::Path,
@@ -865,6 +982,16 @@ macro_rules! backend_conformance {
             }
 
             #[test]
+            fn fan_out_copies_read_like_appended_events() {
+                super::fan_out_copies_read_like_appended_events(unlimited());
+            }
+
+            #[test]
+            fn fan_out_copies_evict_like_appended_events() {
+                super::fan_out_copies_evict_like_appended_events(make);
+            }
+
+            #[test]
             fn watchers_see_appends_and_removal() {
                 super::watchers_see_appends_and_removal(unlimited());
             }
@@ -878,4 +1005,5 @@ macro_rules! backend_conformance {
 }
 
 backend_conformance!(memory, memory_backend);
+backend_conformance!(memory_deferred, memory_deferred_backend);
 backend_conformance!(sqlite, sqlite_backend);
