@@ -9,10 +9,12 @@ use serde_json::json;
 use crate::common::{connect, deliver_all, start_gateway, start_process, Api, Delivery};
 use crate::live::delivery_rows;
 use crate::nchan::{paced_delivery, PacedLoad, Peer};
-use crate::table::{Column, Reference, Row};
+use crate::table::{Cell, Column, Reference, Row};
 use crate::{start_helper, Plan};
 
-async fn gateway_fanout(subscribers: u64, rate: u64, count: u64) -> Delivery {
+/// The gateway's delivery, and its resident memory once every subscriber
+/// has read every event (all of them still retained for resume).
+async fn gateway_fanout(subscribers: u64, rate: u64, count: u64) -> (Delivery, u64) {
     let gateway = start_gateway(&[]).await;
     let api = Api::new(&gateway);
     let submitter = api.session().await;
@@ -30,7 +32,8 @@ async fn gateway_fanout(subscribers: u64, rate: u64, count: u64) -> Delivery {
         let path = format!("/v1/sessions/{session}/events");
         readers.push(connect(gateway.address, &path, None, false).await);
     }
-    deliver_all(readers, count).await
+    let delivery = deliver_all(readers, count).await;
+    (delivery, gateway.rss())
 }
 
 async fn hyper_fanout(subscribers: u64, rate: u64, count: u64, frame_bytes: usize) -> Delivery {
@@ -82,7 +85,7 @@ pub async fn scenario(plan: &Plan, peer: &Peer) -> Vec<Row> {
     for &(subscribers, total) in loads {
         let rate = total / subscribers;
         let count = rate * seconds;
-        let gateway = gateway_fanout(subscribers, rate, count).await;
+        let (gateway, gateway_rss) = gateway_fanout(subscribers, rate, count).await;
         let frame_bytes = gateway.frame_bytes().round() as usize;
         let hyper = hyper_fanout(subscribers, rate, count, frame_bytes).await;
         let floor = floor_fanout(subscribers, rate, count, frame_bytes).await;
@@ -108,6 +111,10 @@ pub async fn scenario(plan: &Plan, peer: &Peer) -> Vec<Row> {
                 (Column::Nchan, nchan),
             ],
         ));
+        rows.push(
+            Row::new(&label, "gateway RSS after the run", "MiB", Reference::Nothing)
+                .set(Column::Gateway, Cell::Value(gateway_rss as f64 / 1048576.0)),
+        );
     }
     rows
 }
