@@ -151,6 +151,8 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     drop(listener);
     tracing::info!("shutting down: ending streams");
     state.shutdown.cancel();
+    // Streams wait on their session's log alone; wake them to see it.
+    state.sessions.kick_all_streams();
     connections.close();
     let grace = state.config.shutdown_grace;
     if tokio::time::timeout(grace, connections.wait())

@@ -382,6 +382,16 @@ impl StoredEntry {
     }
 }
 
+/// What a deferred head's length depends on ([`HeadEncoder`]'s contract),
+/// and that length with where its envelope starts.
+#[derive(Clone, Copy)]
+struct HeadShape {
+    seq_digits: u32,
+    message_type: &'static str,
+    len: usize,
+    envelope_start: usize,
+}
+
 /// A job's event in a subscriber's log, kept as what its frame is made of
 /// rather than the frame: the job's shared envelope (one allocation for all
 /// its subscribers) and the envelope id, fixed when it was appended so
@@ -410,6 +420,9 @@ impl Deferred {
 struct SessionLog {
     /// Whose log it is: deferred frames carry the session's id.
     session_id: SessionId,
+    /// The shape of the last deferred head written for its length (see
+    /// [`HeadEncoder`]): appends of the same shape skip writing it.
+    head_shape: Option<HeadShape>,
     /// Contiguous entries `floor + 1 ..= newest`.
     entries: VecDeque<StoredEntry>,
     /// Their frames, in the same order.
@@ -433,6 +446,7 @@ impl SessionLog {
     fn new(session_id: SessionId, floor: EventSeq, account: Arc<Account>) -> Self {
         SessionLog {
             session_id,
+            head_shape: None,
             entries: VecDeque::new(),
             blocks: Blocks::new(),
             floor,
@@ -511,6 +525,7 @@ impl SessionLog {
             Some(deferred) => {
                 let mut frame = Vec::with_capacity(entry.len);
                 deferred.write(&mut frame, &self.session_id, entry.seq);
+                debug_assert_eq!(frame.len(), entry.len, "the head's length is its shape's");
                 Bytes::from(frame)
             }
             None => self.blocks.sealed(entry.block).slice(entry.frame_range()),
@@ -827,12 +842,30 @@ impl MemoryEventLog {
         };
         let mut log = slot.lock();
         let seq = log.newest + 1;
-        scratch.clear();
-        let mut id = [0u8; ulid::ULID_LEN];
-        let id = deferred.message_id.array_to_str(&mut id);
-        let start = head(scratch, session_id, seq, draft.message_type, id);
-        let len = scratch.len() + shared.len() + 2;
-        let envelope = start..len - 2;
+        let seq_digits = seq.checked_ilog10().unwrap_or(0) + 1;
+        let shape = match log.head_shape {
+            Some(shape)
+                if shape.seq_digits == seq_digits && shape.message_type == draft.message_type =>
+            {
+                shape
+            }
+            _ => {
+                scratch.clear();
+                let mut id = [0u8; ulid::ULID_LEN];
+                let id = deferred.message_id.array_to_str(&mut id);
+                let envelope_start = head(scratch, session_id, seq, draft.message_type, id);
+                let shape = HeadShape {
+                    seq_digits,
+                    message_type: draft.message_type,
+                    len: scratch.len(),
+                    envelope_start,
+                };
+                log.head_shape = Some(shape);
+                shape
+            }
+        };
+        let len = shape.len + shared.len() + 2;
+        let envelope = shape.envelope_start..len - 2;
         log.push_deferred(seq, draft.job_id.clone(), len, envelope, deferred);
         self.stay_within_limits(&mut log, len);
         slot.publish(seq);

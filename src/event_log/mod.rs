@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::ids::{EventSeq, JobId, MessageId, Principal, SessionId};
 
 pub use memory::{LogSink, MemoryEventLog, SessionReader};
-pub use signal::{NewestWatch, WatchClosed};
+pub use signal::{NewestWatch, StreamKick, WatchClosed, Woken};
 
 /// An event before the log has given it a sequence number.
 #[derive(Clone, Debug)]
@@ -108,7 +108,10 @@ pub type FrameEncoder =
 /// ([`EventDraft::shared_envelope`]), which follows, then `\n\n`. Returns
 /// where the envelope JSON starts. With it, [`MemoryEventLog`] keeps a
 /// job's copies in its subscribers' logs as references to the one shared
-/// envelope ([`MemoryEventLog::defer_fan_out`]).
+/// envelope ([`MemoryEventLog::defer_fan_out`]). Contract: for one session,
+/// the head's length and the envelope's start depend only on the number of
+/// digits of `seq` and on `message_type` (message ids are ULIDs, all of
+/// one length), so the log measures a head once per shape.
 pub type HeadEncoder = fn(
     frame: &mut Vec<u8>,
     session_id: &SessionId,

@@ -20,6 +20,8 @@ use crate::ids::EventSeq;
 
 struct Shared {
     newest: AtomicU64,
+    /// Raised by [`StreamKick::kick`]: wakes the readers without a new value.
+    kicks: AtomicU64,
     closed: AtomicBool,
     notify: Notify,
 }
@@ -39,6 +41,30 @@ pub struct WatchClosed;
 pub struct NewestWatch {
     shared: Arc<Shared>,
     seen: EventSeq,
+    kicks_seen: u64,
+}
+
+/// Wakes a log's readers without a new event, so that they look again at
+/// why they might have to stop (their stream replaced, the gateway
+/// shutting down). A stream then waits on the log alone instead of also
+/// registering on the session's and the gateway's signals for every event.
+#[derive(Clone)]
+pub struct StreamKick {
+    shared: Arc<Shared>,
+}
+
+impl StreamKick {
+    pub fn kick(&self) {
+        self.shared.kicks.fetch_add(1, Ordering::AcqRel);
+        self.shared.notify.notify_waiters();
+    }
+}
+
+/// Why [`NewestWatch::changed_or_kicked`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Woken {
+    Newest,
+    Kicked,
 }
 
 impl NewestSender {
@@ -46,6 +72,7 @@ impl NewestSender {
         NewestSender {
             shared: Arc::new(Shared {
                 newest: AtomicU64::new(initial),
+                kicks: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 notify: Notify::new(),
             }),
@@ -68,6 +95,7 @@ impl NewestSender {
     pub fn subscribe(&self) -> NewestWatch {
         NewestWatch {
             seen: self.get(),
+            kicks_seen: self.shared.kicks.load(Ordering::Acquire),
             shared: self.shared.clone(),
         }
     }
@@ -94,6 +122,45 @@ impl NewestWatch {
             return Err(WatchClosed);
         }
         Ok(self.shared.newest.load(Ordering::Acquire) != self.seen)
+    }
+
+    /// What wakes this watch's readers without a new value.
+    pub fn kick_handle(&self) -> StreamKick {
+        StreamKick {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Marks every kick so far as seen: [`NewestWatch::changed_or_kicked`]
+    /// then returns for a later one only. Call before checking the reasons
+    /// a kick stands for, so one that lands after the check still wakes.
+    pub fn mark_kicks_seen(&mut self) {
+        self.kicks_seen = self.shared.kicks.load(Ordering::Acquire);
+    }
+
+    /// Waits until the value differs from the one last seen (marked seen),
+    /// or a kick not yet seen (marked seen); an error once the sender is
+    /// gone with nothing new. Cancel-safe.
+    pub async fn changed_or_kicked(&mut self) -> Result<Woken, WatchClosed> {
+        loop {
+            let notified = self.shared.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let newest = self.shared.newest.load(Ordering::Acquire);
+            if newest != self.seen {
+                self.seen = newest;
+                return Ok(Woken::Newest);
+            }
+            let kicks = self.shared.kicks.load(Ordering::Acquire);
+            if kicks != self.kicks_seen {
+                self.kicks_seen = kicks;
+                return Ok(Woken::Kicked);
+            }
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(WatchClosed);
+            }
+            notified.await;
+        }
     }
 
     /// Waits until the value differs from the one last seen and marks the
@@ -155,6 +222,37 @@ mod tests {
         assert_eq!(watch.borrow_and_update(), 1);
         let closed = tokio::time::timeout(Duration::from_secs(5), watch.changed()).await;
         assert_eq!(closed, Ok(Err(WatchClosed)));
+    }
+
+    #[tokio::test]
+    async fn a_kick_wakes_a_waiting_reader_once_and_a_raise_still_counts() {
+        let sender = NewestSender::new(0);
+        let mut watch = sender.subscribe();
+        let kick = watch.kick_handle();
+        let waiting = tokio::spawn(async move {
+            let first = watch.changed_or_kicked().await;
+            (first, watch)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        kick.kick();
+        let (first, mut watch) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(first, Ok(Woken::Kicked));
+        // Seen: the next wait needs something new.
+        let idle = tokio::time::timeout(Duration::from_millis(50), watch.changed_or_kicked());
+        assert!(idle.await.is_err(), "a seen kick does not wake again");
+        sender.raise(1);
+        assert_eq!(watch.changed_or_kicked().await, Ok(Woken::Newest));
+        // A kick before `mark_kicks_seen` is forgotten, one after it is not.
+        kick.kick();
+        watch.mark_kicks_seen();
+        let idle = tokio::time::timeout(Duration::from_millis(50), watch.changed_or_kicked());
+        assert!(idle.await.is_err());
+        watch.mark_kicks_seen();
+        kick.kick();
+        assert_eq!(watch.changed_or_kicked().await, Ok(Woken::Kicked));
     }
 
     #[tokio::test]

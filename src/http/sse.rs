@@ -261,6 +261,9 @@ impl EventStream {
             .await
             .map_or(plan.cursor, |bounds| bounds.newest);
         let newest = plan.log.watch(&plan.session.id).await;
+        if let Some(LogWatch::Local(watch)) = &newest {
+            plan.session.set_stream_kick(|| watch.kick_handle());
+        }
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -415,6 +418,10 @@ impl EventStream {
     /// Waits, caught up, for an append (`Read(())`: read again), a
     /// heartbeat tick, or a reason to stop.
     async fn wait(&mut self) -> Result<Waited<()>, Stop> {
+        if let Some(LogWatch::Local(watch)) = self.newest.as_mut() {
+            watch.mark_kicks_seen();
+            return self.wait_on_local_log().await;
+        }
         let newest = self.newest.as_mut().ok_or(Stop::LogGone)?;
         let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
         tokio::select! {
@@ -424,6 +431,38 @@ impl EventStream {
                 Ok(()) => Ok(Waited::Read(())),
                 Err(_) => Err(Stop::LogGone),
             },
+            _ = self.heartbeat.tick() => {
+                if !self.log.still_attached(&self.session, self.stream_id).await {
+                    return Err(Stop::Replaced);
+                }
+                Ok(Waited::Heartbeat)
+            }
+        }
+    }
+
+    /// [`EventStream::wait`] on this node's log: one wait per event, on the
+    /// log's watch, which the session kicks when its attached stream changes
+    /// and the gateway when it shuts down ([`crate::event_log::StreamKick`]);
+    /// the reasons to stop are looked at before waiting and again after
+    /// every kick (the caller's loop comes back here). Registering on the
+    /// gateway-wide shutdown token and the session's stream watch for every
+    /// event cost each stream two more locks in and out per event, one of
+    /// them shared by every stream.
+    async fn wait_on_local_log(&mut self) -> Result<Waited<()>, Stop> {
+        if let Some(stop) = self.interrupted_now() {
+            return Err(stop);
+        }
+        let Some(LogWatch::Local(watch)) = self.newest.as_mut() else {
+            return Err(Stop::LogGone);
+        };
+        let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
+        tokio::select! {
+            biased;
+            woken = watch.changed_or_kicked() => match woken {
+                Ok(_) => Ok(Waited::Read(())),
+                Err(_) => Err(Stop::LogGone),
+            },
+            () = expired(deadline) => Err(Stop::MaxDuration),
             _ = self.heartbeat.tick() => {
                 if !self.log.still_attached(&self.session, self.stream_id).await {
                     return Err(Stop::Replaced);

@@ -6,11 +6,12 @@
 //! attached); a session with an attached stream never expires.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::event_log::StreamKick;
 use crate::ids::{EventSeq, JobId, Principal, SessionId};
 
 mod record;
@@ -44,6 +45,9 @@ pub struct Session {
     /// The currently attached stream, if any. A stream whose id is no longer
     /// here has been replaced and must end.
     attached_stream: watch::Sender<Option<StreamId>>,
+    /// Wakes the streams waiting on the session's log (set by the first
+    /// one), so they see a change of `attached_stream` or a shutdown.
+    stream_kick: OnceLock<StreamKick>,
 }
 
 struct SessionState {
@@ -112,6 +116,7 @@ impl Session {
                 attached_elsewhere: false,
             }),
             attached_stream,
+            stream_kick: OnceLock::new(),
         }
     }
 
@@ -153,7 +158,7 @@ impl Session {
         state.closed = false;
         state.attached_elsewhere = false;
         drop(state);
-        self.attached_stream.send_replace(Some(stream_id));
+        self.set_attached(Some(stream_id));
         Welcome { generation }
     }
 
@@ -169,7 +174,7 @@ impl Session {
         }
         state.detached_since = Some(Instant::now());
         drop(state);
-        self.attached_stream.send_replace(None);
+        self.set_attached(None);
     }
 
     pub fn has_feature(&self, feature: &str) -> bool {
@@ -246,7 +251,7 @@ impl Session {
             generation: state.issued_generation,
         };
         drop(state);
-        self.attached_stream.send_replace(Some(stream_id));
+        self.set_attached(Some(stream_id));
         Ok((stream_id, welcome))
     }
 
@@ -259,11 +264,31 @@ impl Session {
         }
         state.detached_since = Some(Instant::now());
         drop(state);
-        self.attached_stream.send_replace(None);
+        self.set_attached(None);
     }
 
     pub fn stream_attached(&self) -> bool {
         self.attached_stream.borrow().is_some() || self.state().attached_elsewhere
+    }
+
+    /// Changes the attached stream and wakes the streams waiting on the
+    /// session's log, so the one replaced ends now.
+    fn set_attached(&self, stream_id: Option<StreamId>) {
+        self.attached_stream.send_replace(stream_id);
+        self.kick_streams();
+    }
+
+    /// Wakes the session's streams to look again at why they might stop.
+    pub fn kick_streams(&self) {
+        if let Some(kick) = self.stream_kick.get() {
+            kick.kick();
+        }
+    }
+
+    /// Keeps `kick` as the way to wake this session's streams (its log's
+    /// watch; the first stream to open gives it).
+    pub fn set_stream_kick(&self, kick: impl FnOnce() -> StreamKick) {
+        let _ = self.stream_kick.get_or_init(kick);
     }
 
     /// A receiver that changes whenever the attached stream changes.
@@ -279,7 +304,7 @@ impl Session {
         state.closed = true;
         state.detached_since = Some(Instant::now());
         drop(state);
-        self.attached_stream.send_replace(None);
+        self.set_attached(None);
     }
 
     pub fn is_closed(&self) -> bool {
@@ -443,6 +468,14 @@ impl SessionRegistry {
         let map = self.map();
         let closed = map.values().filter(|s| s.is_closed()).count();
         (map.len() - closed, closed)
+    }
+
+    /// Wakes every session's streams (the gateway is shutting down).
+    pub fn kick_all_streams(&self) {
+        let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
+        for session in sessions {
+            session.kick_streams();
+        }
     }
 
     /// Removes and returns every session whose window has passed.
