@@ -31,7 +31,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiTokens, ResumeTokenKeys};
 use crate::config::Config;
@@ -142,7 +141,7 @@ pub async fn build_state(mut config: Config) -> Result<Arc<AppState>, ServeError
         retention,
         body_budget: http::body::BodyBudget::new(config.max_body_bytes_in_flight),
         store,
-        shutdown: CancellationToken::new(),
+        shutdown: state::Shutdown::default(),
         metrics,
         cluster,
         config,
@@ -314,7 +313,7 @@ pub async fn serve_state(
 ) {
     let sweeper = tokio::spawn(sweep_expired_sessions(state.clone()));
     if let Some(node) = &state.cluster {
-        node.spawn_background(state.shutdown.clone());
+        node.spawn_background(state.shutdown.token());
     }
     server::run(listener, state.clone(), shutdown).await;
     if let Some(node) = &state.cluster {

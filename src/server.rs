@@ -150,7 +150,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     }
     drop(listener);
     tracing::info!("shutting down: ending streams");
-    state.shutdown.cancel();
+    state.shutdown.begin();
     // Streams wait on their session's log alone; wake them to see it.
     state.sessions.kick_all_streams();
     connections.close();
@@ -174,7 +174,7 @@ async fn serve_connection(
     held: HeldConnection,
 ) {
     let mut detected = tokio::select! {
-        () = state.shutdown.cancelled() => return,
+        () = state.shutdown.begun() => return,
         detected = detect::detect_first(&mut stream, &state.config) => detected,
     };
     // Counts the connection as open once its protocol is known.
@@ -195,7 +195,7 @@ async fn serve_connection(
                     None => return,
                 }
                 detected = tokio::select! {
-                    () = state.shutdown.cancelled() => return,
+                    () = state.shutdown.begun() => return,
                     detected = detect::detect_next(&mut stream, &state.config) => detected,
                 };
             }
@@ -321,7 +321,7 @@ async fn drive<C, E>(
     // Either the connection's end, or how long it may take to close.
     let result = tokio::select! {
         result = connection.as_mut() => Ok(result),
-        () = state.shutdown.cancelled() => Err(state.config.shutdown_grace),
+        () = state.shutdown.begun() => Err(state.config.shutdown_grace),
         () = activity.idle_for(idle_timeout) => {
             state.metrics.connection_refused(ConnectionRefusal::IdleTimeout);
             Err(IDLE_CLOSE_WAIT)
@@ -463,7 +463,7 @@ pub async fn run_metrics(listener: TcpListener, state: Arc<AppState>) {
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
-            () = state.shutdown.cancelled() => break,
+            () = state.shutdown.begun() => break,
             accepted = listener.accept() => accepted,
         };
         let Ok((stream, _)) = accepted else {
@@ -485,7 +485,7 @@ pub async fn run_metrics(listener: TcpListener, state: Arc<AppState>) {
             // one short request, and nothing else is served here.
             tokio::select! {
                 _ = connection => {}
-                () = shutdown.cancelled() => {}
+                () = shutdown.begun() => {}
             }
         });
     }

@@ -112,8 +112,13 @@ pub async fn scenario(plan: &Plan, peer: &Peer) -> Vec<Row> {
             ],
         ));
         rows.push(
-            Row::new(&label, "gateway RSS after the run", "MiB", Reference::Nothing)
-                .set(Column::Gateway, Cell::Value(gateway_rss as f64 / 1048576.0)),
+            Row::new(
+                &label,
+                "gateway RSS after the run",
+                "MiB",
+                Reference::Nothing,
+            )
+            .set(Column::Gateway, Cell::Value(gateway_rss as f64 / 1048576.0)),
         );
     }
     rows

@@ -21,14 +21,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
 use crate::event_log::{EncodedFrame, EventDraft, LogEntry, ReadLimit};
 use crate::ids::{EventSeq, SessionId};
 use crate::metrics::{Metrics, OpenGuard, StreamEnd, Transport};
 use crate::protocol::{job_envelope_head, push_json_number, Envelope};
 use crate::session::{Session, StreamId};
-use crate::state::{LogReader, LogWatch, OpError};
+use crate::state::{LogReader, LogWatch, OpError, Shutdown};
 use crate::storage::StorageError;
 
 /// A keepalive comment (§6.4 heartbeats are not events and use no seq).
@@ -125,7 +124,7 @@ pub struct StreamPlan {
     /// Written first: the `retry:` line and the welcome event.
     pub prelude: Bytes,
     pub heartbeat: Duration,
-    pub shutdown: CancellationToken,
+    pub shutdown: Shutdown,
     /// The stream ends by itself after this long (already jittered), so
     /// cookies refresh and proxies never hold a silent hour-long response.
     pub max_duration: Option<Duration>,
@@ -218,7 +217,7 @@ pub struct EventStream {
     heartbeat: tokio::time::Interval,
     attached: watch::Receiver<Option<StreamId>>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     retry: Duration,
     /// Set once the stream must end; `next()` then says goodbye.
     stopped: Option<Stop>,
@@ -335,7 +334,7 @@ impl EventStream {
     /// the gateway-wide shutdown token takes that token's lock, which every
     /// stream shares, and this runs once per event.
     pub fn interrupted_now(&self) -> Option<Stop> {
-        if self.shutdown.is_cancelled() {
+        if self.shutdown.has_begun() {
             Some(Stop::Shutdown)
         } else if *self.attached.borrow() != Some(self.stream_id) {
             Some(Stop::Replaced)
@@ -540,14 +539,14 @@ fn count_events(metrics: &Metrics, replay_until: EventSeq, from: EventSeq, to: E
 /// The gateway's own reasons to end a stream, whichever comes first: shutdown,
 /// a newer stream (or a close), the duration limit.
 async fn gateway_stop(
-    shutdown: &CancellationToken,
+    shutdown: &Shutdown,
     attached: &mut watch::Receiver<Option<StreamId>>,
     stream_id: StreamId,
     deadline: Option<Pin<&mut tokio::time::Sleep>>,
 ) -> Stop {
     tokio::select! {
         biased;
-        () = shutdown.cancelled() => Stop::Shutdown,
+        () = shutdown.begun() => Stop::Shutdown,
         () = replaced(attached, stream_id) => Stop::Replaced,
         () = expired(deadline) => Stop::MaxDuration,
     }

@@ -9,9 +9,10 @@
 mod jobs;
 mod sessions;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::auth::{ApiTokens, ResumeTokenKeys};
 use crate::config::Config;
@@ -54,8 +55,8 @@ pub struct AppState {
     pub body_budget: crate::http::body::BodyBudget,
     /// Session and job records (nothing in memory mode).
     pub store: Arc<dyn Persistence>,
-    /// Cancelled when the gateway shuts down; every stream watches it.
-    pub shutdown: CancellationToken,
+    /// Begun when the gateway shuts down; every stream watches it.
+    pub shutdown: Shutdown,
     /// Counters, gauges and histograms served at `/metrics`.
     pub metrics: Arc<Metrics>,
     /// This node of a cluster (`--redis-url`): sessions, logs and jobs are
@@ -84,5 +85,43 @@ impl AppState {
     pub fn render_metrics(&self) -> String {
         let (open, closed) = self.sessions.count_by_state();
         self.metrics.render(open, closed)
+    }
+}
+
+/// The gateway's shutdown: a token to wait on, and a flag to look at.
+/// `CancellationToken::is_cancelled` takes the token's lock, one lock that
+/// every stream would share, and streams look once per event.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    inner: Arc<ShutdownInner>,
+}
+
+#[derive(Default)]
+struct ShutdownInner {
+    begun: AtomicBool,
+    token: CancellationToken,
+}
+
+impl Shutdown {
+    /// Starts the shutdown: the flag first, so whoever the token wakes
+    /// sees it.
+    pub fn begin(&self) {
+        self.inner.begun.store(true, Ordering::Release);
+        self.inner.token.cancel();
+    }
+
+    /// Whether the shutdown has begun; takes no lock.
+    pub fn has_begun(&self) -> bool {
+        self.inner.begun.load(Ordering::Acquire)
+    }
+
+    /// Completes once the shutdown has begun.
+    pub fn begun(&self) -> WaitForCancellationFuture<'_> {
+        self.inner.token.cancelled()
+    }
+
+    /// The token itself, for tasks that take one.
+    pub fn token(&self) -> CancellationToken {
+        self.inner.token.clone()
     }
 }
