@@ -143,6 +143,8 @@ impl NewestWatch {
     /// gone with nothing new. Cancel-safe.
     pub async fn changed_or_kicked(&mut self) -> Result<Woken, WatchClosed> {
         loop {
+            // Registered before the checks, so a raise, kick or close
+            // between the checks and the wait still wakes it.
             let notified = self.shared.notify.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
@@ -164,25 +166,11 @@ impl NewestWatch {
     }
 
     /// Waits until the value differs from the one last seen and marks the
-    /// new one seen; an error once the sender is gone with nothing new.
-    /// Cancel-safe.
+    /// new one seen (kicks are passed over); an error once the sender is
+    /// gone with nothing new. Cancel-safe.
     pub async fn changed(&mut self) -> Result<(), WatchClosed> {
-        loop {
-            // Registered before the checks, so a raise or a close between
-            // the checks and the wait still wakes it.
-            let notified = self.shared.notify.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
-            let newest = self.shared.newest.load(Ordering::Acquire);
-            if newest != self.seen {
-                self.seen = newest;
-                return Ok(());
-            }
-            if self.shared.closed.load(Ordering::Acquire) {
-                return Err(WatchClosed);
-            }
-            notified.await;
-        }
+        while self.changed_or_kicked().await? == Woken::Kicked {}
+        Ok(())
     }
 }
 
