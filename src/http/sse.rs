@@ -417,8 +417,7 @@ impl EventStream {
     /// Waits, caught up, for an append (`Read(())`: read again), a
     /// heartbeat tick, or a reason to stop.
     async fn wait(&mut self) -> Result<Waited<()>, Stop> {
-        if let Some(LogWatch::Local(watch)) = self.newest.as_mut() {
-            watch.mark_kicks_seen();
+        if let Some(LogWatch::Local(_)) = &self.newest {
             return self.wait_on_local_log().await;
         }
         let newest = self.newest.as_mut().ok_or(Stop::LogGone)?;
@@ -448,6 +447,11 @@ impl EventStream {
     /// event cost each stream two more locks in and out per event, one of
     /// them shared by every stream.
     async fn wait_on_local_log(&mut self) -> Result<Waited<()>, Stop> {
+        // Kicks so far are seen before the reasons are looked at, so one
+        // that lands after the look still wakes the wait below.
+        if let Some(LogWatch::Local(watch)) = self.newest.as_mut() {
+            watch.mark_kicks_seen();
+        }
         if let Some(stop) = self.interrupted_now() {
             return Err(stop);
         }
