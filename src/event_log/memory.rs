@@ -87,9 +87,10 @@ use bytes::{Bytes, BytesMut};
 
 use super::budget::{Account, RetentionBudget};
 use super::signal::{NewestSender, NewestWatch};
+use super::tap::{Offer, OfferedFrame, Offers};
 use super::{
-    EventDraft, EventLog, EventLogError, FrameEncoder, HeadEncoder, LogBounds, LogEntry, ReadLimit,
-    RetentionLimits,
+    EventDraft, EventLog, EventLogError, FrameEncoder, HeadEncoder, LiveTap, LogBounds, LogEntry,
+    ReadLimit, RetentionLimits,
 };
 use crate::ids::{EventSeq, JobId, Principal, SessionId};
 use crate::metrics::Metrics;
@@ -148,13 +149,17 @@ pub struct MemoryEventLog {
 struct SessionSlot {
     log: Mutex<SessionLog>,
     visible: NewestSender,
+    /// Whether a [`LiveTap`] may attach: only without a sink, where an
+    /// event is visible the moment it is appended.
+    taps: bool,
 }
 
 impl SessionSlot {
-    fn new(log: SessionLog) -> Self {
+    fn new(log: SessionLog, taps: bool) -> Self {
         SessionSlot {
             visible: NewestSender::new(log.floor),
             log: Mutex::new(log),
+            taps,
         }
     }
 
@@ -252,6 +257,38 @@ impl SessionReader {
     /// As [`EventLog::watch_newest`].
     pub fn watch_newest(&self) -> Result<NewestWatch, EventLogError> {
         Ok(self.slot()?.visible.subscribe())
+    }
+
+    /// The newest event a reader may see now; `None` once the log is gone.
+    pub fn newest(&self) -> Option<EventSeq> {
+        self.slot.upgrade().map(|slot| slot.visible())
+    }
+
+    /// Offers every later append to `tap` (see [`LiveTap`]), in place of
+    /// the one attached before. False when the log is gone or has a sink
+    /// (taps are for the in-memory log alone): the stream then reads.
+    pub fn attach_tap(&self, tap: Arc<dyn LiveTap>) -> bool {
+        match self.slot.upgrade() {
+            Some(slot) if slot.taps => {
+                let mut log = slot.lock();
+                if log.removed {
+                    return false;
+                }
+                log.tap = Some(tap);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Stops offering appends to `tap`, if it is still the one attached.
+    pub fn detach_tap(&self, tap: &Arc<dyn LiveTap>) {
+        if let Some(slot) = self.slot.upgrade() {
+            let mut log = slot.lock();
+            if log.tap.as_ref().is_some_and(|held| Arc::ptr_eq(held, tap)) {
+                log.tap = None;
+            }
+        }
     }
 }
 
@@ -423,6 +460,10 @@ struct SessionLog {
     /// The shape of the last deferred head written for its length (see
     /// [`HeadEncoder`]): appends of the same shape skip writing it.
     head_shape: Option<HeadShape>,
+    /// The session's stream, offered each append ([`LiveTap`]).
+    tap: Option<Arc<dyn LiveTap>>,
+    /// Set by [`EventLog::remove`]: no tap may attach any more.
+    removed: bool,
     /// Contiguous entries `floor + 1 ..= newest`.
     entries: VecDeque<StoredEntry>,
     /// Their frames, in the same order.
@@ -447,6 +488,8 @@ impl SessionLog {
         SessionLog {
             session_id,
             head_shape: None,
+            tap: None,
+            removed: false,
             entries: VecDeque::new(),
             blocks: Blocks::new(),
             floor,
@@ -766,7 +809,7 @@ impl MemoryEventLog {
         }
         drop(entries);
         let newest = log.newest;
-        let slot = SessionSlot::new(log);
+        let slot = SessionSlot::new(log, self.sink.get().is_none());
         slot.publish(newest);
         let mut sessions = self
             .sessions
@@ -795,6 +838,7 @@ impl MemoryEventLog {
         session_id: &SessionId,
         slot: &SessionSlot,
         draft: &EventDraft,
+        offers: &mut Offers,
     ) -> EventSeq {
         let mut log = slot.lock();
         let seq = log.newest + 1;
@@ -817,7 +861,16 @@ impl MemoryEventLog {
                     sink.released(session_id, log.floor);
                 }
             }
-            None => slot.publish(seq),
+            None => {
+                slot.publish(seq);
+                if let Some(tap) = log.tap.clone() {
+                    offers.push(Offer {
+                        tap,
+                        seq,
+                        frame: OfferedFrame::Whole(entry.frame),
+                    });
+                }
+            }
         }
         seq
     }
@@ -832,6 +885,7 @@ impl MemoryEventLog {
         draft: &EventDraft,
         head: HeadEncoder,
         scratch: &mut Vec<u8>,
+        offers: &mut Offers,
     ) -> EventSeq {
         let shared = draft.shared_envelope();
         let deferred = Deferred {
@@ -866,9 +920,23 @@ impl MemoryEventLog {
         };
         let len = shape.len + shared.len() + 2;
         let envelope = shape.envelope_start..len - 2;
+        let message_id = deferred.message_id;
         log.push_deferred(seq, draft.job_id.clone(), len, envelope, deferred);
         self.stay_within_limits(&mut log, len);
         slot.publish(seq);
+        if let Some(tap) = log.tap.clone() {
+            offers.push(Offer {
+                tap,
+                seq,
+                frame: OfferedFrame::Copy {
+                    head,
+                    session_id: session_id.clone(),
+                    message_type: draft.message_type,
+                    message_id,
+                    shared: shared.clone(),
+                },
+            });
+        }
         seq
     }
 
@@ -902,11 +970,10 @@ impl MemoryEventLog {
         }
         sessions.insert(
             session_id.clone(),
-            Arc::new(SessionSlot::new(SessionLog::new(
-                session_id.clone(),
-                0,
-                account,
-            ))),
+            Arc::new(SessionSlot::new(
+                SessionLog::new(session_id.clone(), 0, account),
+                self.sink.get().is_none(),
+            )),
         );
         if let Some(sink) = self.sink.get() {
             sink.created(session_id);
@@ -929,14 +996,38 @@ impl EventLog for MemoryEventLog {
         session_id: &SessionId,
         draft: &EventDraft,
     ) -> Result<EventSeq, EventLogError> {
-        let slot = self.session(session_id)?;
-        Ok(self.append_to(session_id, &slot, draft))
+        let mut offers = Offers::default();
+        let appended = self.append_offering(session_id, draft, &mut offers);
+        offers.deliver();
+        appended
     }
 
     fn append_each(
         &self,
         session_ids: &[&SessionId],
         draft: &EventDraft,
+    ) -> Vec<Result<EventSeq, EventLogError>> {
+        let mut offers = Offers::default();
+        let appended = self.append_each_offering(session_ids, draft, &mut offers);
+        offers.deliver();
+        appended
+    }
+
+    fn append_offering(
+        &self,
+        session_id: &SessionId,
+        draft: &EventDraft,
+        offers: &mut Offers,
+    ) -> Result<EventSeq, EventLogError> {
+        let slot = self.session(session_id)?;
+        Ok(self.append_to(session_id, &slot, draft, offers))
+    }
+
+    fn append_each_offering(
+        &self,
+        session_ids: &[&SessionId],
+        draft: &EventDraft,
+        offers: &mut Offers,
     ) -> Vec<Result<EventSeq, EventLogError>> {
         // The map's read lock once for all of them (its counter is shared
         // by every thread), not held while appending.
@@ -962,10 +1053,15 @@ impl EventLog for MemoryEventLog {
             .iter()
             .zip(slots)
             .map(|(session_id, slot)| match (slot, deferred_head) {
-                (Some(slot), Some(head)) => {
-                    Ok(self.append_deferred_to(session_id, &slot, draft, head, &mut scratch))
-                }
-                (Some(slot), None) => Ok(self.append_to(session_id, &slot, draft)),
+                (Some(slot), Some(head)) => Ok(self.append_deferred_to(
+                    session_id,
+                    &slot,
+                    draft,
+                    head,
+                    &mut scratch,
+                    offers,
+                )),
+                (Some(slot), None) => Ok(self.append_to(session_id, &slot, draft, offers)),
                 (None, _) => Err(EventLogError::UnknownSession),
             })
             .collect()
@@ -1040,9 +1136,17 @@ impl EventLog for MemoryEventLog {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             sessions.remove(session_id)
         };
-        if removed.is_some() {
+        if let Some(slot) = &removed {
             if let Some(sink) = self.sink.get() {
                 sink.removed(session_id);
+            }
+            let tap = {
+                let mut log = slot.lock();
+                log.removed = true;
+                log.tap.take()
+            };
+            if let Some(tap) = tap {
+                tap.missed();
             }
         }
         // Dropping the last `Arc` drops the sender, which closes every

@@ -15,6 +15,7 @@ pub mod budget;
 pub mod memory;
 pub mod signal;
 pub mod sqlite;
+mod tap;
 
 use std::sync::OnceLock;
 
@@ -25,6 +26,7 @@ use crate::ids::{EventSeq, JobId, MessageId, Principal, SessionId};
 
 pub use memory::{LogSink, MemoryEventLog, SessionReader};
 pub use signal::{NewestWatch, StreamKick, WatchClosed, Woken};
+pub use tap::{LiveTap, Offers};
 
 /// An event before the log has given it a sequence number.
 #[derive(Clone, Debug)]
@@ -245,6 +247,32 @@ pub trait EventLog: Send + Sync + 'static {
             .iter()
             .map(|session_id| self.append(session_id, draft))
             .collect()
+    }
+
+    /// [`EventLog::append`], leaving the writes to the session's tap
+    /// ([`LiveTap`], if one is attached) in `offers`, for the caller to
+    /// [`Offers::deliver`] once it holds no lock of its own. Backends
+    /// without taps just append.
+    fn append_offering(
+        &self,
+        session_id: &SessionId,
+        draft: &EventDraft,
+        offers: &mut Offers,
+    ) -> Result<EventSeq, EventLogError> {
+        let _ = offers;
+        self.append(session_id, draft)
+    }
+
+    /// [`EventLog::append_each`], leaving the writes to taps in `offers`
+    /// ([`EventLog::append_offering`]).
+    fn append_each_offering(
+        &self,
+        session_ids: &[&SessionId],
+        draft: &EventDraft,
+        offers: &mut Offers,
+    ) -> Vec<Result<EventSeq, EventLogError>> {
+        let _ = offers;
+        self.append_each(session_ids, draft)
     }
 
     /// Entries with `seq > after`, oldest first, within `limit`. An empty

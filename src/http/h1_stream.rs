@@ -36,10 +36,12 @@ use tokio::net::TcpStream;
 
 use super::body::ResponseBody;
 use super::browser::{strip_base_path, ConnectionInfo};
+use super::direct::DirectTap;
 use super::router::{match_route, RouteId, RouteMatch};
-use super::sse::{EventStream, Next, Stop, FINAL_FRAME_WAIT};
+use super::sse::{Beside, EventStream, Next, Stop, FINAL_FRAME_WAIT};
 use super::{answer_event_stream, EventStreamAnswer};
 use crate::config::Config;
+use crate::event_log::{LiveTap, SessionReader};
 use crate::ids::SessionId;
 use crate::state::AppState;
 
@@ -138,7 +140,13 @@ pub async fn serve(
             stream.write_all(&head).await.ok()?;
             drop(head);
             let events = EventStream::open(opened.plan).await;
-            let ended_cleanly = write_stream(&mut stream, events, chunked).await;
+            let socket = Arc::new(stream);
+            let tap = DirectTap::new(socket.clone(), chunked, state.metrics.clone());
+            let ended_cleanly = write_stream(&socket, events, chunked, &tap).await;
+            tap.retire();
+            drop(tap);
+            // The tap let go of its handle: this one is the last.
+            let stream = Arc::try_unwrap(socket).ok()?;
             (ended_cleanly && keep_alive).then_some(stream)
         }
     }
@@ -215,15 +223,33 @@ pub(super) async fn write_full_response(
 
 /// Writes the stream until it ends. True when it ended on purpose with its
 /// farewell and final chunk written, so the connection is still usable.
-async fn write_stream(stream: &mut TcpStream, mut events: EventStream, chunked: bool) -> bool {
+///
+/// While the stream is caught up on a log that offers appends to a tap
+/// ([`DirectTap`]), the task sleeps and the appenders write; the task takes
+/// the connection back to heartbeat, to stop, or when the tap declines.
+async fn write_stream(
+    socket: &TcpStream,
+    mut events: EventStream,
+    chunked: bool,
+    tap: &Arc<DirectTap>,
+) -> bool {
     let mut watch_client = true;
-    loop {
+    let mut tapped = Tapped::NotYet;
+    let ended_cleanly = loop {
+        if tapped.try_open(tap, &events) {
+            if let Some(outcome) =
+                wait_tapped(socket, &mut events, chunked, tap, &mut watch_client).await
+            {
+                break outcome;
+            }
+            continue;
+        }
         let next = tokio::select! {
             biased;
-            gone = client_left(stream), if watch_client => {
+            gone = client_left(socket), if watch_client => {
                 if gone {
                     events.end(Stop::ClientGone);
-                    return false;
+                    break false;
                 }
                 // The client sent more bytes (a pipelined request): leave
                 // them for after the stream; write failures still notice a
@@ -235,48 +261,147 @@ async fn write_stream(stream: &mut TcpStream, mut events: EventStream, chunked: 
         };
         match next {
             Next::Chunk(chunk) => {
-                // A stop already due skips the chunk, so the farewell still
-                // goes out on a well-framed stream.
-                if let Some(stop) = events.interrupted_now() {
-                    events.end(stop);
-                    continue;
-                }
-                // The write first: one that completes at once (the usual
-                // case) never polls the wait; one that blocks races it.
-                let written = tokio::select! {
-                    biased;
-                    written = write_body(stream, &chunk, chunked) => Ok(written),
-                    stop = events.interrupted() => Err(stop),
-                };
-                match written {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => {
-                        events.end(Stop::ClientGone);
-                        return false;
-                    }
-                    // Interrupted mid-write: the framing is torn, so close.
-                    Err(stop) => {
-                        events.end(stop);
-                        return false;
-                    }
+                if !write_chunk(socket, &mut events, &chunk, chunked).await {
+                    break false;
                 }
             }
             Next::Farewell(bytes) => {
                 let written =
-                    tokio::time::timeout(FINAL_FRAME_WAIT, write_body(stream, &bytes, chunked))
+                    tokio::time::timeout(FINAL_FRAME_WAIT, write_body(socket, &bytes, chunked))
                         .await;
                 if !matches!(written, Ok(Ok(()))) {
-                    return false;
+                    break false;
                 }
             }
             Next::End => {
                 if !chunked {
-                    return false;
+                    break false;
                 }
                 let written =
-                    tokio::time::timeout(FINAL_FRAME_WAIT, stream.write_all(b"0\r\n\r\n")).await;
-                return matches!(written, Ok(Ok(())));
+                    tokio::time::timeout(FINAL_FRAME_WAIT, write_raw(socket, b"0\r\n\r\n")).await;
+                break matches!(written, Ok(Ok(())));
             }
+        }
+    };
+    tapped.detach(tap);
+    ended_cleanly
+}
+
+/// Whether the stream's log offers appends to its tap.
+enum Tapped {
+    NotYet,
+    Attached(SessionReader),
+    /// The log has a durable sink, or is gone: the task always reads.
+    Refused,
+}
+
+impl Tapped {
+    /// Attaches the tap on first use and opens it if the stream is caught
+    /// up; true when it is open.
+    fn try_open(&mut self, tap: &Arc<DirectTap>, events: &EventStream) -> bool {
+        let Some(log) = events.direct_log() else {
+            return false;
+        };
+        if let Tapped::NotYet = self {
+            *self = if log.attach_tap(tap.clone()) {
+                Tapped::Attached(log.clone())
+            } else {
+                Tapped::Refused
+            };
+        }
+        match self {
+            Tapped::Attached(log) => tap.open(events.cursor(), || log.newest()),
+            _ => false,
+        }
+    }
+
+    fn detach(&self, tap: &Arc<DirectTap>) {
+        if let Tapped::Attached(log) = self {
+            let tap: Arc<dyn LiveTap> = tap.clone();
+            log.detach_tap(&tap);
+        }
+    }
+}
+
+/// Sleeps while the tap is open, then takes the connection back: writes
+/// what the tap left unwritten, and a heartbeat when one is due. `None` to
+/// carry on (the loop reads the log or reopens the tap), `Some(outcome)`
+/// when the stream must close now.
+async fn wait_tapped(
+    socket: &TcpStream,
+    events: &mut EventStream,
+    chunked: bool,
+    tap: &DirectTap,
+    watch_client: &mut bool,
+) -> Option<bool> {
+    let watching = *watch_client;
+    let woken = events
+        .wait_beside(async {
+            tokio::select! {
+                biased;
+                gone = client_left(socket), if watching => Some(gone),
+                () = tap.declined() => None,
+            }
+        })
+        .await;
+    let handover = tap.close();
+    events.wrote_through(handover.cursor);
+    if let Some(pending) = handover.pending {
+        // The end of a frame an append could only write in part: finish it
+        // before anything else, or the framing is torn.
+        if !write_chunk(socket, events, &pending, false).await {
+            return Some(false);
+        }
+    }
+    match woken {
+        Err(stop) => events.end(stop),
+        Ok(Beside::Other(Some(true))) => {
+            events.end(Stop::ClientGone);
+            return Some(false);
+        }
+        Ok(Beside::Other(Some(false))) => *watch_client = false,
+        Ok(Beside::Other(None)) => {}
+        Ok(Beside::Heartbeat) => {
+            let heartbeat = events.heartbeat();
+            if !write_chunk(socket, events, &heartbeat, chunked).await {
+                return Some(false);
+            }
+        }
+    }
+    None
+}
+
+/// Writes one chunk of the stream, unless a stop is already due (the
+/// chunk is skipped, so the farewell still goes out on a well-framed
+/// stream). False when the stream must close: the client is gone, or a
+/// stop came mid-write and tore the framing (a slow client must not delay
+/// shutdown).
+async fn write_chunk(
+    socket: &TcpStream,
+    events: &mut EventStream,
+    chunk: &Bytes,
+    chunked: bool,
+) -> bool {
+    if let Some(stop) = events.interrupted_now() {
+        events.end(stop);
+        return true;
+    }
+    // The write first: one that completes at once (the usual case) never
+    // polls the wait; one that blocks races it.
+    let written = tokio::select! {
+        biased;
+        written = write_body(socket, chunk, chunked) => Ok(written),
+        stop = events.interrupted() => Err(stop),
+    };
+    match written {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => {
+            events.end(Stop::ClientGone);
+            false
+        }
+        Err(stop) => {
+            events.end(stop);
+            false
         }
     }
 }
@@ -289,13 +414,13 @@ async fn client_left(stream: &TcpStream) -> bool {
 }
 
 /// Writes one body chunk, framed for chunked transfer coding when asked.
-async fn write_body(stream: &mut TcpStream, data: &Bytes, chunked: bool) -> std::io::Result<()> {
+async fn write_body(socket: &TcpStream, data: &Bytes, chunked: bool) -> std::io::Result<()> {
     if data.is_empty() {
         // An empty chunk would end a chunked body.
         return Ok(());
     }
     if !chunked {
-        return stream.write_all(data).await;
+        return write_raw(socket, data).await;
     }
     // The size line, hex digits and CRLF, on the stack: at most 16 + 2 bytes.
     let mut size_line = [0u8; 18];
@@ -309,13 +434,27 @@ async fn write_body(stream: &mut TcpStream, data: &Bytes, chunked: bool) -> std:
         IoSlice::new(data),
         IoSlice::new(b"\r\n"),
     ];
-    let mut remaining = &mut slices[..];
-    while !remaining.is_empty() {
-        let written = stream.write_vectored(remaining).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+    write_all_vectored(socket, &mut slices).await
+}
+
+async fn write_raw(socket: &TcpStream, data: &[u8]) -> std::io::Result<()> {
+    write_all_vectored(socket, &mut [IoSlice::new(data)]).await
+}
+
+/// Writes every byte of `slices` (none empty) through a shared handle on the
+/// socket, which its [`DirectTap`] also writes through when open.
+async fn write_all_vectored(
+    socket: &TcpStream,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        socket.writable().await?;
+        match socket.try_write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut slices, written),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
         }
-        IoSlice::advance_slices(&mut remaining, written);
     }
     Ok(())
 }

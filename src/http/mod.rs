@@ -6,6 +6,7 @@ pub mod body;
 pub mod browser;
 pub mod credentials;
 pub mod detect;
+pub mod direct;
 pub mod error;
 pub mod h1_stream;
 pub mod handlers;

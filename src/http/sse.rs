@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{mpsc, watch};
 
-use crate::event_log::{EncodedFrame, EventDraft, LogEntry, ReadLimit};
+use crate::event_log::{EncodedFrame, EventDraft, LogEntry, ReadLimit, SessionReader};
 use crate::ids::{EventSeq, SessionId};
 use crate::metrics::{Metrics, OpenGuard, StreamEnd, Transport};
 use crate::protocol::{job_envelope_head, push_json_number, Envelope};
@@ -181,6 +181,13 @@ pub enum Waited<T> {
     /// Entries (or their frames) after the cursor.
     Read(T),
     /// The heartbeat interval passed with nothing to send (§6.4).
+    Heartbeat,
+}
+
+/// What [`EventStream::wait_beside`] waited for.
+pub enum Beside<T> {
+    Other(T),
+    /// The heartbeat interval passed: write [`EventStream::heartbeat`].
     Heartbeat,
 }
 
@@ -478,6 +485,53 @@ impl EventStream {
     /// The session this stream is attached to.
     pub fn session(&self) -> &Arc<Session> {
         &self.session
+    }
+
+    /// For a writer that can take events as they are appended
+    /// ([`crate::event_log::LiveTap`], [`crate::http::direct`]): the
+    /// session's log on this node, once the stream has written its first
+    /// chunk and has no reason to stop yet.
+    pub fn direct_log(&self) -> Option<&SessionReader> {
+        match (&self.log, &self.newest) {
+            (LogReader::Local(reader), Some(LogWatch::Local(_)))
+                if self.initial.is_none() && self.stopped.is_none() =>
+            {
+                Some(reader)
+            }
+            _ => None,
+        }
+    }
+
+    /// The last event handed to the writer.
+    pub fn cursor(&self) -> EventSeq {
+        self.cursor
+    }
+
+    /// The writer wrote (and counted) the events up to `cursor` itself,
+    /// straight from their appends.
+    pub fn wrote_through(&mut self, cursor: EventSeq) {
+        self.cursor = self.cursor.max(cursor);
+    }
+
+    /// While a writer takes events straight from their appends: waits for
+    /// `other`, the heartbeat interval, or a reason of the gateway's own to
+    /// stop, whichever comes first.
+    pub async fn wait_beside<F: std::future::Future>(
+        &mut self,
+        other: F,
+    ) -> Result<Beside<F::Output>, Stop> {
+        let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
+        tokio::select! {
+            biased;
+            stop = gateway_stop(&self.shutdown, &mut self.attached, self.stream_id, deadline) => Err(stop),
+            output = other => Ok(Beside::Other(output)),
+            _ = self.heartbeat.tick() => Ok(Beside::Heartbeat),
+        }
+    }
+
+    /// The heartbeat chunk (§6.4) for this stream's session.
+    pub fn heartbeat(&self) -> Bytes {
+        heartbeat_chunk(&self.session)
     }
 
     /// The stream's last words, by why it ends.

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::event_log::{EventDraft, EventLog, EventLogError, ReadLimit};
+use crate::event_log::{EventDraft, EventLog, EventLogError, Offers, ReadLimit};
 use crate::ids::{EventSeq, JobId, Principal, SessionId};
 use crate::metrics::Metrics;
 use crate::protocol::{now_rfc3339, ErrorCode, ErrorPayload, JobStatus};
@@ -107,6 +107,40 @@ struct JobState {
     queued: u64,
     /// Room in the shared queue taken by [`Job::ready`] for the next event.
     reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Events for the streams that take them as they are appended
+    /// ([`crate::event_log::LiveTap`]): written once the lock is released
+    /// ([`StateGuard`]), so a fan-out's socket writes never hold it.
+    offers: Offers,
+}
+
+/// The job's lock. Dropping it delivers the offers its holder's appends
+/// left, after unlocking.
+struct StateGuard<'a> {
+    guard: Option<MutexGuard<'a, JobState>>,
+}
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = JobState;
+
+    fn deref(&self) -> &JobState {
+        self.guard.as_deref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut JobState {
+        self.guard.as_deref_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut state) = self.guard.take() {
+            let offers = std::mem::take(&mut state.offers);
+            drop(state);
+            offers.deliver();
+        }
+    }
 }
 
 /// Progress of a result streamed as `result_chunk` events (§8.4).
@@ -300,6 +334,7 @@ impl Job {
                 streamed_result: None,
                 queued: 0,
                 reserved: None,
+                offers: Offers::default(),
             }),
             cancel: CancellationToken::new(),
             output,
@@ -324,10 +359,14 @@ impl Job {
         let _ = self.persist_locked(&state);
     }
 
-    fn state(&self) -> MutexGuard<'_, JobState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn state(&self) -> StateGuard<'_> {
+        StateGuard {
+            guard: Some(
+                self.state
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            ),
+        }
     }
 
     pub fn snapshot(&self) -> JobSnapshot {
@@ -545,7 +584,7 @@ impl Job {
         };
         // A session whose window passed has no log any more; the job still
         // runs to its end, but nobody can resume to see it.
-        if let Ok(seq) = log.append(&self.spec.session_id, &draft) {
+        if let Ok(seq) = log.append_offering(&self.spec.session_id, &draft, &mut state.offers) {
             state.last_event_seq = seq;
             if state.first_event_seq.is_none() {
                 state.first_event_seq = Some(seq);
@@ -557,7 +596,9 @@ impl Job {
         }
         if !state.subscribers.is_empty() {
             let ids: Vec<&SessionId> = state.subscribers.iter().map(|s| &s.id).collect();
-            let mut appended = log.append_each(&ids, &draft).into_iter();
+            let mut appended = log
+                .append_each_offering(&ids, &draft, &mut state.offers)
+                .into_iter();
             state
                 .subscribers
                 .retain(|subscriber| match appended.next() {

@@ -311,3 +311,127 @@ async fn attached(server: &TestServer, status_path: &str) -> bool {
         .as_bool()
         .expect("stream_attached")
 }
+
+/// The SSE events of a chunked stream body, read until `job.result`:
+/// (id, event type, data as JSON). `slow` waits before reading at all and
+/// then reads in small bites, so the gateway's writes to it fill the
+/// connection and are cut short.
+async fn read_until_result(connection: &mut TcpStream, slow: bool) -> Vec<(u64, String, Value)> {
+    let mut buffer = Vec::new();
+    if slow {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        fill(connection, &mut buffer).await.expect("a head");
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    buffer.drain(..head_end);
+    let (mut body, mut events) = (Vec::new(), Vec::new());
+    loop {
+        let (skip, size) = loop {
+            match httparse::parse_chunk_size(&buffer) {
+                Ok(httparse::Status::Complete((skip, size))) => break (skip, size as usize),
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => panic!("bad chunk framing: {:?}", String::from_utf8_lossy(&buffer)),
+            }
+            fill(connection, &mut buffer).await.expect("a chunk");
+        };
+        assert!(size > 0, "the stream ended before the job's result");
+        while buffer.len() < skip + size + 2 {
+            fill(connection, &mut buffer).await.expect("a whole chunk");
+            if slow {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+        assert_eq!(
+            &buffer[skip + size..skip + size + 2],
+            b"\r\n",
+            "chunk framing"
+        );
+        body.extend_from_slice(&buffer[skip..skip + size]);
+        buffer.drain(..skip + size + 2);
+        while let Some(end) = body.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = body.drain(..end + 2).collect();
+            let text = String::from_utf8(event).expect("UTF-8 events");
+            let (mut id, mut kind, mut data) = (None, String::new(), None);
+            for line in text.lines() {
+                if let Some(value) = line.strip_prefix("id: ") {
+                    id = Some(value.parse::<u64>().expect("a numeric id"));
+                } else if let Some(value) = line.strip_prefix("event: ") {
+                    kind = value.to_owned();
+                } else if let Some(value) = line.strip_prefix("data: ") {
+                    data = Some(serde_json::from_str::<Value>(value).expect("whole JSON"));
+                }
+            }
+            if let (Some(id), Some(data)) = (id, data) {
+                let done = kind == "job.result";
+                events.push((id, kind, data));
+                if done {
+                    return events;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_fan_out_reaches_fast_and_stalled_readers_whole_and_in_order() {
+    // Caught-up streams take a job's events straight from its appends
+    // (src/http/direct.rs); a reader that stops reading makes those writes
+    // block or stop halfway through a frame, and its stream must take over
+    // with no gap, no duplicate and no torn frame.
+    let server = TestServer::start();
+    let submitter = server.create_session(ALICE_TOKEN).await;
+    let count = 2_000;
+    let job = server
+        .submit_ok(
+            &submitter.session_id,
+            ALICE_TOKEN,
+            serde_json::json!({"agent": "firehose",
+                "input": {"count": count, "size": 3000, "rate": 4000, "delay_ms": 400}}),
+        )
+        .await;
+    let mut readers = Vec::new();
+    for index in 0..4 {
+        let session = server.create_session(ALICE_TOKEN).await;
+        let (status, body) = server
+            .post_json(
+                &format!("/v1/sessions/{}/subscriptions", session.session_id),
+                ALICE_TOKEN,
+                &serde_json::json!({"job_id": job}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let mut connection = TcpStream::connect(server.address).await.unwrap();
+        connection
+            .write_all(stream_request(&session.session_id, "HTTP/1.1", "").as_bytes())
+            .await
+            .unwrap();
+        let slow = index % 2 == 1;
+        readers.push(tokio::spawn(async move {
+            read_until_result(&mut connection, slow).await
+        }));
+    }
+    for (index, reader) in readers.into_iter().enumerate() {
+        let events = within("every event", reader).await.unwrap();
+        let ids: Vec<u64> = events.iter().map(|(id, _, _)| *id).collect();
+        assert!(
+            ids.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "reader {index}: ids not contiguous"
+        );
+        let numbers: Vec<u64> = events
+            .iter()
+            .filter(|(_, kind, _)| kind == "job.event")
+            .filter_map(|(_, _, data)| data["payload"]["body"]["n"].as_u64())
+            .collect();
+        assert_eq!(
+            numbers,
+            (1..=count).collect::<Vec<_>>(),
+            "reader {index}: every event once, in order"
+        );
+    }
+}

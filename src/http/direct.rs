@@ -1,0 +1,330 @@
+//! Direct delivery on the HTTP/1.1 fast path ([`super::h1_stream`]): a
+//! caught-up stream's socket is written by whoever appends the event.
+//!
+//! Why: a job fanned out to 1,000 sessions used to wake 1,000 stream tasks
+//! per event, each to read one frame from its log and write it. On two
+//! cores that scheduling, not the writes, was most of the gateway's CPU
+//! per delivery and the gap to a plain writer looping over its sockets
+//! (docs/performance.md). With a [`DirectTap`] attached to its log, a
+//! stream that is caught up sleeps; each append offers it the frame, and
+//! the appender writes it at once without waiting (`try_write`), in its
+//! own pass over the subscribers.
+//!
+//! The stream's task owns the connection whenever the tap is closed, and
+//! the tap only writes while open, under its lock, so the two never write
+//! at once. The tap opens only when the log holds nothing after the
+//! stream's cursor (checked under the same lock that offers take), and it
+//! takes an event only if it is exactly the next one. Anything else (a
+//! socket that would block, a frame written in part, an offer out of
+//! order, the log removed) closes it and wakes the task, which takes the
+//! cursor and any unwritten end of a frame, finishes that, and reads the
+//! log as before. So the log's guarantees (no gap, no duplicate, every
+//! frame whole) do not depend on the tap.
+
+use std::io::{IoSlice, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::event_log::LiveTap;
+use crate::ids::EventSeq;
+use crate::metrics::Metrics;
+
+/// A stream's socket, shared with its log's appenders while the stream is
+/// caught up. See the module documentation.
+pub struct DirectTap {
+    state: Mutex<TapState>,
+    /// Wakes the stream's task when the tap closes by itself.
+    declined: Notify,
+    chunked: bool,
+    metrics: Arc<Metrics>,
+}
+
+struct TapState {
+    /// The connection, until the stream takes it back for good.
+    socket: Option<Arc<TcpStream>>,
+    /// Offers are written only while open.
+    open: bool,
+    /// The last event written to the socket, by the task or an offer.
+    cursor: EventSeq,
+    /// The end of a frame an offer wrote only in part, as wire bytes.
+    pending: Option<Bytes>,
+}
+
+/// Where the stream's task takes over when it closes the tap.
+pub struct Handover {
+    /// The last event written, in whole or in part.
+    pub cursor: EventSeq,
+    /// Wire bytes to write (as they are, framing included) before anything
+    /// else: the end of a frame cut short.
+    pub pending: Option<Bytes>,
+}
+
+impl DirectTap {
+    /// A closed tap on `socket`; `chunked` as the response's framing.
+    pub fn new(socket: Arc<TcpStream>, chunked: bool, metrics: Arc<Metrics>) -> Arc<DirectTap> {
+        Arc::new(DirectTap {
+            state: Mutex::new(TapState {
+                socket: Some(socket),
+                open: false,
+                cursor: 0,
+                pending: None,
+            }),
+            declined: Notify::new(),
+            chunked,
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TapState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Opens the tap for the events after `cursor`, if `newest()` (the
+    /// log's newest readable event, looked at under the tap's lock) is
+    /// `cursor`. An append publishes its event before it offers it, so
+    /// either this look sees it (and the tap stays closed: the task reads
+    /// it) or its offer finds the tap open at `cursor`.
+    pub fn open(&self, cursor: EventSeq, newest: impl FnOnce() -> Option<EventSeq>) -> bool {
+        let mut state = self.lock();
+        if state.socket.is_none() || newest() != Some(cursor) {
+            return false;
+        }
+        state.open = true;
+        state.cursor = cursor;
+        state.pending = None;
+        true
+    }
+
+    /// Completes when the tap closed by itself (it could not take an
+    /// event). May complete spuriously; the caller closes the tap anyway.
+    pub async fn declined(&self) {
+        self.declined.notified().await;
+    }
+
+    /// Closes the tap; the task owns the connection again.
+    pub fn close(&self) -> Handover {
+        let mut state = self.lock();
+        state.open = false;
+        Handover {
+            cursor: state.cursor,
+            pending: state.pending.take(),
+        }
+    }
+
+    /// Closes the tap for good and lets go of the socket.
+    pub fn retire(&self) {
+        let mut state = self.lock();
+        state.open = false;
+        state.socket = None;
+    }
+
+    fn decline(&self, mut state: MutexGuard<'_, TapState>) {
+        state.open = false;
+        drop(state);
+        self.declined.notify_one();
+    }
+}
+
+impl LiveTap for DirectTap {
+    fn offer(&self, first: EventSeq, last: EventSeq, frames: &[&[u8]]) {
+        let mut state = self.lock();
+        if !state.open || last <= state.cursor {
+            return;
+        }
+        let (socket, [a, b, c]) = match (&state.socket, frames) {
+            (Some(socket), [a]) if first == state.cursor + 1 => (socket, [*a, &[][..], &[][..]]),
+            (Some(socket), [a, b]) if first == state.cursor + 1 => (socket, [*a, *b, &[][..]]),
+            (Some(socket), [a, b, c]) if first == state.cursor + 1 => (socket, [*a, *b, *c]),
+            _ => return self.decline(state),
+        };
+        let length = a.len() + b.len() + c.len();
+        if length == 0 {
+            // Nothing to write (an empty chunk would end the body).
+            state.cursor = last;
+            return;
+        }
+        // The chunk's size line (RFC 9112 §7.1): at most 16 hex digits and CRLF.
+        let mut size_line = [0u8; 18];
+        let size_line = if self.chunked {
+            let mut cursor = std::io::Cursor::new(&mut size_line[..]);
+            let _ = write!(cursor, "{length:x}\r\n");
+            let end = cursor.position() as usize;
+            &size_line[..end]
+        } else {
+            &[][..]
+        };
+        let trailer: &[u8] = if self.chunked { b"\r\n" } else { b"" };
+        let pieces = [size_line, a, b, c, trailer];
+        let total: usize = pieces.iter().map(|piece| piece.len()).sum();
+        let slices = pieces.map(IoSlice::new);
+        let events = last - first + 1;
+        match socket.try_write_vectored(&slices) {
+            Ok(written) if written == total => {
+                state.cursor = last;
+                drop(state);
+                self.metrics.stream_events(0, events);
+            }
+            // Frames cut short: the task writes the rest before anything.
+            Ok(written) if written > 0 => {
+                state.pending = Some(unwritten(&pieces, written));
+                state.cursor = last;
+                self.metrics.stream_events(0, events);
+                self.decline(state);
+            }
+            // Would block, or failed: the task's own write finds out which.
+            _ => self.decline(state),
+        }
+    }
+
+    fn missed(&self) {
+        let state = self.lock();
+        self.decline(state);
+    }
+}
+
+/// The bytes of `pieces` after the first `written`, joined.
+fn unwritten(pieces: &[&[u8]], mut written: usize) -> Bytes {
+    let mut rest = Vec::new();
+    for piece in pieces {
+        if written >= piece.len() {
+            written -= piece.len();
+        } else {
+            rest.extend_from_slice(&piece[written..]);
+            written = 0;
+        }
+    }
+    Bytes::from(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[test]
+    fn the_unwritten_end_spans_pieces() {
+        let pieces: [&[u8]; 3] = [b"ab", b"", b"cde"];
+        assert_eq!(unwritten(&pieces, 0), Bytes::from_static(b"abcde"));
+        assert_eq!(unwritten(&pieces, 1), Bytes::from_static(b"bcde"));
+        assert_eq!(unwritten(&pieces, 2), Bytes::from_static(b"cde"));
+        assert_eq!(unwritten(&pieces, 4), Bytes::from_static(b"e"));
+        assert_eq!(unwritten(&pieces, 5), Bytes::new());
+    }
+
+    /// The gateway's end and the client's end of a loopback connection.
+    async fn connection() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (accepted.unwrap().0, client.unwrap())
+    }
+
+    async fn read_exactly(client: &mut TcpStream, length: usize) -> Vec<u8> {
+        let mut bytes = vec![0; length];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut bytes))
+            .await
+            .expect("in time")
+            .unwrap();
+        bytes
+    }
+
+    /// A tap on `socket` once the runtime knows it is writable (a tap's
+    /// `try_write` trusts the readiness the stream's own writes keep).
+    async fn tap(socket: &Arc<TcpStream>) -> Arc<DirectTap> {
+        tokio::time::timeout(Duration::from_secs(10), socket.writable())
+            .await
+            .expect("writable in time")
+            .unwrap();
+        DirectTap::new(socket.clone(), true, Arc::new(Metrics::new()))
+    }
+
+    #[tokio::test]
+    async fn an_open_tap_writes_the_next_events_as_one_chunk_and_declines_a_gap() {
+        let (gateway, mut client) = connection().await;
+        let tap = tap(&Arc::new(gateway)).await;
+        // The log holds an event after the cursor: the stream reads it.
+        assert!(!tap.open(3, || Some(4)));
+        assert!(!tap.open(3, || None));
+        tap.offer(4, 4, &[b"closed"]);
+        assert!(tap.open(3, || Some(3)));
+        tap.offer(4, 5, &[b"id: 4\n\n", b"id: 5", b"\n\n"]);
+        // Already written (an offer behind the stream's own read): ignored.
+        tap.offer(5, 5, &[b"again"]);
+        assert_eq!(
+            read_exactly(&mut client, 19).await,
+            b"e\r\nid: 4\n\nid: 5\n\n\r\n"
+        );
+        // A gap (another appender's event not offered yet): declined.
+        tap.offer(7, 7, &[b"id: 7\n\n"]);
+        tokio::time::timeout(Duration::from_secs(10), tap.declined())
+            .await
+            .expect("woken");
+        let handover = tap.close();
+        assert_eq!(handover.cursor, 5);
+        assert!(handover.pending.is_none());
+        tap.offer(6, 6, &[b"id: 6\n\n"]);
+        tap.retire();
+        assert!(!tap.open(5, || Some(5)), "retired for good");
+        drop(tap);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(
+            rest.is_empty(),
+            "nothing after the declined offer: {rest:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_frame_cut_short_is_handed_to_the_stream_to_finish() {
+        let (gateway, mut client) = connection().await;
+        let gateway = Arc::new(gateway);
+        let tap = tap(&gateway).await;
+        // Fill the connection while the client reads nothing.
+        let mut filled = 0;
+        loop {
+            match gateway.try_write(&[b'f'; 64 * 1024]) {
+                Ok(written) => filled += written,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) => panic!("{error}"),
+            }
+        }
+        assert!(filled > 0);
+        assert!(tap.open(0, || Some(0)));
+        // No room at all: nothing written, the event stays the stream's.
+        tap.offer(1, 1, &[b"id: 1\n\n"]);
+        tokio::time::timeout(Duration::from_secs(10), tap.declined())
+            .await
+            .expect("woken");
+        let handover = tap.close();
+        assert_eq!((handover.cursor, handover.pending), (0, None));
+        // Room again: a frame larger than the buffers goes out in part.
+        read_exactly(&mut client, filled).await;
+        tokio::time::timeout(Duration::from_secs(10), gateway.writable())
+            .await
+            .expect("room in time")
+            .unwrap();
+        assert!(tap.open(0, || Some(0)));
+        let frame = vec![b'x'; 64 * 1024 * 1024];
+        tap.offer(1, 1, &[&frame]);
+        let handover = tap.close();
+        assert_eq!(handover.cursor, 1, "the event is the tap's, in part");
+        let pending = handover.pending.expect("the rest of the frame");
+        let mut framed = b"4000000\r\n".to_vec();
+        framed.extend_from_slice(&frame);
+        framed.extend_from_slice(b"\r\n");
+        assert!(pending.len() < framed.len());
+        assert!(framed.ends_with(&pending));
+        let written = framed.len() - pending.len();
+        let seen = read_exactly(&mut client, written).await;
+        assert_eq!(seen, &framed[..written]);
+    }
+}
