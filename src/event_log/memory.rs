@@ -172,6 +172,29 @@ impl SessionSlot {
         self.visible.raise(seq);
     }
 
+    /// Makes `seq` visible and hands it to the log's tap, if one is
+    /// attached, instead of waking the watch: the tap writes it or wakes
+    /// the stream ([`LiveTap`]).
+    fn publish_or_offer(
+        &self,
+        log: &SessionLog,
+        seq: EventSeq,
+        offers: &mut Offers,
+        frame: impl FnOnce() -> OfferedFrame,
+    ) {
+        match &log.tap {
+            Some(tap) => {
+                self.visible.raise_quietly(seq);
+                offers.push(Offer {
+                    tap: tap.clone(),
+                    seq,
+                    frame: frame(),
+                });
+            }
+            None => self.publish(seq),
+        }
+    }
+
     /// Locks the log; a poisoned lock still holds consistent data because
     /// every mutation below completes without panicking.
     fn lock(&self) -> std::sync::MutexGuard<'_, SessionLog> {
@@ -861,16 +884,9 @@ impl MemoryEventLog {
                     sink.released(session_id, log.floor);
                 }
             }
-            None => {
-                slot.publish(seq);
-                if let Some(tap) = log.tap.clone() {
-                    offers.push(Offer {
-                        tap,
-                        seq,
-                        frame: OfferedFrame::Whole(entry.frame),
-                    });
-                }
-            }
+            None => slot.publish_or_offer(&log, seq, offers, || {
+                OfferedFrame::Whole(entry.frame.clone())
+            }),
         }
         seq
     }
@@ -923,20 +939,13 @@ impl MemoryEventLog {
         let message_id = deferred.message_id;
         log.push_deferred(seq, draft.job_id.clone(), len, envelope, deferred);
         self.stay_within_limits(&mut log, len);
-        slot.publish(seq);
-        if let Some(tap) = log.tap.clone() {
-            offers.push(Offer {
-                tap,
-                seq,
-                frame: OfferedFrame::Copy {
-                    head,
-                    session_id: session_id.clone(),
-                    message_type: draft.message_type,
-                    message_id,
-                    shared: shared.clone(),
-                },
-            });
-        }
+        slot.publish_or_offer(&log, seq, offers, || OfferedFrame::Copy {
+            head,
+            session_id: session_id.clone(),
+            message_type: draft.message_type,
+            message_id,
+            shared: shared.clone(),
+        });
         seq
     }
 

@@ -91,6 +91,13 @@ impl NewestSender {
         }
     }
 
+    /// Raises the value without waking anyone: for a log whose stream
+    /// takes appends through a tap ([`super::LiveTap`]), which wakes the
+    /// stream itself (a kick) when it does not write an event.
+    pub fn raise_quietly(&self, seq: EventSeq) {
+        self.shared.newest.fetch_max(seq, Ordering::AcqRel);
+    }
+
     /// A reader that has seen the current value.
     pub fn subscribe(&self) -> NewestWatch {
         NewestWatch {
@@ -241,6 +248,29 @@ mod tests {
         watch.mark_kicks_seen();
         kick.kick();
         assert_eq!(watch.changed_or_kicked().await, Ok(Woken::Kicked));
+    }
+
+    #[tokio::test]
+    async fn a_quiet_raise_wakes_no_one_but_is_seen_by_the_next_look() {
+        let sender = NewestSender::new(1);
+        let mut watch = sender.subscribe();
+        let kick = watch.kick_handle();
+        let waiting = tokio::spawn(async move {
+            let woken = watch.changed_or_kicked().await;
+            (woken, watch.borrow_and_update())
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sender.raise_quietly(2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a quiet raise wakes no one");
+        // The kick that follows (a tap that did not write the event) wakes
+        // it, and the raise is what it finds first.
+        kick.kick();
+        let (woken, newest) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!((woken, newest), (Ok(Woken::Newest), 2));
     }
 
     #[tokio::test]

@@ -19,13 +19,16 @@ use crate::ids::{EventSeq, SessionId};
 /// The log stays the single source of truth: every event is appended (and
 /// retained for resume) before it is offered, and a tap that cannot take an
 /// event (not caught up, its socket full, an offer out of order) declines
-/// it; its stream then reads the log as it would have. Offers are made only
+/// it; its stream then reads the log as it would have. While a tap is
+/// attached, appends raise the log's watermark without waking its watch:
+/// the tap wakes the stream (a [`super::StreamKick`]) for every event it
+/// does not write. Offers are made only
 /// by the in-memory log without a durable sink, where an event is readable
 /// the moment it is appended: durable and cluster streams never see a frame
 /// before it is stored.
 pub trait LiveTap: Send + Sync {
     /// Events `first ..= last` were appended; their frames, back to back,
-    /// are `frames`' pieces in order. Offers of one session come in append
+    /// are `frames`' pieces in order. Write them, or wake the stream. Offers of one session come in append
     /// order from one appender, but two appenders (two jobs) may interleave,
     /// so a tap checks `first` against what it wrote last. Called by the
     /// appender, holding no lock of the log's; must not wait.
@@ -75,10 +78,17 @@ impl Offers {
 
     /// Offers every event to its tap, in append order; consecutive events
     /// of one tap are offered together (one write). Never waits: a tap's
-    /// socket that would block declines, and its stream reads.
+    /// socket that would block declines, and its stream reads. Dropping
+    /// the offers delivers them too: an append raised its log's watermark
+    /// without waking the stream, so its offer must always be made.
     pub fn deliver(self) {
+        drop(self);
+    }
+
+    fn deliver_all(&mut self) {
+        let offers = std::mem::take(&mut self.offers);
         let mut run = Vec::new();
-        let mut rest = &self.offers[..];
+        let mut rest = &offers[..];
         while let Some(first) = rest.first() {
             let length = 1 + rest[1..]
                 .iter()
@@ -91,6 +101,12 @@ impl Offers {
             offer_run(&first.tap, same, &mut run);
             rest = after;
         }
+    }
+}
+
+impl Drop for Offers {
+    fn drop(&mut self) {
+        self.deliver_all();
     }
 }
 

@@ -12,23 +12,24 @@
 //!
 //! The stream's task owns the connection whenever the tap is closed, and
 //! the tap only writes while open, under its lock, so the two never write
-//! at once. The tap opens only when the log holds nothing after the
-//! stream's cursor (checked under the same lock that offers take), and it
-//! takes an event only if it is exactly the next one. Anything else (a
-//! socket that would block, a frame written in part, an offer out of
-//! order, the log removed) closes it and wakes the task, which takes the
-//! cursor and any unwritten end of a frame, finishes that, and reads the
-//! log as before. So the log's guarantees (no gap, no duplicate, every
-//! frame whole) do not depend on the tap.
+//! at once. The stream ([`super::sse::EventStream`]) opens the tap just
+//! before it waits, only when the log holds nothing after its cursor
+//! (checked under the same lock that offers take), and closes it as soon
+//! as it wakes. The tap takes an event only if it is exactly the next one.
+//! Anything else (a socket that would block, a frame written in part, an
+//! offer out of order or to a closed tap, the log removed) wakes the task
+//! with a kick on its log's watch; the task takes the cursor and any
+//! unwritten end of a frame, finishes that, and reads the log as before.
+//! So the log's guarantees (no gap, no duplicate, every frame whole) do
+//! not depend on the tap.
 
 use std::io::{IoSlice, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
-use crate::event_log::LiveTap;
+use crate::event_log::{LiveTap, StreamKick};
 use crate::ids::EventSeq;
 use crate::metrics::Metrics;
 
@@ -36,8 +37,8 @@ use crate::metrics::Metrics;
 /// caught up. See the module documentation.
 pub struct DirectTap {
     state: Mutex<TapState>,
-    /// Wakes the stream's task when the tap closes by itself.
-    declined: Notify,
+    /// Wakes the stream's task: the tap did not write an event.
+    kick: StreamKick,
     chunked: bool,
     metrics: Arc<Metrics>,
 }
@@ -63,8 +64,14 @@ pub struct Handover {
 }
 
 impl DirectTap {
-    /// A closed tap on `socket`; `chunked` as the response's framing.
-    pub fn new(socket: Arc<TcpStream>, chunked: bool, metrics: Arc<Metrics>) -> Arc<DirectTap> {
+    /// A closed tap on `socket`; `chunked` as the response's framing;
+    /// `kick` wakes the stream.
+    pub fn new(
+        socket: Arc<TcpStream>,
+        chunked: bool,
+        metrics: Arc<Metrics>,
+        kick: StreamKick,
+    ) -> Arc<DirectTap> {
         Arc::new(DirectTap {
             state: Mutex::new(TapState {
                 socket: Some(socket),
@@ -72,7 +79,7 @@ impl DirectTap {
                 cursor: 0,
                 pending: None,
             }),
-            declined: Notify::new(),
+            kick,
             chunked,
             metrics,
         })
@@ -100,20 +107,21 @@ impl DirectTap {
         true
     }
 
-    /// Completes when the tap closed by itself (it could not take an
-    /// event). May complete spuriously; the caller closes the tap anyway.
-    pub async fn declined(&self) {
-        self.declined.notified().await;
-    }
-
-    /// Closes the tap; the task owns the connection again.
+    /// Closes the tap; the task owns the connection again. If it was open,
+    /// kicks the watch: another stream of the session waiting on it (one
+    /// replacing this) missed the wake-ups of the events the tap wrote.
     pub fn close(&self) -> Handover {
         let mut state = self.lock();
-        state.open = false;
-        Handover {
+        let was_open = std::mem::replace(&mut state.open, false);
+        let handover = Handover {
             cursor: state.cursor,
             pending: state.pending.take(),
+        };
+        drop(state);
+        if was_open {
+            self.kick.kick();
         }
+        handover
     }
 
     /// Closes the tap for good and lets go of the socket.
@@ -126,14 +134,17 @@ impl DirectTap {
     fn decline(&self, mut state: MutexGuard<'_, TapState>) {
         state.open = false;
         drop(state);
-        self.declined.notify_one();
+        self.kick.kick();
     }
 }
 
 impl LiveTap for DirectTap {
     fn offer(&self, first: EventSeq, last: EventSeq, frames: &[&[u8]]) {
         let mut state = self.lock();
-        if !state.open || last <= state.cursor {
+        if !state.open {
+            return self.decline(state);
+        }
+        if last <= state.cursor {
             return;
         }
         let (socket, [a, b, c]) = match (&state.socket, frames) {
@@ -209,6 +220,8 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::event_log::signal::NewestSender;
+    use crate::event_log::{NewestWatch, Woken};
 
     #[test]
     fn the_unwritten_end_spans_pieces() {
@@ -238,23 +251,41 @@ mod tests {
     }
 
     /// A tap on `socket` once the runtime knows it is writable (a tap's
-    /// `try_write` trusts the readiness the stream's own writes keep).
-    async fn tap(socket: &Arc<TcpStream>) -> Arc<DirectTap> {
+    /// `try_write` trusts the readiness the stream's own writes keep), and
+    /// the watch its kicks wake.
+    async fn tap(socket: &Arc<TcpStream>, log: &NewestSender) -> (Arc<DirectTap>, NewestWatch) {
         tokio::time::timeout(Duration::from_secs(10), socket.writable())
             .await
             .expect("writable in time")
             .unwrap();
-        DirectTap::new(socket.clone(), true, Arc::new(Metrics::new()))
+        let watch = log.subscribe();
+        let tap = DirectTap::new(
+            socket.clone(),
+            true,
+            Arc::new(Metrics::new()),
+            watch.kick_handle(),
+        );
+        (tap, watch)
+    }
+
+    async fn kicked(watch: &mut NewestWatch) {
+        let woken = tokio::time::timeout(Duration::from_secs(10), watch.changed_or_kicked())
+            .await
+            .expect("kicked in time");
+        assert_eq!(woken, Ok(Woken::Kicked));
     }
 
     #[tokio::test]
     async fn an_open_tap_writes_the_next_events_as_one_chunk_and_declines_a_gap() {
         let (gateway, mut client) = connection().await;
-        let tap = tap(&Arc::new(gateway)).await;
+        let log = NewestSender::new(0);
+        let (tap, mut watch) = tap(&Arc::new(gateway), &log).await;
         // The log holds an event after the cursor: the stream reads it.
         assert!(!tap.open(3, || Some(4)));
         assert!(!tap.open(3, || None));
+        // Closed: the stream is woken to read the event instead.
         tap.offer(4, 4, &[b"closed"]);
+        kicked(&mut watch).await;
         assert!(tap.open(3, || Some(3)));
         tap.offer(4, 5, &[b"id: 4\n\n", b"id: 5", b"\n\n"]);
         // Already written (an offer behind the stream's own read): ignored.
@@ -264,10 +295,9 @@ mod tests {
             b"e\r\nid: 4\n\nid: 5\n\n\r\n"
         );
         // A gap (another appender's event not offered yet): declined.
+        watch.mark_kicks_seen();
         tap.offer(7, 7, &[b"id: 7\n\n"]);
-        tokio::time::timeout(Duration::from_secs(10), tap.declined())
-            .await
-            .expect("woken");
+        kicked(&mut watch).await;
         let handover = tap.close();
         assert_eq!(handover.cursor, 5);
         assert!(handover.pending.is_none());
@@ -287,7 +317,8 @@ mod tests {
     async fn a_frame_cut_short_is_handed_to_the_stream_to_finish() {
         let (gateway, mut client) = connection().await;
         let gateway = Arc::new(gateway);
-        let tap = tap(&gateway).await;
+        let log = NewestSender::new(0);
+        let (tap, mut watch) = tap(&gateway, &log).await;
         // Fill the connection while the client reads nothing.
         let mut filled = 0;
         loop {
@@ -301,9 +332,7 @@ mod tests {
         assert!(tap.open(0, || Some(0)));
         // No room at all: nothing written, the event stays the stream's.
         tap.offer(1, 1, &[b"id: 1\n\n"]);
-        tokio::time::timeout(Duration::from_secs(10), tap.declined())
-            .await
-            .expect("woken");
+        kicked(&mut watch).await;
         let handover = tap.close();
         assert_eq!((handover.cursor, handover.pending), (0, None));
         // Room again: a frame larger than the buffers goes out in part.

@@ -38,10 +38,9 @@ use super::body::ResponseBody;
 use super::browser::{strip_base_path, ConnectionInfo};
 use super::direct::DirectTap;
 use super::router::{match_route, RouteId, RouteMatch};
-use super::sse::{Beside, EventStream, Next, Stop, FINAL_FRAME_WAIT};
+use super::sse::{EventStream, Next, Stop, FINAL_FRAME_WAIT};
 use super::{answer_event_stream, EventStreamAnswer};
 use crate::config::Config;
-use crate::event_log::{LiveTap, SessionReader};
 use crate::ids::SessionId;
 use crate::state::AppState;
 
@@ -139,13 +138,13 @@ pub async fn serve(
             let head = encode_head(&opened.head, framing);
             stream.write_all(&head).await.ok()?;
             drop(head);
-            let events = EventStream::open(opened.plan).await;
+            let mut events = EventStream::open(opened.plan).await;
             let socket = Arc::new(stream);
-            let tap = DirectTap::new(socket.clone(), chunked, state.metrics.clone());
-            let ended_cleanly = write_stream(&socket, events, chunked, &tap).await;
-            tap.retire();
-            drop(tap);
-            // The tap let go of its handle: this one is the last.
+            events.attach_tap(|kick| {
+                DirectTap::new(socket.clone(), chunked, state.metrics.clone(), kick)
+            });
+            let ended_cleanly = write_stream(&socket, events, chunked).await;
+            // The stream's tap let go of its handle: this one is the last.
             let stream = Arc::try_unwrap(socket).ok()?;
             (ended_cleanly && keep_alive).then_some(stream)
         }
@@ -223,33 +222,17 @@ pub(super) async fn write_full_response(
 
 /// Writes the stream until it ends. True when it ended on purpose with its
 /// farewell and final chunk written, so the connection is still usable.
-///
-/// While the stream is caught up on a log that offers appends to a tap
-/// ([`DirectTap`]), the task sleeps and the appenders write; the task takes
-/// the connection back to heartbeat, to stop, or when the tap declines.
-async fn write_stream(
-    socket: &TcpStream,
-    mut events: EventStream,
-    chunked: bool,
-    tap: &Arc<DirectTap>,
-) -> bool {
+/// While the stream waits caught up, its tap (if it has one) writes on
+/// the same socket; `next()` returns only once the tap is closed.
+async fn write_stream(socket: &TcpStream, mut events: EventStream, chunked: bool) -> bool {
     let mut watch_client = true;
-    let mut tapped = Tapped::NotYet;
-    let ended_cleanly = loop {
-        if tapped.try_open(tap, &events) {
-            if let Some(outcome) =
-                wait_tapped(socket, &mut events, chunked, tap, &mut watch_client).await
-            {
-                break outcome;
-            }
-            continue;
-        }
+    loop {
         let next = tokio::select! {
             biased;
             gone = client_left(socket), if watch_client => {
                 if gone {
                     events.end(Stop::ClientGone);
-                    break false;
+                    return false;
                 }
                 // The client sent more bytes (a pipelined request): leave
                 // them for after the stream; write failures still notice a
@@ -259,10 +242,23 @@ async fn write_stream(
             }
             next = events.next() => next,
         };
+        // The end of a frame the tap wrote in part goes first, whatever
+        // comes next, or the framing is torn.
+        if let Some(unfinished) = events.take_unfinished() {
+            if !write_chunk(socket, &mut events, &unfinished, false).await {
+                return false;
+            }
+        }
         match next {
             Next::Chunk(chunk) => {
+                // A stop already due skips the chunk, so the farewell still
+                // goes out on a well-framed stream.
+                if let Some(stop) = events.interrupted_now() {
+                    events.end(stop);
+                    continue;
+                }
                 if !write_chunk(socket, &mut events, &chunk, chunked).await {
-                    break false;
+                    return false;
                 }
             }
             Next::Farewell(bytes) => {
@@ -270,110 +266,23 @@ async fn write_stream(
                     tokio::time::timeout(FINAL_FRAME_WAIT, write_body(socket, &bytes, chunked))
                         .await;
                 if !matches!(written, Ok(Ok(()))) {
-                    break false;
+                    return false;
                 }
             }
             Next::End => {
                 if !chunked {
-                    break false;
+                    return false;
                 }
                 let written =
                     tokio::time::timeout(FINAL_FRAME_WAIT, write_raw(socket, b"0\r\n\r\n")).await;
-                break matches!(written, Ok(Ok(())));
-            }
-        }
-    };
-    tapped.detach(tap);
-    ended_cleanly
-}
-
-/// Whether the stream's log offers appends to its tap.
-enum Tapped {
-    NotYet,
-    Attached(SessionReader),
-    /// The log has a durable sink, or is gone: the task always reads.
-    Refused,
-}
-
-impl Tapped {
-    /// Attaches the tap on first use and opens it if the stream is caught
-    /// up; true when it is open.
-    fn try_open(&mut self, tap: &Arc<DirectTap>, events: &EventStream) -> bool {
-        let Some(log) = events.direct_log() else {
-            return false;
-        };
-        if let Tapped::NotYet = self {
-            *self = if log.attach_tap(tap.clone()) {
-                Tapped::Attached(log.clone())
-            } else {
-                Tapped::Refused
-            };
-        }
-        match self {
-            Tapped::Attached(log) => tap.open(events.cursor(), || log.newest()),
-            _ => false,
-        }
-    }
-
-    fn detach(&self, tap: &Arc<DirectTap>) {
-        if let Tapped::Attached(log) = self {
-            let tap: Arc<dyn LiveTap> = tap.clone();
-            log.detach_tap(&tap);
-        }
-    }
-}
-
-/// Sleeps while the tap is open, then takes the connection back: writes
-/// what the tap left unwritten, and a heartbeat when one is due. `None` to
-/// carry on (the loop reads the log or reopens the tap), `Some(outcome)`
-/// when the stream must close now.
-async fn wait_tapped(
-    socket: &TcpStream,
-    events: &mut EventStream,
-    chunked: bool,
-    tap: &DirectTap,
-    watch_client: &mut bool,
-) -> Option<bool> {
-    let watching = *watch_client;
-    let woken = events
-        .wait_beside(async {
-            tokio::select! {
-                biased;
-                gone = client_left(socket), if watching => Some(gone),
-                () = tap.declined() => None,
-            }
-        })
-        .await;
-    let handover = tap.close();
-    events.wrote_through(handover.cursor);
-    if let Some(pending) = handover.pending {
-        // The end of a frame an append could only write in part: finish it
-        // before anything else, or the framing is torn.
-        if !write_chunk(socket, events, &pending, false).await {
-            return Some(false);
-        }
-    }
-    match woken {
-        Err(stop) => events.end(stop),
-        Ok(Beside::Other(Some(true))) => {
-            events.end(Stop::ClientGone);
-            return Some(false);
-        }
-        Ok(Beside::Other(Some(false))) => *watch_client = false,
-        Ok(Beside::Other(None)) => {}
-        Ok(Beside::Heartbeat) => {
-            let heartbeat = events.heartbeat();
-            if !write_chunk(socket, events, &heartbeat, chunked).await {
-                return Some(false);
+                return matches!(written, Ok(Ok(())));
             }
         }
     }
-    None
 }
 
-/// Writes one chunk of the stream, unless a stop is already due (the
-/// chunk is skipped, so the farewell still goes out on a well-framed
-/// stream). False when the stream must close: the client is gone, or a
+/// Writes one chunk of the stream (framed for chunked transfer coding
+/// when asked). False when the stream must close: the client is gone, or a
 /// stop came mid-write and tore the framing (a slow client must not delay
 /// shutdown).
 async fn write_chunk(
@@ -382,10 +291,6 @@ async fn write_chunk(
     chunk: &Bytes,
     chunked: bool,
 ) -> bool {
-    if let Some(stop) = events.interrupted_now() {
-        events.end(stop);
-        return true;
-    }
     // The write first: one that completes at once (the usual case) never
     // polls the wait; one that blocks races it.
     let written = tokio::select! {

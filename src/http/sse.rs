@@ -22,7 +22,8 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{mpsc, watch};
 
-use crate::event_log::{EncodedFrame, EventDraft, LogEntry, ReadLimit, SessionReader};
+use crate::event_log::{EncodedFrame, EventDraft, LiveTap, LogEntry, ReadLimit, StreamKick};
+use crate::http::direct::DirectTap;
 use crate::ids::{EventSeq, SessionId};
 use crate::metrics::{Metrics, OpenGuard, StreamEnd, Transport};
 use crate::protocol::{job_envelope_head, push_json_number, Envelope};
@@ -184,13 +185,6 @@ pub enum Waited<T> {
     Heartbeat,
 }
 
-/// What [`EventStream::wait_beside`] waited for.
-pub enum Beside<T> {
-    Other(T),
-    /// The heartbeat interval passed: write [`EventStream::heartbeat`].
-    Heartbeat,
-}
-
 /// What a stream writes next.
 pub enum Next {
     /// Event frames or a heartbeat.
@@ -232,6 +226,12 @@ pub struct EventStream {
     metrics: Arc<Metrics>,
     /// Events up to here were logged before the stream opened (replay).
     replay_until: EventSeq,
+    /// On the HTTP/1.1 fast path in memory: writes the events appended
+    /// while the stream waits caught up ([`crate::http::direct`]).
+    tap: Option<Arc<DirectTap>>,
+    /// The end of a frame the tap wrote in part: the writer writes these
+    /// bytes as they are before anything else ([`EventStream::take_unfinished`]).
+    unfinished: Option<Bytes>,
     /// Counts the stream in `streams_open` while it lives.
     _open: OpenGuard,
 }
@@ -291,6 +291,8 @@ impl EventStream {
             finished: false,
             metrics: plan.metrics,
             replay_until,
+            tap: None,
+            unfinished: None,
             _open: open,
         };
         (stream, plan.prelude)
@@ -358,6 +360,9 @@ impl EventStream {
 
     async fn wait_for_chunk(&mut self) -> Result<Bytes, Stop> {
         loop {
+            // A wait dropped half-way (the writer's select) may have left
+            // the tap open: what it wrote is taken back before any read.
+            self.close_tap();
             let seen = self.mark_seen()?;
             // Live, a stream just wrote what it read last: the watch then
             // says there is nothing new, and the read is skipped.
@@ -371,9 +376,54 @@ impl EventStream {
                     return Ok(chunk);
                 }
             }
-            if let Waited::Heartbeat = self.wait().await? {
+            self.open_tap();
+            let waited = self.wait().await;
+            self.close_tap();
+            if let Waited::Heartbeat = waited? {
                 return Ok(heartbeat_chunk(&self.session));
             }
+        }
+    }
+
+    /// Gives the stream a tap ([`crate::http::direct`]) made by `make`
+    /// with the kick of the stream's log, if that log is this node's
+    /// in-memory log (no sink): while the stream waits caught up, appends
+    /// are written by the tap. The writer must then write
+    /// [`EventStream::take_unfinished`] before anything `next()` returns.
+    pub fn attach_tap(&mut self, make: impl FnOnce(StreamKick) -> Arc<DirectTap>) {
+        let (LogReader::Local(reader), Some(LogWatch::Local(watch))) = (&self.log, &self.newest)
+        else {
+            return;
+        };
+        let tap = make(watch.kick_handle());
+        if reader.attach_tap(tap.clone()) {
+            self.tap = Some(tap);
+        }
+    }
+
+    /// Bytes to write as they are, before whatever `next()` returned: the
+    /// end of a frame the tap could only write in part.
+    pub fn take_unfinished(&mut self) -> Option<Bytes> {
+        self.unfinished.take()
+    }
+
+    /// Opens the tap at the cursor if the log holds nothing after it.
+    fn open_tap(&self) {
+        if let (Some(tap), LogReader::Local(reader)) = (&self.tap, &self.log) {
+            tap.open(self.cursor, || reader.newest());
+        }
+    }
+
+    /// Closes the tap and takes over from where it stopped (it counted
+    /// what it wrote).
+    fn close_tap(&mut self) {
+        let Some(tap) = &self.tap else {
+            return;
+        };
+        let handover = tap.close();
+        self.cursor = self.cursor.max(handover.cursor);
+        if let Some(pending) = handover.pending {
+            self.unfinished = Some(pending);
         }
     }
 
@@ -487,53 +537,6 @@ impl EventStream {
         &self.session
     }
 
-    /// For a writer that can take events as they are appended
-    /// ([`crate::event_log::LiveTap`], [`crate::http::direct`]): the
-    /// session's log on this node, once the stream has written its first
-    /// chunk and has no reason to stop yet.
-    pub fn direct_log(&self) -> Option<&SessionReader> {
-        match (&self.log, &self.newest) {
-            (LogReader::Local(reader), Some(LogWatch::Local(_)))
-                if self.initial.is_none() && self.stopped.is_none() =>
-            {
-                Some(reader)
-            }
-            _ => None,
-        }
-    }
-
-    /// The last event handed to the writer.
-    pub fn cursor(&self) -> EventSeq {
-        self.cursor
-    }
-
-    /// The writer wrote (and counted) the events up to `cursor` itself,
-    /// straight from their appends.
-    pub fn wrote_through(&mut self, cursor: EventSeq) {
-        self.cursor = self.cursor.max(cursor);
-    }
-
-    /// While a writer takes events straight from their appends: waits for
-    /// `other`, the heartbeat interval, or a reason of the gateway's own to
-    /// stop, whichever comes first.
-    pub async fn wait_beside<F: std::future::Future>(
-        &mut self,
-        other: F,
-    ) -> Result<Beside<F::Output>, Stop> {
-        let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
-        tokio::select! {
-            biased;
-            stop = gateway_stop(&self.shutdown, &mut self.attached, self.stream_id, deadline) => Err(stop),
-            output = other => Ok(Beside::Other(output)),
-            _ = self.heartbeat.tick() => Ok(Beside::Heartbeat),
-        }
-    }
-
-    /// The heartbeat chunk (§6.4) for this stream's session.
-    pub fn heartbeat(&self) -> Bytes {
-        heartbeat_chunk(&self.session)
-    }
-
     /// The stream's last words, by why it ends.
     fn farewell(&self, stop: Stop) -> Option<Bytes> {
         match stop {
@@ -565,6 +568,11 @@ impl EventStream {
 
 impl Drop for EventStream {
     fn drop(&mut self) {
+        if let (Some(tap), LogReader::Local(reader)) = (self.tap.take(), &self.log) {
+            tap.retire();
+            let tap: Arc<dyn LiveTap> = tap;
+            reader.detach_tap(&tap);
+        }
         self.log.detach(&self.session, self.stream_id);
         // A stream dropped without a reason lost its connection.
         let stop = self.stopped.unwrap_or(Stop::ClientGone);
