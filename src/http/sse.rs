@@ -362,7 +362,9 @@ impl EventStream {
         loop {
             // A wait dropped half-way (the writer's select) may have left
             // the tap open: what it wrote is taken back before any read.
-            self.close_tap();
+            if self.close_tap() {
+                return Ok(Bytes::new());
+            }
             let seen = self.mark_seen()?;
             // Live, a stream just wrote what it read last: the watch then
             // says there is nothing new, and the read is skipped.
@@ -378,9 +380,14 @@ impl EventStream {
             }
             self.open_tap();
             let waited = self.wait().await;
-            self.close_tap();
+            let unfinished = self.close_tap();
             if let Waited::Heartbeat = waited? {
                 return Ok(heartbeat_chunk(&self.session));
+            }
+            // The end of a frame cut short is written now, not after the
+            // next event: an empty chunk hands it to the writer.
+            if unfinished {
+                return Ok(Bytes::new());
             }
         }
     }
@@ -415,16 +422,18 @@ impl EventStream {
     }
 
     /// Closes the tap and takes over from where it stopped (it counted
-    /// what it wrote).
-    fn close_tap(&mut self) {
+    /// what it wrote). True when it left the end of a frame to write
+    /// ([`EventStream::take_unfinished`]).
+    fn close_tap(&mut self) -> bool {
         let Some(tap) = &self.tap else {
-            return;
+            return false;
         };
         let handover = tap.close();
         self.cursor = self.cursor.max(handover.cursor);
         if let Some(pending) = handover.pending {
             self.unfinished = Some(pending);
         }
+        self.unfinished.is_some()
     }
 
     /// For bindings that write one message per event (WebSocket): the next
