@@ -149,17 +149,16 @@ pub struct MemoryEventLog {
 struct SessionSlot {
     log: Mutex<SessionLog>,
     visible: NewestSender,
-    /// Whether a [`LiveTap`] may attach: only without a sink, where an
-    /// event is visible the moment it is appended.
-    taps: bool,
 }
 
 impl SessionSlot {
-    fn new(log: SessionLog, taps: bool) -> Self {
+    /// `taps`: whether a [`LiveTap`] may attach (only without a sink,
+    /// where an event is visible the moment it is appended).
+    fn new(mut log: SessionLog, taps: bool) -> Self {
+        log.taps = taps;
         SessionSlot {
             visible: NewestSender::new(log.floor),
             log: Mutex::new(log),
-            taps,
         }
     }
 
@@ -292,9 +291,9 @@ impl SessionReader {
     /// (taps are for the in-memory log alone): the stream then reads.
     pub fn attach_tap(&self, tap: Arc<dyn LiveTap>) -> bool {
         match self.slot.upgrade() {
-            Some(slot) if slot.taps => {
+            Some(slot) => {
                 let mut log = slot.lock();
-                if log.removed {
+                if log.removed || !log.taps {
                     return false;
                 }
                 log.tap = Some(tap);
@@ -487,6 +486,8 @@ struct SessionLog {
     tap: Option<Arc<dyn LiveTap>>,
     /// Set by [`EventLog::remove`]: no tap may attach any more.
     removed: bool,
+    /// Whether a tap may attach at all (see [`SessionSlot::new`]).
+    taps: bool,
     /// Contiguous entries `floor + 1 ..= newest`.
     entries: VecDeque<StoredEntry>,
     /// Their frames, in the same order.
@@ -513,6 +514,7 @@ impl SessionLog {
             head_shape: None,
             tap: None,
             removed: false,
+            taps: false,
             entries: VecDeque::new(),
             blocks: Blocks::new(),
             floor,

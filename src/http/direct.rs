@@ -31,7 +31,6 @@ use tokio::net::TcpStream;
 
 use crate::event_log::{LiveTap, StreamKick};
 use crate::ids::EventSeq;
-use crate::metrics::Metrics;
 
 /// A stream's socket, shared with its log's appenders while the stream is
 /// caught up. See the module documentation.
@@ -40,7 +39,6 @@ pub struct DirectTap {
     /// Wakes the stream's task: the tap did not write an event.
     kick: StreamKick,
     chunked: bool,
-    metrics: Arc<Metrics>,
 }
 
 struct TapState {
@@ -58,20 +56,14 @@ struct TapState {
 pub struct Handover {
     /// The last event written, in whole or in part.
     pub cursor: EventSeq,
-    /// Wire bytes to write (as they are, framing included) before anything
-    /// else: the end of a frame cut short.
-    pub pending: Option<Bytes>,
+    /// The end of a frame cut short waits in [`DirectTap::take_pending`].
+    pub pending: bool,
 }
 
 impl DirectTap {
     /// A closed tap on `socket`; `chunked` as the response's framing;
     /// `kick` wakes the stream.
-    pub fn new(
-        socket: Arc<TcpStream>,
-        chunked: bool,
-        metrics: Arc<Metrics>,
-        kick: StreamKick,
-    ) -> Arc<DirectTap> {
+    pub fn new(socket: Arc<TcpStream>, chunked: bool, kick: StreamKick) -> Arc<DirectTap> {
         Arc::new(DirectTap {
             state: Mutex::new(TapState {
                 socket: Some(socket),
@@ -81,7 +73,6 @@ impl DirectTap {
             }),
             kick,
             chunked,
-            metrics,
         })
     }
 
@@ -98,12 +89,11 @@ impl DirectTap {
     /// it) or its offer finds the tap open at `cursor`.
     pub fn open(&self, cursor: EventSeq, newest: impl FnOnce() -> Option<EventSeq>) -> bool {
         let mut state = self.lock();
-        if state.socket.is_none() || newest() != Some(cursor) {
+        if state.socket.is_none() || state.pending.is_some() || newest() != Some(cursor) {
             return false;
         }
         state.open = true;
         state.cursor = cursor;
-        state.pending = None;
         true
     }
 
@@ -115,13 +105,20 @@ impl DirectTap {
         let was_open = std::mem::replace(&mut state.open, false);
         let handover = Handover {
             cursor: state.cursor,
-            pending: state.pending.take(),
+            pending: state.pending.is_some(),
         };
         drop(state);
         if was_open {
             self.kick.kick();
         }
         handover
+    }
+
+    /// Wire bytes to write (as they are, framing included) before anything
+    /// else: the end of a frame an offer wrote in part. The tap stays
+    /// closed until they are taken.
+    pub fn take_pending(&self) -> Option<Bytes> {
+        self.lock().pending.take()
     }
 
     /// Closes the tap for good and lets go of the socket.
@@ -173,18 +170,12 @@ impl LiveTap for DirectTap {
         let pieces = [size_line, a, b, c, trailer];
         let total: usize = pieces.iter().map(|piece| piece.len()).sum();
         let slices = pieces.map(IoSlice::new);
-        let events = last - first + 1;
         match socket.try_write_vectored(&slices) {
-            Ok(written) if written == total => {
-                state.cursor = last;
-                drop(state);
-                self.metrics.stream_events(0, events);
-            }
+            Ok(written) if written == total => state.cursor = last,
             // Frames cut short: the task writes the rest before anything.
             Ok(written) if written > 0 => {
                 state.pending = Some(unwritten(&pieces, written));
                 state.cursor = last;
-                self.metrics.stream_events(0, events);
                 self.decline(state);
             }
             // Would block, or failed: the task's own write finds out which.
@@ -259,12 +250,7 @@ mod tests {
             .expect("writable in time")
             .unwrap();
         let watch = log.subscribe();
-        let tap = DirectTap::new(
-            socket.clone(),
-            true,
-            Arc::new(Metrics::new()),
-            watch.kick_handle(),
-        );
+        let tap = DirectTap::new(socket.clone(), true, watch.kick_handle());
         (tap, watch)
     }
 
@@ -300,7 +286,7 @@ mod tests {
         kicked(&mut watch).await;
         let handover = tap.close();
         assert_eq!(handover.cursor, 5);
-        assert!(handover.pending.is_none());
+        assert!(!handover.pending);
         tap.offer(6, 6, &[b"id: 6\n\n"]);
         tap.retire();
         assert!(!tap.open(5, || Some(5)), "retired for good");
@@ -334,7 +320,7 @@ mod tests {
         tap.offer(1, 1, &[b"id: 1\n\n"]);
         kicked(&mut watch).await;
         let handover = tap.close();
-        assert_eq!((handover.cursor, handover.pending), (0, None));
+        assert_eq!((handover.cursor, handover.pending), (0, false));
         // Room again: a frame larger than the buffers goes out in part.
         read_exactly(&mut client, filled).await;
         tokio::time::timeout(Duration::from_secs(10), gateway.writable())
@@ -346,7 +332,10 @@ mod tests {
         tap.offer(1, 1, &[&frame]);
         let handover = tap.close();
         assert_eq!(handover.cursor, 1, "the event is the tap's, in part");
-        let pending = handover.pending.expect("the rest of the frame");
+        assert!(handover.pending);
+        assert!(!tap.open(1, || Some(1)), "not before the rest is taken");
+        let pending = tap.take_pending().expect("the rest of the frame");
+        assert!(tap.open(1, || Some(1)));
         let mut framed = b"4000000\r\n".to_vec();
         framed.extend_from_slice(&frame);
         framed.extend_from_slice(b"\r\n");

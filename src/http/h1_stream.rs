@@ -140,9 +140,7 @@ pub async fn serve(
             drop(head);
             let mut events = EventStream::open(opened.plan).await;
             let socket = Arc::new(stream);
-            events.attach_tap(|kick| {
-                DirectTap::new(socket.clone(), chunked, state.metrics.clone(), kick)
-            });
+            events.attach_tap(|kick| DirectTap::new(socket.clone(), chunked, kick));
             let ended_cleanly = write_stream(&socket, events, chunked).await;
             // The stream's tap let go of its handle: this one is the last.
             let stream = Arc::try_unwrap(socket).ok()?;

@@ -229,9 +229,6 @@ pub struct EventStream {
     /// On the HTTP/1.1 fast path in memory: writes the events appended
     /// while the stream waits caught up ([`crate::http::direct`]).
     tap: Option<Arc<DirectTap>>,
-    /// The end of a frame the tap wrote in part: the writer writes these
-    /// bytes as they are before anything else ([`EventStream::take_unfinished`]).
-    unfinished: Option<Bytes>,
     /// Counts the stream in `streams_open` while it lives.
     _open: OpenGuard,
 }
@@ -292,7 +289,6 @@ impl EventStream {
             metrics: plan.metrics,
             replay_until,
             tap: None,
-            unfinished: None,
             _open: open,
         };
         (stream, plan.prelude)
@@ -411,7 +407,7 @@ impl EventStream {
     /// Bytes to write as they are, before whatever `next()` returned: the
     /// end of a frame the tap could only write in part.
     pub fn take_unfinished(&mut self) -> Option<Bytes> {
-        self.unfinished.take()
+        self.tap.as_ref().and_then(|tap| tap.take_pending())
     }
 
     /// Opens the tap at the cursor if the log holds nothing after it.
@@ -421,19 +417,18 @@ impl EventStream {
         }
     }
 
-    /// Closes the tap and takes over from where it stopped (it counted
-    /// what it wrote). True when it left the end of a frame to write
+    /// Closes the tap and takes over from where it stopped, counting what
+    /// it wrote. True when it left the end of a frame to write
     /// ([`EventStream::take_unfinished`]).
     fn close_tap(&mut self) -> bool {
         let Some(tap) = &self.tap else {
             return false;
         };
         let handover = tap.close();
-        self.cursor = self.cursor.max(handover.cursor);
-        if let Some(pending) = handover.pending {
-            self.unfinished = Some(pending);
+        if handover.cursor > self.cursor {
+            self.advance(handover.cursor);
         }
-        self.unfinished.is_some()
+        handover.pending
     }
 
     /// For bindings that write one message per event (WebSocket): the next
