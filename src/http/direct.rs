@@ -144,29 +144,25 @@ impl LiveTap for DirectTap {
         if last <= state.cursor {
             return;
         }
-        let (socket, [a, b, c]) = match (&state.socket, frames) {
-            (Some(socket), [a]) if first == state.cursor + 1 => (socket, [*a, &[][..], &[][..]]),
-            (Some(socket), [a, b]) if first == state.cursor + 1 => (socket, [*a, *b, &[][..]]),
-            (Some(socket), [a, b, c]) if first == state.cursor + 1 => (socket, [*a, *b, *c]),
+        let socket = match &state.socket {
+            Some(socket) if first == state.cursor + 1 && frames.len() <= 3 => socket,
             _ => return self.decline(state),
         };
+        let mut parts: [&[u8]; 3] = [&[]; 3];
+        parts[..frames.len()].copy_from_slice(frames);
+        let [a, b, c] = parts;
         let length = a.len() + b.len() + c.len();
         if length == 0 {
             // Nothing to write (an empty chunk would end the body).
             state.cursor = last;
             return;
         }
-        // The chunk's size line (RFC 9112 §7.1): at most 16 hex digits and CRLF.
-        let mut size_line = [0u8; 18];
-        let size_line = if self.chunked {
-            let mut cursor = std::io::Cursor::new(&mut size_line[..]);
-            let _ = write!(cursor, "{length:x}\r\n");
-            let end = cursor.position() as usize;
-            &size_line[..end]
+        let size_line = SizeLine::new(length);
+        let (size_line, trailer): (&[u8], &[u8]) = if self.chunked {
+            (size_line.as_bytes(), b"\r\n")
         } else {
-            &[][..]
+            (b"", b"")
         };
-        let trailer: &[u8] = if self.chunked { b"\r\n" } else { b"" };
         let pieces = [size_line, a, b, c, trailer];
         let total: usize = pieces.iter().map(|piece| piece.len()).sum();
         let slices = pieces.map(IoSlice::new);
@@ -186,6 +182,29 @@ impl LiveTap for DirectTap {
     fn missed(&self) {
         let state = self.lock();
         self.decline(state);
+    }
+}
+
+/// A chunk's size line (RFC 9112 §7.1), hex digits and CRLF, on the stack:
+/// at most 16 + 2 bytes. Chunks written by the tap and by its
+/// stream ([`super::h1_stream`]) share it.
+pub(super) struct SizeLine {
+    bytes: [u8; 18],
+    length: usize,
+}
+
+impl SizeLine {
+    pub(super) fn new(chunk_length: usize) -> SizeLine {
+        let mut bytes = [0u8; 18];
+        let mut cursor = std::io::Cursor::new(&mut bytes[..]);
+        // 16 hex digits hold any usize; the write cannot fail.
+        let _ = write!(cursor, "{chunk_length:x}\r\n");
+        let length = cursor.position() as usize;
+        SizeLine { bytes, length }
+    }
+
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.length]
     }
 }
 

@@ -23,7 +23,7 @@
 //! the connection can carry further requests once a stream ends on purpose;
 //! HTTP/1.0 clients get a close-delimited body (RFC 9112 §6.3).
 
-use std::io::{IoSlice, Write};
+use std::io::IoSlice;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 
 use super::body::ResponseBody;
 use super::browser::{strip_base_path, ConnectionInfo};
-use super::direct::DirectTap;
+use super::direct::{DirectTap, SizeLine};
 use super::router::{match_route, RouteId, RouteMatch};
 use super::sse::{EventStream, Next, Stop, FINAL_FRAME_WAIT};
 use super::{answer_event_stream, EventStreamAnswer};
@@ -325,15 +325,9 @@ async fn write_body(socket: &TcpStream, data: &Bytes, chunked: bool) -> std::io:
     if !chunked {
         return write_raw(socket, data).await;
     }
-    // The size line, hex digits and CRLF, on the stack: at most 16 + 2 bytes.
-    let mut size_line = [0u8; 18];
-    let size_line_length = {
-        let mut cursor = std::io::Cursor::new(&mut size_line[..]);
-        write!(cursor, "{:x}\r\n", data.len())?;
-        cursor.position() as usize
-    };
+    let size_line = SizeLine::new(data.len());
     let mut slices = [
-        IoSlice::new(&size_line[..size_line_length]),
+        IoSlice::new(size_line.as_bytes()),
         IoSlice::new(data),
         IoSlice::new(b"\r\n"),
     ];
