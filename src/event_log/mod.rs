@@ -12,6 +12,7 @@
 //! through a [`NewestWatch`] carrying the newest sequence number.
 
 pub mod budget;
+mod crew;
 pub mod memory;
 pub mod signal;
 pub mod sqlite;

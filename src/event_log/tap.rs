@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::crew::{Crew, Pass, SHARED_FROM_RUNS};
 use super::HeadEncoder;
 use crate::ids::{EventSeq, SessionId};
 
@@ -87,19 +88,22 @@ impl Offers {
 
     fn deliver_all(&mut self) {
         let offers = std::mem::take(&mut self.offers);
-        let mut run = Vec::new();
-        let mut rest = &offers[..];
-        while let Some(first) = rest.first() {
-            let length = 1 + rest[1..]
+        let mut runs = Vec::new();
+        let mut start = 0;
+        while start < offers.len() {
+            let length = 1 + offers[start + 1..]
                 .iter()
-                .zip(rest)
+                .zip(&offers[start..])
                 .take_while(|(next, before)| {
                     Arc::ptr_eq(&next.tap, &before.tap) && next.seq == before.seq + 1
                 })
                 .count();
-            let (same, after) = rest.split_at(length);
-            offer_run(&first.tap, same, &mut run);
-            rest = after;
+            runs.push(start..start + length);
+            start += length;
+        }
+        match Crew::get() {
+            Some(crew) if runs.len() >= SHARED_FROM_RUNS => crew.write(Pass::new(offers, runs)),
+            _ => Pass::new(offers, runs).work(),
         }
     }
 }
@@ -115,7 +119,7 @@ const MAX_RUN_BYTES: usize = 256 * 1024;
 
 /// Offers `offers` (consecutive events of one tap) in runs of at most
 /// [`MAX_RUN_BYTES`]; one event is offered from its parts, without a copy.
-fn offer_run(tap: &Arc<dyn LiveTap>, offers: &[Offer], run: &mut Vec<u8>) {
+pub(super) fn offer_run(tap: &Arc<dyn LiveTap>, offers: &[Offer], run: &mut Vec<u8>) {
     if let [offer] = offers {
         return match &offer.frame {
             OfferedFrame::Whole(frame) => tap.offer(offer.seq, offer.seq, &[frame]),

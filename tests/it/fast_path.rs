@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::cluster::within_for;
 use crate::support::{within, TestServer, ALICE_TOKEN};
 
 /// A response read off a raw connection.
@@ -383,7 +384,8 @@ async fn a_fan_out_reaches_fast_and_stalled_readers_whole_and_in_order() {
     // Caught-up streams take a job's events straight from its appends
     // (src/http/direct.rs); a reader that stops reading makes those writes
     // block or stop halfway through a frame, and its stream must take over
-    // with no gap, no duplicate and no torn frame.
+    // with no gap, no duplicate and no torn frame. Eighteen subscribers: a
+    // pass that large is shared with helper threads (src/event_log/crew.rs).
     let server = TestServer::start();
     let submitter = server.create_session(ALICE_TOKEN).await;
     let count = 2_000;
@@ -396,7 +398,7 @@ async fn a_fan_out_reaches_fast_and_stalled_readers_whole_and_in_order() {
         )
         .await;
     let mut readers = Vec::new();
-    for index in 0..4 {
+    for index in 0..18 {
         let session = server.create_session(ALICE_TOKEN).await;
         let (status, body) = server
             .post_json(
@@ -417,7 +419,11 @@ async fn a_fan_out_reaches_fast_and_stalled_readers_whole_and_in_order() {
         }));
     }
     for (index, reader) in readers.into_iter().enumerate() {
-        let events = within("every event", reader).await.unwrap();
+        // 2,000 x 3 KB to 18 readers, parsed by a debug build: longer than
+        // the usual wait.
+        let events = within_for(Duration::from_secs(60), "every event", reader)
+            .await
+            .unwrap();
         let ids: Vec<u64> = events.iter().map(|(id, _, _)| *id).collect();
         assert!(
             ids.windows(2).all(|pair| pair[1] == pair[0] + 1),
