@@ -90,7 +90,7 @@ impl Crew {
                 let posted = posted.clone();
                 std::thread::Builder::new()
                     .name(format!("arcp-fan-out-{index}"))
-                    .stack_size(64 * 1024)
+                    .stack_size(256 * 1024)
                     .spawn(move || help(&posted))
                     .ok()
                     .map(|handle| handle.thread().clone())
