@@ -18,9 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arcp_gateway::event_log::sqlite::SqliteStore;
-use arcp_gateway::event_log::{EventDraft, EventLog, MemoryEventLog, RetentionLimits};
-use arcp_gateway::http::sse::{encode_job_event, STREAM_READ_LIMIT};
-use arcp_gateway::ids::{JobId, SessionId};
+use arcp_gateway::event_log::{
+    EventDraft, EventLog, LiveTap, MemoryEventLog, Offers, RetentionLimits,
+};
+use arcp_gateway::http::sse::{encode_job_event, encode_job_event_head, STREAM_READ_LIMIT};
+use arcp_gateway::ids::{EventSeq, JobId, SessionId};
 use arcp_gateway::metrics::Metrics;
 use arcp_gateway::store::Persistence;
 use serde_json::json;
@@ -160,6 +162,70 @@ fn live_then_replay(
     (live, replay, chunks)
 }
 
+/// A caught-up stream that takes every offer and writes nothing: the
+/// fan-out figures below are the log's work, not the sockets'.
+#[derive(Default)]
+struct CountingTap {
+    bytes: std::sync::atomic::AtomicUsize,
+}
+
+impl LiveTap for CountingTap {
+    fn offer(&self, _: EventSeq, _: EventSeq, frames: &[&[u8]]) {
+        let len = frames.iter().map(|frame| frame.len()).sum();
+        self.bytes
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn missed(&self) {}
+}
+
+/// A job's event copied to `subscribers` sessions (§7.6), each with a tap
+/// attached, as in the gateway's fan-out benchmark: the time per copy of
+/// the append (under the job's lock; the median, and the slowest event's
+/// whole append) and of the pass that offers the copies to the taps (after
+/// it; the median). Over `events` events. Between
+/// events, 4 MiB of other memory is written, as a pass's socket writes
+/// would, so the sessions' state is not all in the core's cache.
+fn fan_out(subscribers: usize, events: u64) -> (Duration, Duration, Duration) {
+    let mut elsewhere = vec![0u8; 4 << 20];
+    let limits = RetentionLimits {
+        max_events: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+    let log = MemoryEventLog::new(limits, encode_job_event);
+    log.defer_fan_out(encode_job_event_head);
+    let sessions: Vec<SessionId> = (0..subscribers)
+        .map(|n| SessionId::from_client(&format!("sess_{:026}", n)))
+        .collect();
+    let mut taps = Vec::new();
+    for session in &sessions {
+        log.create(session).expect("create");
+        let tap: Arc<dyn LiveTap> = Arc::new(CountingTap::default());
+        assert!(log.session_reader(session).attach_tap(tap.clone()));
+        taps.push(tap);
+    }
+    let ids: Vec<&SessionId> = sessions.iter().collect();
+    let text = "x".repeat(64);
+    let (mut appends, mut passes) = (Vec::new(), Vec::new());
+    for n in 0..events {
+        for line in elsewhere.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(1);
+        }
+        let draft = draft(n, &text);
+        let mut offers = Offers::default();
+        let started = Instant::now();
+        let appended = log.append_each_offering(&ids, &draft, &mut offers);
+        let middle = Instant::now();
+        offers.deliver();
+        passes.push(middle.elapsed());
+        appends.push(middle - started);
+        assert!(appended.iter().all(Result::is_ok));
+    }
+    std::hint::black_box(&elsewhere);
+    let slowest = appends.iter().max().copied().unwrap_or_default();
+    let per_copy = |times: Vec<Duration>| median(times) / subscribers as u32;
+    (per_copy(appends), slowest, per_copy(passes))
+}
+
 fn argument(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
     args.windows(2)
@@ -184,6 +250,9 @@ fn machine() -> String {
 }
 
 fn main() {
+    if std::env::args().any(|arg| arg == "--fan-out-only") {
+        return print_fan_out();
+    }
     let events = argument("--events", 100_000);
     let payload = argument("--payload", 256) as usize;
     let limits = RetentionLimits {
@@ -266,4 +335,23 @@ fn main() {
         recovery.as_secs_f64()
     );
     println!("replay is served from the in-memory cache for both backends; the durable one adds only the recovery read.");
+    println!();
+    print_fan_out();
+}
+
+fn print_fan_out() {
+    println!("fan-out, one job event copied to K subscribers' logs with a tap each (median per copy; --fan-out-only runs this alone):");
+    println!();
+    println!("| subscribers | events | append ns/copy | slowest append (whole event) | offer pass ns/copy |");
+    println!("|---:|---:|---:|---:|---:|");
+    for subscribers in [100, 1000, 10_000] {
+        let events = (400_000 / subscribers as u64).max(400);
+        let (append, slowest, pass) = fan_out(subscribers, events);
+        println!(
+            "| {subscribers} | {events} | {} | {:.2} ms | {} |",
+            append.as_nanos(),
+            slowest.as_secs_f64() * 1e3,
+            pass.as_nanos()
+        );
+    }
 }

@@ -40,7 +40,10 @@
 //!   room of the same allocation. Nothing is copied.
 //! - **Entries** keep only metadata: seq, job id, the number of the block
 //!   holding the frame, where in it the frame starts, and its length.
-//!   Frames never straddle two blocks.
+//!   Frames never straddle two blocks. They lie in fixed-size chunks
+//!   ([`Entries`]), so an append never moves older entries: a job's
+//!   subscribers' logs grow in step, and a doubling queue made one append
+//!   in 128 move every subscriber's history at once.
 //! - **Reads** that need a frame still in the tail seal the tail first, so
 //!   in live streaming (a read after every append) each read is one small
 //!   block, still without a copy. `read_chunk_after` returns
@@ -86,6 +89,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use bytes::{Bytes, BytesMut};
 
 use super::budget::{Account, RetentionBudget};
+use super::entries::Entries;
 use super::signal::{NewestSender, NewestWatch};
 use super::tap::{Offer, OfferedFrame, Offers};
 use super::{
@@ -489,7 +493,7 @@ struct SessionLog {
     /// Whether a tap may attach at all (see [`SessionSlot::new`]).
     taps: bool,
     /// Contiguous entries `floor + 1 ..= newest`.
-    entries: VecDeque<StoredEntry>,
+    entries: Entries<StoredEntry>,
     /// Their frames, in the same order.
     blocks: Blocks,
     floor: EventSeq,
@@ -515,7 +519,7 @@ impl SessionLog {
             tap: None,
             removed: false,
             taps: false,
-            entries: VecDeque::new(),
+            entries: Entries::new(),
             blocks: Blocks::new(),
             floor,
             newest: floor,
@@ -559,7 +563,7 @@ impl SessionLog {
         stop_before: impl Fn(&StoredEntry) -> bool,
     ) -> (usize, usize) {
         let (mut count, mut size) = (0usize, 0usize);
-        for entry in self.entries.range(start..) {
+        for entry in self.entries.iter_from(start) {
             if entry.seq > visible
                 || count >= limit.max_entries
                 || (count > 0 && size + entry.len > limit.max_bytes)
@@ -1060,6 +1064,7 @@ impl EventLog for MemoryEventLog {
             _ => None,
         };
         let mut scratch = Vec::new();
+        offers.expect(session_ids.len());
         session_ids
             .iter()
             .zip(slots)

@@ -13,6 +13,7 @@
 
 pub mod budget;
 mod crew;
+mod entries;
 pub mod memory;
 pub mod signal;
 pub mod sqlite;

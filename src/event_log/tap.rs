@@ -66,11 +66,22 @@ pub(crate) enum OfferedFrame {
 #[derive(Default)]
 pub struct Offers {
     offers: Vec<Offer>,
+    /// Room to make at the next push ([`Offers::expect`]).
+    expected: usize,
 }
 
 impl Offers {
     pub(crate) fn push(&mut self, offer: Offer) {
+        if self.expected > 0 {
+            self.offers.reserve(std::mem::take(&mut self.expected));
+        }
         self.offers.push(offer);
+    }
+
+    /// Up to `more` offers may follow (a fan-out's copies): room for them
+    /// is made once, at the first, rather than doubled into.
+    pub(crate) fn expect(&mut self, more: usize) {
+        self.expected = more;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -87,6 +98,7 @@ impl Offers {
     }
 
     fn deliver_all(&mut self) {
+        self.expected = 0;
         let offers = std::mem::take(&mut self.offers);
         let mut runs = Vec::new();
         let mut start = 0;
