@@ -1,38 +1,46 @@
-//! [`Entries`]: a log's entries, in fixed-size chunks, so that no append
-//! ever moves the ones before it.
+//! [`Entries`]: a log's entries, in chunks, so that no append ever moves
+//! the ones before it.
 //!
 //! Why: a `VecDeque` doubles, and a job fanned out to K subscribers appends
 //! to K logs of the same length, so all K doubled in the same append. At
-//! 1,000 subscribers the append of event 257 moved 18 MB and took 9.6 ms
-//! where the others took 0.25 ms (`cargo bench --bench event_log --
-//! --fan-out-only` before this), and every reader's copy of that event, and
-//! of the events queued behind it, was late: the fan-out benchmark's p99.
-//! In chunks of [`CHUNK`], an append moves at most one small chunk (the
-//! first one, while it grows to its full size) and otherwise allocates one.
-//! And since those K logs would also allocate their chunks in the same
-//! append, each log's first chunk stops at its own size between `CHUNK / 2`
-//! and `CHUNK`: logs created one after another take turns.
+//! 1,000 subscribers the append of event 257 moved 18 MB and took 8-10 ms
+//! where the others took 0.2 ms (`cargo bench --bench event_log --
+//! --fan-out-only`), and every reader's copy of that event, and of the
+//! events queued behind it, was late: the fan-out benchmark's p99.
+//!
+//! Here an append moves at most the first chunk, while it grows as a
+//! `VecDeque` to at most [`FIRST_MAX`] entries; after that it allocates a
+//! new chunk now and then and moves nothing. The chunks double in size up
+//! to [`CHUNK_MAX`]: a short log stays small, and a long one is read
+//! (replay) from large runs of adjacent entries, as fast as from one
+//! `VecDeque` (with chunks of 32 it was 3-4 times slower). The first
+//! chunk's size differs between logs created one after another, so the
+//! logs of one job's subscribers take turns starting their chunks.
 
 use std::collections::VecDeque;
 use std::ops::{Index, Range};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Entries per chunk. The first chunk grows as a `VecDeque` would (a log
-/// with a few events stays small), to its own size of at most this; every
-/// later chunk is allocated at this size once.
-const CHUNK: usize = 32;
+/// The first chunk's size is between half this and this.
+const FIRST_MAX: usize = 32;
+
+/// The largest chunk; each chunk after the first is twice the one before,
+/// up to this.
+const CHUNK_MAX: usize = 1024;
 
 /// Counts the logs created, to give each its first chunk's size.
 static CREATED: AtomicUsize = AtomicUsize::new(0);
 
 /// A double-ended queue that appends at the back and removes at the front,
-/// indexed from the front, in chunks: chunk 0 may have lost entries at its
-/// front, the last may not be full, every other one holds [`CHUNK`].
+/// indexed from the front, in chunks. Only the last chunk takes entries,
+/// and only up to its size, so every chunk but the last is full, except
+/// that the first may have lost entries at its front. Sizes never shrink
+/// from one chunk to the next.
 pub(super) struct Entries<T> {
     chunks: VecDeque<VecDeque<T>>,
     len: usize,
-    /// How many entries the first chunk takes while it is the only one.
-    first_size: usize,
+    /// How many entries the last chunk takes.
+    last_size: usize,
 }
 
 impl<T> Entries<T> {
@@ -45,7 +53,7 @@ impl<T> Entries<T> {
         Entries {
             chunks: VecDeque::new(),
             len: 0,
-            first_size: CHUNK / 2 + turn % (CHUNK / 2),
+            last_size: FIRST_MAX / 2 + turn % (FIRST_MAX / 2),
         }
     }
 
@@ -58,23 +66,17 @@ impl<T> Entries<T> {
     }
 
     pub(super) fn push_back(&mut self, entry: T) {
-        // Only the last chunk takes entries; one after the first fills to
-        // CHUNK, so every chunk between the first and the last is full.
-        let room = match self.chunks.len() {
-            1 => self.first_size,
-            _ => CHUNK,
-        };
         match self.chunks.back_mut() {
-            Some(last) if last.len() < room => last.push_back(entry),
-            _ => {
-                // A chunk after the first is allocated full-size at once.
-                let mut chunk = match self.chunks.is_empty() {
-                    true => VecDeque::new(),
-                    false => VecDeque::with_capacity(CHUNK),
-                };
+            Some(last) if last.len() < self.last_size => last.push_back(entry),
+            Some(_) => {
+                // Allocated at its full size at once, never moved.
+                self.last_size = (self.last_size * 2).min(CHUNK_MAX);
+                let mut chunk = VecDeque::with_capacity(self.last_size);
                 chunk.push_back(entry);
                 self.chunks.push_back(chunk);
             }
+            // The first chunk grows as a VecDeque does, to `last_size`.
+            None => self.chunks.push_back(VecDeque::from([entry])),
         }
         self.len += 1;
     }
@@ -93,17 +95,25 @@ impl<T> Entries<T> {
         self.chunks.front().and_then(VecDeque::front)
     }
 
-    /// The chunk and the place in it of entry `index`: every chunk after
-    /// the first holds CHUNK but the last.
+    /// The chunk and the place in it of entry `index`: a walk over the
+    /// chunks smaller than [`CHUNK_MAX`] (a few at most), then arithmetic,
+    /// since every chunk after a full one of that size is one too (but the
+    /// last, which is not full).
     fn locate(&self, index: usize) -> Option<(usize, usize)> {
         if index >= self.len {
             return None;
         }
-        let first = self.chunks.front()?.len();
-        Some(match index.checked_sub(first) {
-            None => (0, index),
-            Some(after) => (1 + after / CHUNK, after % CHUNK),
-        })
+        let mut rest = index;
+        for (number, chunk) in self.chunks.iter().enumerate() {
+            if rest < chunk.len() {
+                return Some((number, rest));
+            }
+            rest -= chunk.len();
+            if chunk.len() == CHUNK_MAX {
+                return Some((number + 1 + rest / CHUNK_MAX, rest % CHUNK_MAX));
+            }
+        }
+        None
     }
 
     pub(super) fn get(&self, index: usize) -> Option<&T> {
@@ -111,13 +121,25 @@ impl<T> Entries<T> {
         self.chunks[chunk].get(offset)
     }
 
-    /// Entries `from..`, in order.
-    pub(super) fn iter_from(&self, from: usize) -> impl Iterator<Item = &T> {
+    /// Entries `from..`, in order, as the slices they lie in: a reader's
+    /// inner loop over a slice is as tight as over one `VecDeque`'s.
+    pub(super) fn slices_from(&self, from: usize) -> impl Iterator<Item = &[T]> {
         let (chunk, offset) = self.locate(from).unwrap_or((self.chunks.len(), 0));
         self.chunks
-            .range(chunk.min(self.chunks.len())..)
+            .range(chunk..)
             .enumerate()
-            .flat_map(move |(n, entries)| entries.range(if n == 0 { offset } else { 0 }..))
+            .flat_map(move |(n, entries)| {
+                let (front, back) = entries.as_slices();
+                let skip = if n == 0 { offset } else { 0 };
+                let front_skip = skip.min(front.len());
+                [&front[front_skip..], &back[skip - front_skip..]]
+            })
+            .filter(|slice| !slice.is_empty())
+    }
+
+    /// Entries `from..`, in order.
+    pub(super) fn iter_from(&self, from: usize) -> impl Iterator<Item = &T> {
+        self.slices_from(from).flatten()
     }
 
     /// Entries `range`, in order.
@@ -156,29 +178,40 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Push,
-        Pop,
+        Push(usize),
+        Pop(usize),
     }
 
     fn ops() -> impl Strategy<Value = Vec<Op>> {
-        // Pushes outnumber pops, so the queue spans several chunks.
-        proptest::collection::vec(prop_oneof![3 => Just(Op::Push), 1 => Just(Op::Pop)], 0..400)
+        // Pushes outnumber pops, and come in runs long enough for the
+        // queue to reach chunks of the largest size.
+        let op = prop_oneof![
+            3 => (1usize..1500).prop_map(Op::Push),
+            1 => (1usize..1500).prop_map(Op::Pop),
+        ];
+        proptest::collection::vec(op, 0..12)
     }
 
     proptest! {
         /// Every operation and every read agrees with a `VecDeque`.
         #[test]
-        fn behaves_as_a_deque(ops in ops(), start in 0usize..400, take in 0usize..400) {
+        fn behaves_as_a_deque(ops in ops(), start in 0usize..20_000, take in 0usize..5000) {
             let (mut entries, mut model) = (Entries::new(), VecDeque::new());
             let mut next = 0u32;
             for op in ops {
                 match op {
-                    Op::Push => {
-                        entries.push_back(next);
-                        model.push_back(next);
-                        next += 1;
+                    Op::Push(count) => {
+                        for _ in 0..count {
+                            entries.push_back(next);
+                            model.push_back(next);
+                            next += 1;
+                        }
                     }
-                    Op::Pop => prop_assert_eq!(entries.pop_front(), model.pop_front()),
+                    Op::Pop(count) => {
+                        for _ in 0..count {
+                            prop_assert_eq!(entries.pop_front(), model.pop_front());
+                        }
+                    }
                 }
                 prop_assert_eq!(entries.len(), model.len());
                 prop_assert_eq!(entries.is_empty(), model.is_empty());
@@ -189,6 +222,8 @@ mod tests {
             }
             prop_assert!(entries.iter().eq(model.iter()));
             prop_assert!(entries.iter_from(start).eq(model.iter().skip(start)));
+            prop_assert!(entries.slices_from(start).flatten().eq(model.iter().skip(start)));
+            prop_assert!(entries.slices_from(start).all(|slice| !slice.is_empty()));
             let start = start.min(model.len());
             let end = (start + take).min(model.len());
             prop_assert!(entries.range(start..end).eq(model.range(start..end)));
@@ -196,24 +231,39 @@ mod tests {
     }
 
     #[test]
-    fn appends_never_move_a_full_chunk() {
+    fn appends_never_move_an_entry_past_the_first_chunk() {
         let mut entries = Entries::new();
-        for n in 0..CHUNK * 3 {
+        for n in 0..FIRST_MAX * 2 {
             entries.push_back(n);
         }
-        let second_chunk = &entries[CHUNK] as *const usize;
-        for n in 0..CHUNK * 100 {
+        let second_chunk = &entries[FIRST_MAX] as *const usize;
+        for n in 0..CHUNK_MAX * 10 {
             entries.push_back(n);
         }
-        assert_eq!(&entries[CHUNK] as *const usize, second_chunk);
-        assert!(entries.chunks.len() >= 103);
+        assert_eq!(&entries[FIRST_MAX] as *const usize, second_chunk);
+        // Sizes double to the largest, then stay.
+        let sizes: Vec<usize> = entries.chunks.iter().map(VecDeque::len).collect();
+        assert!(sizes
+            .windows(2)
+            .all(|pair| pair[0] <= pair[1] || pair[1] < CHUNK_MAX));
+        assert!(sizes.len() < 20, "{sizes:?}");
+    }
+
+    #[test]
+    fn a_short_log_stays_small() {
+        let mut entries = Entries::new();
+        for n in 0..40u64 {
+            entries.push_back(n);
+        }
+        let capacity: usize = entries.chunks.iter().map(VecDeque::capacity).sum();
+        assert!(capacity <= 128, "{capacity} entries allocated for 40");
     }
 
     #[test]
     fn logs_created_together_start_new_chunks_in_different_appends() {
-        let mut logs: Vec<Entries<u8>> = (0..CHUNK / 2).map(Entries::taking_turn).collect();
+        let mut logs: Vec<Entries<u8>> = (0..FIRST_MAX / 2).map(Entries::taking_turn).collect();
         let mut started = Vec::new();
-        for append in 0..CHUNK * 2 {
+        for append in 0..FIRST_MAX {
             let before: usize = logs.iter().map(|log| log.chunks.len()).sum();
             for log in &mut logs {
                 log.push_back(0);
@@ -225,8 +275,8 @@ mod tests {
         }
         // Past the first append, no append starts a chunk in every log.
         assert!(started.iter().all(|&count| count <= 1), "{started:?}");
-        // Each log started its second chunk, and its third 32 appends later.
-        assert_eq!(started.iter().sum::<usize>(), 2 * logs.len());
+        // Each log started its second chunk within these appends.
+        assert_eq!(started.iter().sum::<usize>(), logs.len());
     }
 
     #[test]

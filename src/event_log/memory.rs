@@ -563,16 +563,18 @@ impl SessionLog {
         stop_before: impl Fn(&StoredEntry) -> bool,
     ) -> (usize, usize) {
         let (mut count, mut size) = (0usize, 0usize);
-        for entry in self.entries.iter_from(start) {
-            if entry.seq > visible
-                || count >= limit.max_entries
-                || (count > 0 && size + entry.len > limit.max_bytes)
-                || (count > 0 && stop_before(entry))
-            {
-                break;
+        for entries in self.entries.slices_from(start) {
+            for entry in entries {
+                if entry.seq > visible
+                    || count >= limit.max_entries
+                    || (count > 0 && size + entry.len > limit.max_bytes)
+                    || (count > 0 && stop_before(entry))
+                {
+                    return (count, size);
+                }
+                count += 1;
+                size += entry.len;
             }
-            count += 1;
-            size += entry.len;
         }
         (count, size)
     }
