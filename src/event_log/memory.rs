@@ -40,10 +40,10 @@
 //!   room of the same allocation. Nothing is copied.
 //! - **Entries** keep only metadata: seq, job id, the number of the block
 //!   holding the frame, where in it the frame starts, and its length.
-//!   Frames never straddle two blocks. They lie in fixed-size chunks
-//!   ([`Entries`]), so an append never moves older entries: a job's
-//!   subscribers' logs grow in step, and a doubling queue made one append
-//!   in 128 move every subscriber's history at once.
+//!   Frames never straddle two blocks. They lie in chunks ([`Entries`]),
+//!   so an append never moves older entries: a job's subscribers' logs
+//!   grow in step, and one doubling queue each made the same append move
+//!   every subscriber's history at once.
 //! - **Reads** that need a frame still in the tail seal the tail first, so
 //!   in live streaming (a read after every append) each read is one small
 //!   block, still without a copy. `read_chunk_after` returns
