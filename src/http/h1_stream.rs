@@ -110,12 +110,47 @@ pub(super) fn event_stream_request(
 /// Serves one event-stream request on `stream`. Returns the connection when
 /// it may carry another request (the stream ended on purpose and both sides
 /// keep the connection alive), `None` when it must close.
+///
+/// An idle stream's whole cost is mostly its task, and a task is as large
+/// as its largest state. So the opening (the answer, a refusal, the head)
+/// runs boxed and is freed once the stream is open, and the streaming
+/// state holds only the stream, its socket and small waits (see
+/// `server::tests` for the size it is held to).
 pub async fn serve(
+    state: Arc<AppState>,
+    stream: TcpStream,
+    request: Box<EventStreamRequest>,
+    info: ConnectionInfo,
+) -> Option<TcpStream> {
+    let keep_alive = request.keep_alive;
+    let chunked = request.chunked;
+    let (socket, mut events) = match Box::pin(open(state, stream, request, info)).await {
+        Opening::Streaming(socket, events) => (socket, events),
+        Opening::Answered(kept) => return kept,
+    };
+    let ended_cleanly = write_stream(&socket, &mut events, chunked).await;
+    drop(events);
+    // The stream's tap let go of its handle: this one is the last.
+    let stream = Arc::try_unwrap(socket).ok()?;
+    (ended_cleanly && keep_alive).then_some(stream)
+}
+
+/// How an event-stream request was answered.
+enum Opening {
+    /// The head is written and the stream open, its tap on the socket.
+    Streaming(Arc<TcpStream>, Box<EventStream>),
+    /// Refused (the connection, if it may carry another request) or the
+    /// head could not be written (`None`).
+    Answered(Option<TcpStream>),
+}
+
+/// Answers the request: a refusal in full, or the stream's head.
+async fn open(
     state: Arc<AppState>,
     mut stream: TcpStream,
     request: Box<EventStreamRequest>,
     info: ConnectionInfo,
-) -> Option<TcpStream> {
+) -> Opening {
     let EventStreamRequest {
         mut parts,
         session_id,
@@ -126,7 +161,7 @@ pub async fn serve(
     match answer_event_stream(&state, &parts, &session_id).await {
         EventStreamAnswer::Refused(response) => {
             let written = write_full_response(&mut stream, response, keep_alive).await;
-            (written.is_ok() && keep_alive).then_some(stream)
+            Opening::Answered((written.is_ok() && keep_alive).then_some(stream))
         }
         EventStreamAnswer::Stream(opened) => {
             drop(parts);
@@ -136,15 +171,14 @@ pub async fn serve(
                 Framing::UntilClose
             };
             let head = encode_head(&opened.head, framing);
-            stream.write_all(&head).await.ok()?;
+            if stream.write_all(&head).await.is_err() {
+                return Opening::Answered(None);
+            }
             drop(head);
-            let mut events = EventStream::open(opened.plan).await;
+            let mut events = Box::new(EventStream::open(opened.plan).await);
             let socket = Arc::new(stream);
             events.attach_tap(|kick| DirectTap::new(socket.clone(), chunked, kick));
-            let ended_cleanly = write_stream(&socket, events, chunked).await;
-            // The stream's tap let go of its handle: this one is the last.
-            let stream = Arc::try_unwrap(socket).ok()?;
-            (ended_cleanly && keep_alive).then_some(stream)
+            Opening::Streaming(socket, events)
         }
     }
 }
@@ -222,7 +256,7 @@ pub(super) async fn write_full_response(
 /// farewell and final chunk written, so the connection is still usable.
 /// While the stream waits caught up, its tap (if it has one) writes on
 /// the same socket; `next()` returns only once the tap is closed.
-async fn write_stream(socket: &TcpStream, mut events: EventStream, chunked: bool) -> bool {
+async fn write_stream(socket: &TcpStream, events: &mut EventStream, chunked: bool) -> bool {
     let mut watch_client = true;
     loop {
         let next = tokio::select! {
@@ -243,7 +277,7 @@ async fn write_stream(socket: &TcpStream, mut events: EventStream, chunked: bool
         // The end of a frame the tap wrote in part goes first, whatever
         // comes next, or the framing is torn.
         if let Some(unfinished) = events.take_unfinished() {
-            if !write_chunk(socket, &mut events, &unfinished, false).await {
+            if !write_chunk(socket, events, &unfinished, false).await {
                 return false;
             }
         }
@@ -255,14 +289,18 @@ async fn write_stream(socket: &TcpStream, mut events: EventStream, chunked: bool
                     events.end(stop);
                     continue;
                 }
-                if !write_chunk(socket, &mut events, &chunk, chunked).await {
+                if !write_chunk(socket, events, &chunk, chunked).await {
                     return false;
                 }
             }
             Next::Farewell(bytes) => {
-                let written =
-                    tokio::time::timeout(FINAL_FRAME_WAIT, write_body(socket, &bytes, chunked))
-                        .await;
+                // Boxed, as is the last chunk below: once per stream, and
+                // inline they would size the task for its whole life.
+                let written = Box::pin(tokio::time::timeout(
+                    FINAL_FRAME_WAIT,
+                    write_body(socket, &bytes, chunked),
+                ))
+                .await;
                 if !matches!(written, Ok(Ok(()))) {
                     return false;
                 }
@@ -271,8 +309,11 @@ async fn write_stream(socket: &TcpStream, mut events: EventStream, chunked: bool
                 if !chunked {
                     return false;
                 }
-                let written =
-                    tokio::time::timeout(FINAL_FRAME_WAIT, write_raw(socket, b"0\r\n\r\n")).await;
+                let written = Box::pin(tokio::time::timeout(
+                    FINAL_FRAME_WAIT,
+                    write_raw(socket, b"0\r\n\r\n"),
+                ))
+                .await;
                 return matches!(written, Ok(Ok(())));
             }
         }
@@ -311,9 +352,15 @@ async fn write_chunk(
 
 /// Completes when the client closed its side (true) or sent bytes (false).
 /// Only peeks, so pipelined bytes stay for the next request.
+/// (`poll_peek` rather than `peek`: it waits in the socket's own slot for
+/// its task, where `peek` carries a waiter of its own in the task.)
 async fn client_left(stream: &TcpStream) -> bool {
     let mut probe = [0u8; 1];
-    matches!(stream.peek(&mut probe).await, Ok(0) | Err(_))
+    let peeked = std::future::poll_fn(|context| {
+        stream.poll_peek(context, &mut tokio::io::ReadBuf::new(&mut probe))
+    })
+    .await;
+    matches!(peeked, Ok(0) | Err(_))
 }
 
 /// Writes one body chunk, framed for chunked transfer coding when asked.
@@ -345,7 +392,8 @@ async fn write_all_vectored(
     mut slices: &mut [IoSlice<'_>],
 ) -> std::io::Result<()> {
     while !slices.is_empty() {
-        socket.writable().await?;
+        // The socket's own slot for its task, as in `client_left`.
+        std::future::poll_fn(|context| socket.poll_write_ready(context)).await?;
         match socket.try_write_vectored(slices) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(written) => IoSlice::advance_slices(&mut slices, written),

@@ -481,6 +481,13 @@ impl EventStream {
         if let Some(LogWatch::Local(_)) = &self.newest {
             return self.wait_on_local_log().await;
         }
+        // Boxed: inline, this wait would size every stream's task, the
+        // fast path's idle ones included, which never take it.
+        Box::pin(self.wait_on_shared_log()).await
+    }
+
+    /// [`EventStream::wait`] on a log this node does not hold (a cluster's).
+    async fn wait_on_shared_log(&mut self) -> Result<Waited<()>, Stop> {
         let newest = self.newest.as_mut().ok_or(Stop::LogGone)?;
         let deadline = self.deadline.as_mut().map(|sleep| sleep.as_mut());
         tokio::select! {
@@ -491,7 +498,7 @@ impl EventStream {
                 Err(_) => Err(Stop::LogGone),
             },
             _ = self.heartbeat.tick() => {
-                if !self.log.still_attached(&self.session, self.stream_id).await {
+                if !Box::pin(self.log.still_attached(&self.session, self.stream_id)).await {
                     return Err(Stop::Replaced);
                 }
                 Ok(Waited::Heartbeat)
@@ -528,7 +535,7 @@ impl EventStream {
             },
             () = expired(deadline) => Err(Stop::MaxDuration),
             _ = self.heartbeat.tick() => {
-                if !self.log.still_attached(&self.session, self.stream_id).await {
+                if !Box::pin(self.log.still_attached(&self.session, self.stream_id)).await {
                     return Err(Stop::Replaced);
                 }
                 Ok(Waited::Heartbeat)
