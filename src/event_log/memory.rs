@@ -63,13 +63,15 @@
 //!   hold a few chunks at most, and `read_after`'s callers drop entries
 //!   quickly.
 //! - **A job's copies to its subscribers are deferred** (§7.6; in memory
-//!   only, see [`MemoryEventLog::defer_fan_out`]). The entry keeps the
-//!   job's shared envelope (one allocation for every subscriber) and an
-//!   envelope id fixed at append, and no frame: reads write its frame into
-//!   the chunk they return, as the copied chunks above are written. The
-//!   job's serial work per subscriber shrinks to a short entry, and a
+//!   only, see [`MemoryEventLog::defer_fan_out`]). The entry keeps a
+//!   record of the event shared by every copy (the job's envelope, an id
+//!   drawn once; one allocation per event, not per copy) and no frame:
+//!   reads write its frame into the chunk they return, as the copied chunks
+//!   above are written, with an envelope id derived from the session's.
+//!   The job's serial work per subscriber shrinks to a short entry, and a
 //!   fan-out to 1,000 subscribers held 88 MB instead of 242 MB (the fan-out
-//!   bench's peak RSS). Retention still counts the frame's full length.
+//!   bench's peak RSS; a record per copy then). Retention still counts the
+//!   frame's full length.
 //! - **The sink gets the encoder's buffer**, not a view of a block (see
 //!   [`LogSink::appended`]): the store's write queue then never pins a
 //!   block, and no block has to be sealed per append.
@@ -83,6 +85,7 @@
 //!   session retained when it was made (or 4 KiB).
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
@@ -436,7 +439,7 @@ struct StoredEntry {
     /// Set for a fan-out copy whose frame is not in the blocks but written
     /// when read. Its `block` is then the tail's number when it was
     /// appended (so entries' block numbers never decrease) and `start` is 0.
-    deferred: Option<Box<Deferred>>,
+    deferred: Option<Arc<Deferred>>,
 }
 
 impl StoredEntry {
@@ -455,25 +458,65 @@ struct HeadShape {
     envelope_start: usize,
 }
 
-/// A job's event in a subscriber's log, kept as what its frame is made of
-/// rather than the frame: the job's shared envelope (one allocation for all
-/// its subscribers) and the envelope id, fixed when it was appended so
-/// every read writes the same bytes.
-struct Deferred {
+/// A job's event in its subscribers' logs, kept as what its frames are made
+/// of rather than the frames: one record per event, shared by every copy
+/// (one allocation for all of them, not one each). A copy's frame differs
+/// from another's only by the session's id, its `event_seq` and its
+/// envelope id, which [`Deferred::message_id`] derives from the session's
+/// id, so every read of a copy writes the same bytes.
+pub(crate) struct Deferred {
     head: HeadEncoder,
     message_type: &'static str,
-    message_id: ulid::Ulid,
+    /// Drawn once per event; each copy's id mixes the session's id into it.
+    event_id: ulid::Ulid,
     shared: Bytes,
 }
 
 impl Deferred {
-    /// Appends the frame of `seq` in `session_id`'s log; returns where its
-    /// envelope JSON starts, relative to the frame.
+    fn new(head: HeadEncoder, message_type: &'static str, shared: Bytes) -> Deferred {
+        Deferred {
+            head,
+            message_type,
+            event_id: ulid::Ulid::new(),
+            shared,
+        }
+    }
+
+    /// The envelope id of the copy in `session_id`'s log: the event's id
+    /// with its low 64 random bits mixed with a hash of the session's id.
+    /// Its time stays the event's; two copies share an id only if their
+    /// session ids hash alike in 64 bits, beside the 80 random bits that
+    /// make a fresh ULID unique.
+    fn message_id(&self, session_id: &SessionId) -> ulid::Ulid {
+        let mut hasher = std::hash::DefaultHasher::new();
+        session_id.as_str().hash(&mut hasher);
+        ulid::Ulid(self.event_id.0 ^ u128::from(hasher.finish()))
+    }
+
+    /// Appends the head of the copy of `seq` in `session_id`'s log (the
+    /// frame up to the shared envelope); returns where its envelope JSON
+    /// starts, relative to `frame`'s start.
+    pub(crate) fn write_head(
+        &self,
+        frame: &mut Vec<u8>,
+        session_id: &SessionId,
+        seq: EventSeq,
+    ) -> usize {
+        let mut id = [0u8; ulid::ULID_LEN];
+        let id = self.message_id(session_id).array_to_str(&mut id);
+        (self.head)(frame, session_id, seq, self.message_type, id)
+    }
+
+    /// The session-independent end of the envelope.
+    pub(crate) fn shared(&self) -> &Bytes {
+        &self.shared
+    }
+
+    /// Appends the whole frame of `seq` in `session_id`'s log; returns
+    /// where its envelope JSON starts, relative to the frame.
     fn write(&self, frame: &mut Vec<u8>, session_id: &SessionId, seq: EventSeq) -> usize {
         let before = frame.len();
-        let mut id = [0u8; ulid::ULID_LEN];
-        let id = self.message_id.array_to_str(&mut id);
-        let start = (self.head)(frame, session_id, seq, self.message_type, id);
+        let start = self.write_head(frame, session_id, seq);
         frame.extend_from_slice(&self.shared);
         frame.extend_from_slice(b"\n\n");
         start - before
@@ -734,7 +777,7 @@ impl SessionLog {
         job_id: JobId,
         len: usize,
         envelope: Range<usize>,
-        deferred: Deferred,
+        deferred: Arc<Deferred>,
     ) {
         self.retained_bytes += len;
         self.account.charge(len);
@@ -746,7 +789,7 @@ impl SessionLog {
             start: 0,
             len,
             envelope,
-            deferred: Some(Box::new(deferred)),
+            deferred: Some(deferred),
         });
     }
 }
@@ -899,42 +942,35 @@ impl MemoryEventLog {
         seq
     }
 
-    /// Appends `draft` to `slot` as a deferred entry (see
-    /// [`MemoryEventLog::defer_fan_out`]); `scratch` is reused for the
-    /// frame's head, written once here to learn the frame's length.
+    /// Appends `deferred` (of `job_id`'s event) to `slot` as a deferred
+    /// entry (see [`MemoryEventLog::defer_fan_out`]); `scratch` is reused
+    /// for the frame's head, written here only when its length may differ
+    /// from the last one's.
     fn append_deferred_to(
         &self,
         session_id: &SessionId,
         slot: &SessionSlot,
-        draft: &EventDraft,
-        head: HeadEncoder,
+        job_id: &JobId,
+        deferred: &Arc<Deferred>,
         scratch: &mut Vec<u8>,
         offers: &mut Offers,
     ) -> EventSeq {
-        let shared = draft.shared_envelope();
-        let deferred = Deferred {
-            head,
-            message_type: draft.message_type,
-            message_id: ulid::Ulid::new(),
-            shared: shared.clone(),
-        };
         let mut log = slot.lock();
         let seq = log.newest + 1;
         let seq_digits = seq.checked_ilog10().unwrap_or(0) + 1;
         let shape = match log.head_shape {
             Some(shape)
-                if shape.seq_digits == seq_digits && shape.message_type == draft.message_type =>
+                if shape.seq_digits == seq_digits
+                    && shape.message_type == deferred.message_type =>
             {
                 shape
             }
             _ => {
                 scratch.clear();
-                let mut id = [0u8; ulid::ULID_LEN];
-                let id = deferred.message_id.array_to_str(&mut id);
-                let envelope_start = head(scratch, session_id, seq, draft.message_type, id);
+                let envelope_start = deferred.write_head(scratch, session_id, seq);
                 let shape = HeadShape {
                     seq_digits,
-                    message_type: draft.message_type,
+                    message_type: deferred.message_type,
                     len: scratch.len(),
                     envelope_start,
                 };
@@ -942,17 +978,13 @@ impl MemoryEventLog {
                 shape
             }
         };
-        let len = shape.len + shared.len() + 2;
+        let len = shape.len + deferred.shared.len() + 2;
         let envelope = shape.envelope_start..len - 2;
-        let message_id = deferred.message_id;
-        log.push_deferred(seq, draft.job_id.clone(), len, envelope, deferred);
+        log.push_deferred(seq, job_id.clone(), len, envelope, deferred.clone());
         self.stay_within_limits(&mut log, len);
         slot.publish_or_offer(&log, seq, offers, || OfferedFrame::Copy {
-            head,
+            deferred: deferred.clone(),
             session_id: session_id.clone(),
-            message_type: draft.message_type,
-            message_id,
-            shared: shared.clone(),
         });
         seq
     }
@@ -1061,8 +1093,12 @@ impl EventLog for MemoryEventLog {
         // Deferred copies need no sink (the durable store writes whole
         // frames) and a fresh id per copy (a draft with a fixed id is a
         // replayed event, written as it is).
-        let deferred_head = match (self.sink.get(), self.fan_out_head.get()) {
-            (None, Some(head)) if draft.message_id.is_none() => Some(*head),
+        let deferred = match (self.sink.get(), self.fan_out_head.get()) {
+            (None, Some(head)) if draft.message_id.is_none() => Some(Arc::new(Deferred::new(
+                *head,
+                draft.message_type,
+                draft.shared_envelope().clone(),
+            ))),
             _ => None,
         };
         let mut scratch = Vec::new();
@@ -1070,12 +1106,12 @@ impl EventLog for MemoryEventLog {
         session_ids
             .iter()
             .zip(slots)
-            .map(|(session_id, slot)| match (slot, deferred_head) {
-                (Some(slot), Some(head)) => Ok(self.append_deferred_to(
+            .map(|(session_id, slot)| match (slot, &deferred) {
+                (Some(slot), Some(deferred)) => Ok(self.append_deferred_to(
                     session_id,
                     &slot,
-                    draft,
-                    head,
+                    &draft.job_id,
+                    deferred,
                     &mut scratch,
                     offers,
                 )),
@@ -1331,6 +1367,45 @@ mod tests {
         assert!(durable.session(&sid).unwrap().lock().entries[0]
             .deferred
             .is_none());
+    }
+
+    #[test]
+    fn fan_out_copies_share_one_record_and_each_has_its_own_id() {
+        let (log, sid) = log(usize::MAX);
+        log.defer_fan_out(head);
+        let others: Vec<SessionId> = (0..50)
+            .map(|n| SessionId::from_client(&format!("other{n}")))
+            .collect();
+        for other in &others {
+            log.create(other).unwrap();
+        }
+        let mut all = vec![&sid];
+        all.extend(others.iter());
+        log.append_each(&all, &draft(300));
+        let record = |id: &SessionId| {
+            let slot = log.session(id).unwrap();
+            let inner = slot.lock();
+            inner.entries.get(0).unwrap().deferred.clone().unwrap()
+        };
+        let first = record(&sid);
+        for other in &others {
+            assert!(Arc::ptr_eq(&first, &record(other)), "one record per event");
+        }
+        // The head writes `id: <seq>\n<envelope id> `.
+        let id_of = |id: &SessionId| {
+            let entries = log.read_after(id, 0, ALL).unwrap();
+            let frame = String::from_utf8(entries[0].frame.to_vec()).unwrap();
+            let (_, rest) = frame.split_once('\n').unwrap();
+            ulid::Ulid::from_string(&rest[..ulid::ULID_LEN]).unwrap()
+        };
+        let ids: Vec<ulid::Ulid> = all.iter().map(|id| id_of(id)).collect();
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), all.len(), "every copy has an id of its own");
+        assert!(ids
+            .iter()
+            .all(|id| id.timestamp_ms() == first.event_id.timestamp_ms()));
+        let again: Vec<ulid::Ulid> = all.iter().map(|id| id_of(id)).collect();
+        assert_eq!(ids, again, "every read writes the same id");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::crew::{Crew, Pass, SHARED_FROM_RUNS};
-use super::HeadEncoder;
+use super::memory::Deferred;
 use crate::ids::{EventSeq, SessionId};
 
 /// A session's stream, registered with its log
@@ -52,11 +52,8 @@ pub(crate) struct Offer {
 pub(crate) enum OfferedFrame {
     Whole(Bytes),
     Copy {
-        head: HeadEncoder,
+        deferred: Arc<Deferred>,
         session_id: SessionId,
-        message_type: &'static str,
-        message_id: ulid::Ulid,
-        shared: Bytes,
     },
 }
 
@@ -135,10 +132,13 @@ pub(super) fn offer_run(tap: &Arc<dyn LiveTap>, offers: &[Offer], run: &mut Vec<
     if let [offer] = offers {
         return match &offer.frame {
             OfferedFrame::Whole(frame) => tap.offer(offer.seq, offer.seq, &[frame]),
-            OfferedFrame::Copy { shared, .. } => {
+            OfferedFrame::Copy {
+                deferred,
+                session_id,
+            } => {
                 run.clear();
-                write_head(&offer.frame, offer.seq, run);
-                tap.offer(offer.seq, offer.seq, &[run, shared, b"\n\n"]);
+                deferred.write_head(run, session_id, offer.seq);
+                tap.offer(offer.seq, offer.seq, &[run, deferred.shared(), b"\n\n"]);
             }
         };
     }
@@ -158,27 +158,15 @@ pub(super) fn offer_run(tap: &Arc<dyn LiveTap>, offers: &[Offer], run: &mut Vec<
     }
 }
 
-fn write_head(frame: &OfferedFrame, seq: EventSeq, into: &mut Vec<u8>) {
-    if let OfferedFrame::Copy {
-        head,
-        session_id,
-        message_type,
-        message_id,
-        ..
-    } = frame
-    {
-        let mut id = [0u8; ulid::ULID_LEN];
-        let id = message_id.array_to_str(&mut id);
-        head(into, session_id, seq, message_type, id);
-    }
-}
-
 fn write_frame(frame: &OfferedFrame, seq: EventSeq, into: &mut Vec<u8>) {
     match frame {
         OfferedFrame::Whole(bytes) => into.extend_from_slice(bytes),
-        OfferedFrame::Copy { shared, .. } => {
-            write_head(frame, seq, into);
-            into.extend_from_slice(shared);
+        OfferedFrame::Copy {
+            deferred,
+            session_id,
+        } => {
+            deferred.write_head(into, session_id, seq);
+            into.extend_from_slice(deferred.shared());
             into.extend_from_slice(b"\n\n");
         }
     }
