@@ -482,28 +482,28 @@ impl Deferred {
         }
     }
 
-    /// The envelope id of the copy in `session_id`'s log: the event's id
-    /// with its low 64 random bits mixed with a hash of the session's id.
-    /// Its time stays the event's; two copies share an id only if their
-    /// session ids hash alike in 64 bits, beside the 80 random bits that
-    /// make a fresh ULID unique.
-    fn message_id(&self, session_id: &SessionId) -> ulid::Ulid {
-        let mut hasher = std::hash::DefaultHasher::new();
-        session_id.as_str().hash(&mut hasher);
-        ulid::Ulid(self.event_id.0 ^ u128::from(hasher.finish()))
+    /// The envelope id of the copy in the log whose [`id_mix`] is `mix`:
+    /// the event's id with its low 64 random bits mixed with a hash of the
+    /// session's id. Its time stays the event's; two copies share an id
+    /// only if their session ids hash alike in 64 bits, beside the 80
+    /// random bits that make a fresh ULID unique.
+    fn message_id(&self, mix: u64) -> ulid::Ulid {
+        ulid::Ulid(self.event_id.0 ^ u128::from(mix))
     }
 
     /// Appends the head of the copy of `seq` in `session_id`'s log (the
-    /// frame up to the shared envelope); returns where its envelope JSON
-    /// starts, relative to `frame`'s start.
+    /// frame up to the shared envelope), `mix` being that log's
+    /// [`id_mix`]; returns where its envelope JSON starts, relative to
+    /// `frame`'s start.
     pub(crate) fn write_head(
         &self,
         frame: &mut Vec<u8>,
         session_id: &SessionId,
+        mix: u64,
         seq: EventSeq,
     ) -> usize {
         let mut id = [0u8; ulid::ULID_LEN];
-        let id = self.message_id(session_id).array_to_str(&mut id);
+        let id = self.message_id(mix).array_to_str(&mut id);
         (self.head)(frame, session_id, seq, self.message_type, id)
     }
 
@@ -514,18 +514,28 @@ impl Deferred {
 
     /// Appends the whole frame of `seq` in `session_id`'s log; returns
     /// where its envelope JSON starts, relative to the frame.
-    fn write(&self, frame: &mut Vec<u8>, session_id: &SessionId, seq: EventSeq) -> usize {
+    fn write(&self, frame: &mut Vec<u8>, log: &SessionLog, seq: EventSeq) -> usize {
         let before = frame.len();
-        let start = self.write_head(frame, session_id, seq);
+        let start = self.write_head(frame, &log.session_id, log.id_mix, seq);
         frame.extend_from_slice(&self.shared);
         frame.extend_from_slice(b"\n\n");
         start - before
     }
 }
 
+/// What a session's id mixes into its copies' envelope ids
+/// ([`Deferred::message_id`]): a hash with fixed keys, taken once per log.
+fn id_mix(session_id: &SessionId) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    session_id.as_str().hash(&mut hasher);
+    hasher.finish()
+}
+
 struct SessionLog {
     /// Whose log it is: deferred frames carry the session's id.
     session_id: SessionId,
+    /// [`id_mix`] of `session_id`.
+    id_mix: u64,
     /// The shape of the last deferred head written for its length (see
     /// [`HeadEncoder`]): appends of the same shape skip writing it.
     head_shape: Option<HeadShape>,
@@ -557,6 +567,7 @@ impl Drop for SessionLog {
 impl SessionLog {
     fn new(session_id: SessionId, floor: EventSeq, account: Arc<Account>) -> Self {
         SessionLog {
+            id_mix: id_mix(&session_id),
             session_id,
             head_shape: None,
             tap: None,
@@ -641,7 +652,7 @@ impl SessionLog {
         let frame = match &entry.deferred {
             Some(deferred) => {
                 let mut frame = Vec::with_capacity(entry.len);
-                deferred.write(&mut frame, &self.session_id, entry.seq);
+                deferred.write(&mut frame, self, entry.seq);
                 debug_assert_eq!(frame.len(), entry.len, "the head's length is its shape's");
                 Bytes::from(frame)
             }
@@ -720,7 +731,7 @@ impl SessionLog {
         for entry in self.entries.range(start..start + count) {
             match &entry.deferred {
                 Some(deferred) => {
-                    deferred.write(&mut chunk, &self.session_id, entry.seq);
+                    deferred.write(&mut chunk, self, entry.seq);
                 }
                 None => {
                     chunk.extend_from_slice(&self.blocks.contents(entry.block)[entry.frame_range()])
@@ -967,7 +978,7 @@ impl MemoryEventLog {
             }
             _ => {
                 scratch.clear();
-                let envelope_start = deferred.write_head(scratch, session_id, seq);
+                let envelope_start = deferred.write_head(scratch, session_id, log.id_mix, seq);
                 let shape = HeadShape {
                     seq_digits,
                     message_type: deferred.message_type,
@@ -985,6 +996,7 @@ impl MemoryEventLog {
         slot.publish_or_offer(&log, seq, offers, || OfferedFrame::Copy {
             deferred: deferred.clone(),
             session_id: session_id.clone(),
+            id_mix: log.id_mix,
         });
         seq
     }

@@ -54,6 +54,8 @@ pub(crate) enum OfferedFrame {
     Copy {
         deferred: Arc<Deferred>,
         session_id: SessionId,
+        /// The session's mix for the copy's envelope id, taken from its log.
+        id_mix: u64,
     },
 }
 
@@ -135,9 +137,10 @@ pub(super) fn offer_run(tap: &Arc<dyn LiveTap>, offers: &[Offer], run: &mut Vec<
             OfferedFrame::Copy {
                 deferred,
                 session_id,
+                id_mix,
             } => {
                 run.clear();
-                deferred.write_head(run, session_id, offer.seq);
+                deferred.write_head(run, session_id, *id_mix, offer.seq);
                 tap.offer(offer.seq, offer.seq, &[run, deferred.shared(), b"\n\n"]);
             }
         };
@@ -164,8 +167,9 @@ fn write_frame(frame: &OfferedFrame, seq: EventSeq, into: &mut Vec<u8>) {
         OfferedFrame::Copy {
             deferred,
             session_id,
+            id_mix,
         } => {
-            deferred.write_head(into, session_id, seq);
+            deferred.write_head(into, session_id, *id_mix, seq);
             into.extend_from_slice(deferred.shared());
             into.extend_from_slice(b"\n\n");
         }
