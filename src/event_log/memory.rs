@@ -512,14 +512,26 @@ impl Deferred {
         &self.shared
     }
 
-    /// Appends the whole frame of `seq` in `session_id`'s log; returns
-    /// where its envelope JSON starts, relative to the frame.
-    fn write(&self, frame: &mut Vec<u8>, log: &SessionLog, seq: EventSeq) -> usize {
+    /// Appends the whole frame of the copy of `seq` in `session_id`'s log
+    /// (`mix` as in [`Deferred::write_head`]); returns where its envelope
+    /// JSON starts, relative to the frame.
+    pub(crate) fn write_frame(
+        &self,
+        frame: &mut Vec<u8>,
+        session_id: &SessionId,
+        mix: u64,
+        seq: EventSeq,
+    ) -> usize {
         let before = frame.len();
-        let start = self.write_head(frame, &log.session_id, log.id_mix, seq);
+        let start = self.write_head(frame, session_id, mix, seq);
         frame.extend_from_slice(&self.shared);
         frame.extend_from_slice(b"\n\n");
         start - before
+    }
+
+    /// [`Deferred::write_frame`] for the copy in `log`.
+    fn write(&self, frame: &mut Vec<u8>, log: &SessionLog, seq: EventSeq) -> usize {
+        self.write_frame(frame, &log.session_id, log.id_mix, seq)
     }
 }
 

@@ -169,9 +169,7 @@ fn write_frame(frame: &OfferedFrame, seq: EventSeq, into: &mut Vec<u8>) {
             session_id,
             id_mix,
         } => {
-            deferred.write_head(into, session_id, *id_mix, seq);
-            into.extend_from_slice(deferred.shared());
-            into.extend_from_slice(b"\n\n");
+            deferred.write_frame(into, session_id, *id_mix, seq);
         }
     }
 }
