@@ -99,8 +99,27 @@ pub async fn start_process(mut command: Command) -> Server {
     Server { child, address }
 }
 
+/// The gateway binary to measure, when not this build's
+/// ([`use_gateway_binary`]).
+static GATEWAY_BINARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Measures `path` (another build of the gateway) instead of this build's
+/// binary, for alternated comparisons (`scripts/bench-ab`). Once, before
+/// any gateway starts.
+pub fn use_gateway_binary(path: std::path::PathBuf) {
+    GATEWAY_BINARY
+        .set(path)
+        .expect("the gateway binary is chosen once");
+}
+
 pub async fn start_gateway(extra: &[&str]) -> Server {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_arcp-gateway"));
+    let mut command = Command::new(
+        GATEWAY_BINARY
+            .get()
+            .map_or(env!("CARGO_BIN_EXE_arcp-gateway").as_ref(), |path| {
+                path.as_os_str()
+            }),
+    );
     command
         .args([
             "--listen",

@@ -71,7 +71,9 @@ async fn floor_fanout(subscribers: u64, rate: u64, count: u64, frame_bytes: usiz
 
 pub async fn scenario(plan: &Plan, peer: &Peer) -> Vec<Row> {
     let seconds = if plan.quick { 2 } else { 4 };
-    let loads: &[(u64, u64)] = if plan.quick {
+    let loads: &[(u64, u64)] = if !plan.fanout_loads.is_empty() {
+        &plan.fanout_loads
+    } else if plan.quick {
         &[(100, 10_000), (1000, 100_000)]
     } else {
         &[

@@ -25,6 +25,11 @@
 //!   `--plain-chunk N`    the plain writer's replay chunk in bytes
 //!   `--plain-threads`    the plain writer replays from blocking threads
 //!   `--without-nchan`    no nchan column this run (it shows `missing`)
+//!   `--fanout-load S:T`  fan-out at S subscribers and T deliveries/s in
+//!                        total instead of the four default loads
+//!                        (repeatable)
+//!   `--gateway PATH`     measure that gateway binary instead of this
+//!                        build's (`scripts/bench-ab` alternates builds)
 //!
 //! It measures and prints; it asserts nothing about speed. The same
 //! scenarios in cluster mode are `benches/cluster/`; what both use is in
@@ -60,6 +65,9 @@ pub struct Plan {
     plain_chunk: Option<usize>,
     /// `--plain-threads`: replay from blocking threads.
     plain_threads: bool,
+    /// `--fanout-load`: (subscribers, deliveries/s) pairs; empty for the
+    /// default loads.
+    fanout_loads: Vec<(u64, u64)>,
 }
 
 impl Plan {
@@ -86,9 +94,23 @@ async fn start_helper(mode: &str) -> Server {
 }
 
 fn option(args: &[String], name: &str) -> Option<String> {
+    options(args, name).next()
+}
+
+/// Every value given to a repeatable option.
+fn options<'a>(args: &'a [String], name: &'a str) -> impl Iterator<Item = String> + 'a {
     args.windows(2)
-        .find(|pair| pair[0] == name)
+        .filter(move |pair| pair[0] == name)
         .map(|pair| pair[1].clone())
+}
+
+/// `SUBSCRIBERS:DELIVERIES_PER_SECOND`.
+fn fanout_load(value: &str) -> (u64, u64) {
+    value
+        .split_once(':')
+        .and_then(|(subscribers, total)| Some((subscribers.parse().ok()?, total.parse().ok()?)))
+        .filter(|&(subscribers, total)| subscribers > 0 && total >= subscribers)
+        .expect("--fanout-load SUBSCRIBERS:DELIVERIES_PER_SECOND, e.g. 100:100000")
 }
 
 async fn run_once(plan: &Plan, peer: &Peer, only: Option<&str>) -> Vec<Row> {
@@ -120,7 +142,13 @@ async fn run(args: Vec<String>) {
         quick: args.iter().any(|a| a == "--quick"),
         plain_chunk: option(&args, "--plain-chunk").map(|n| n.parse().expect("--plain-chunk N")),
         plain_threads: args.iter().any(|a| a == "--plain-threads"),
+        fanout_loads: options(&args, "--fanout-load")
+            .map(|value| fanout_load(&value))
+            .collect(),
     };
+    if let Some(path) = option(&args, "--gateway") {
+        common::use_gateway_binary(path.into());
+    }
     let only = option(&args, "--only");
     let json_path = option(&args, "--json");
     let runs: usize = option(&args, "--runs").map_or(1, |n| n.parse().expect("--runs N"));
