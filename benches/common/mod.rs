@@ -74,8 +74,50 @@ pub fn process_cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-pub async fn start_process(mut command: Command) -> Server {
-    let mut child = command
+/// The CPUs every server process is held to (`--pin`), when not all.
+static SERVER_CPUS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Holds this process (and every thread it starts from now on) to
+/// `client_cpus` and each server started after this to `server_cpus`
+/// (`taskset` lists, e.g. `0` and `1`), so that client and servers never
+/// share a core. Once, before the runtime starts.
+pub fn pin_cpus(client_cpus: &str, server_cpus: &str) {
+    let status = std::process::Command::new("taskset")
+        .args(["-p", "-c", client_cpus, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("taskset (util-linux) is needed for --pin");
+    assert!(status.success(), "taskset -p -c {client_cpus} failed");
+    SERVER_CPUS
+        .set(server_cpus.to_owned())
+        .expect("the CPUs are chosen once");
+}
+
+/// `command`, run under `taskset -c` when servers are pinned.
+fn pinned(command: Command) -> Command {
+    let Some(cpus) = SERVER_CPUS.get() else {
+        return command;
+    };
+    let inner = command.as_std();
+    let mut wrapped = Command::new("taskset");
+    wrapped
+        .args(["-c", cpus])
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (name, value) in inner.get_envs() {
+        match value {
+            Some(value) => wrapped.env(name, value),
+            None => wrapped.env_remove(name),
+        };
+    }
+    if let Some(directory) = inner.get_current_dir() {
+        wrapped.current_dir(directory);
+    }
+    wrapped
+}
+
+pub async fn start_process(command: Command) -> Server {
+    let mut child = pinned(command)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)

@@ -30,6 +30,9 @@
 //!                        (repeatable)
 //!   `--gateway PATH`     measure that gateway binary instead of this
 //!                        build's (`scripts/bench-ab` alternates builds)
+//!   `--pin C:S`          the client on CPUs C and every server on CPUs S
+//!                        (`taskset` lists, e.g. `0:1`): each side has
+//!                        cores of its own (nchan is not pinned)
 //!
 //! It measures and prints; it asserts nothing about speed. The same
 //! scenarios in cluster mode are `benches/cluster/`; what both use is in
@@ -198,6 +201,13 @@ fn main() {
     if let Some(at) = args.iter().position(|a| a == "--serve-floor") {
         floor::serve(&args[at + 1..]);
         return;
+    }
+    if let Some(pin) = option(&args, "--pin") {
+        let (client, server) = pin
+            .split_once(':')
+            .expect("--pin CLIENT_CPUS:SERVER_CPUS, e.g. 0:1");
+        // Before the runtime, so that its threads inherit the client's CPUs.
+        common::pin_cpus(client, server);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
