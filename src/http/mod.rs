@@ -10,6 +10,7 @@ pub mod direct;
 pub mod error;
 pub mod h1_stream;
 pub mod handlers;
+pub mod job_ops;
 pub mod observe;
 pub mod router;
 pub mod session_ops;
@@ -188,9 +189,9 @@ async fn dispatch(
         RouteId::Ping => session_ops::ping(state, parts, body, &session_id()).await,
         RouteId::Pong => session_ops::pong(state, parts, body, &session_id()).await,
         RouteId::ListJobs => session_ops::list_jobs(state, parts, &session_id()).await,
-        RouteId::SubmitJob => handlers::submit_job(state, parts, body, &session_id()).await,
-        RouteId::GetJob => handlers::get_job(state, parts, &session_id(), &job_id()).await,
-        RouteId::CancelJob => handlers::cancel_job(state, parts, &session_id(), &job_id()).await,
+        RouteId::SubmitJob => job_ops::submit_job(state, parts, body, &session_id()).await,
+        RouteId::GetJob => job_ops::get_job(state, parts, &session_id(), &job_id()).await,
+        RouteId::CancelJob => job_ops::cancel_job(state, parts, &session_id(), &job_id()).await,
         RouteId::Subscribe => session_ops::subscribe(state, parts, body, &session_id()).await,
         RouteId::Unsubscribe => {
             session_ops::unsubscribe(state, parts, &session_id(), &job_id()).await

@@ -33,10 +33,8 @@ use super::frames::{self, Inbound};
 use crate::event_log::ReadLimit;
 use crate::http::credentials::{is_resume_token, now_unix, token_error, Caller};
 use crate::http::error::ApiError;
-use crate::http::handlers::{
-    accept_job, attach_stream, cancel_in_session, checked_trace_id, open_session, AttachedStream,
-    HelloCapabilities, JobSubmitPayload,
-};
+use crate::http::handlers::{attach_stream, open_session, AttachedStream, HelloCapabilities};
+use crate::http::job_ops::{accept_job, cancel_in_session, checked_trace_id, JobSubmitPayload};
 use crate::http::session_ops::{
     acknowledge, list_page, subscribe_session, unsubscribe_session, SubscribePayload,
 };

@@ -1,145 +1,22 @@
-//! Server-Sent Events: frame encoding and the attached stream.
-//!
-//! A job event is one SSE event, `id: <event_seq>`, `event: <type>`,
-//! `data: <envelope JSON on one line>`. The frame is encoded once, when the
-//! event is appended to the log, and replay writes those stored bytes. Control
-//! events (`session.welcome`) carry no `id:` so they never move a browser's
-//! `Last-Event-ID`. Keepalives are comments.
-//!
-//! An [`EventStream`] reads the session's log from its cursor in coalesced
-//! chunks and yields them to its writer: the connection's own task on the
-//! HTTP/1.1 fast path (`h1_stream.rs`), or, under hyper, a pump task feeding
-//! a small bounded channel that [`SseBody`] drains. Either way a slow client
-//! holds at most a few chunks in memory.
+//! [`EventStream`]: one attached stream reading its session's log, whoever
+//! writes it (the HTTP/1.1 fast path, the hyper pump, the WebSocket).
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use hyper::body::{Body, Frame, SizeHint};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::event_log::{EncodedFrame, EventDraft, LiveTap, LogEntry, ReadLimit, StreamKick};
+use super::{encode_unsequenced_event, StreamPlan, FIRST_READ_LIMIT, KEEPALIVE, STREAM_READ_LIMIT};
+use crate::event_log::{LiveTap, LogEntry, ReadLimit, StreamKick};
 use crate::http::direct::DirectTap;
-use crate::ids::{EventSeq, SessionId};
-use crate::metrics::{Metrics, OpenGuard, StreamEnd, Transport};
-use crate::protocol::{job_envelope_head, push_json_number, Envelope};
+use crate::ids::EventSeq;
+use crate::metrics::{Metrics, OpenGuard, StreamEnd};
+use crate::protocol::Envelope;
 use crate::session::{Session, StreamId};
 use crate::state::{LogReader, LogWatch, OpError, Shutdown};
 use crate::storage::StorageError;
-
-/// A keepalive comment (§6.4 heartbeats are not events and use no seq).
-pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
-
-/// How long a stream's last words (`session.closed`, a `retry:` hint) may
-/// wait for room in a slow client's buffer before the stream just ends.
-pub const FINAL_FRAME_WAIT: Duration = Duration::from_secs(1);
-
-/// Chunks buffered between a stream's pump and its response body.
-const STREAM_CHANNEL_CHUNKS: usize = 4;
-
-/// The first chunk of replay, sent with the welcome: small, so the first
-/// event leaves at once; later chunks are large so a long replay costs few
-/// writes.
-const FIRST_READ_LIMIT: ReadLimit = ReadLimit {
-    max_entries: 64,
-    max_bytes: 16 * 1024,
-};
-
-/// The largest chunk a stream writes at once.
-pub const STREAM_READ_LIMIT: ReadLimit = ReadLimit {
-    max_entries: 4096,
-    max_bytes: 1024 * 1024,
-};
-
-/// The [`crate::event_log::FrameEncoder`] for job events. The session's own
-/// envelope fields are written here; the rest (payload included) is the
-/// draft's shared serialization, copied, so fanning one event out to many
-/// sessions serializes its payload once.
-pub fn encode_job_event(session_id: &SessionId, seq: EventSeq, draft: &EventDraft) -> EncodedFrame {
-    let shared = draft.shared_envelope();
-    let mut frame = Vec::with_capacity(shared.len() + 192 + session_id.as_str().len());
-    // A fresh id is formatted on the stack, not allocated as a `MessageId`.
-    let mut fresh = [0u8; ulid::ULID_LEN];
-    let id = match &draft.message_id {
-        Some(id) => id.as_str(),
-        None => ulid::Ulid::new().array_to_str(&mut fresh),
-    };
-    let start = encode_job_event_head(&mut frame, session_id, seq, draft.message_type, id);
-    frame.extend_from_slice(shared);
-    let envelope = start..frame.len();
-    frame.extend_from_slice(b"\n\n");
-    EncodedFrame {
-        frame: Bytes::from(frame),
-        envelope,
-    }
-}
-
-/// The [`crate::event_log::HeadEncoder`] for job events: the frame of
-/// [`encode_job_event`] up to the draft's shared envelope, for the message
-/// id `id`. Returns where the envelope JSON starts.
-pub fn encode_job_event_head(
-    frame: &mut Vec<u8>,
-    session_id: &SessionId,
-    seq: EventSeq,
-    message_type: &'static str,
-    id: &str,
-) -> usize {
-    frame.extend_from_slice(b"id: ");
-    push_json_number(frame, seq);
-    frame.extend_from_slice(b"\nevent: ");
-    frame.extend_from_slice(message_type.as_bytes());
-    frame.extend_from_slice(b"\ndata: ");
-    let start = frame.len();
-    job_envelope_head(frame, message_type, session_id, seq, id);
-    start
-}
-
-/// An event with no `id:` line, for control messages. `data` must be one
-/// line (JSON from `serde_json` always is).
-pub fn encode_unsequenced_event(event_type: &str, data: &[u8]) -> Bytes {
-    let mut frame = BytesMut::with_capacity(data.len() + event_type.len() + 20);
-    frame.extend_from_slice(b"event: ");
-    frame.extend_from_slice(event_type.as_bytes());
-    frame.extend_from_slice(b"\ndata: ");
-    frame.extend_from_slice(data);
-    frame.extend_from_slice(b"\n\n");
-    frame.freeze()
-}
-
-/// The reconnection delay hint.
-pub fn encode_retry(retry: Duration) -> Bytes {
-    Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
-}
-
-/// Everything a stream needs to start.
-pub struct StreamPlan {
-    pub log: LogReader,
-    pub session: Arc<Session>,
-    pub stream_id: StreamId,
-    /// Replay starts after this sequence number.
-    pub cursor: EventSeq,
-    /// Written first: the `retry:` line and the welcome event.
-    pub prelude: Bytes,
-    pub heartbeat: Duration,
-    pub shutdown: Shutdown,
-    /// The stream ends by itself after this long (already jittered), so
-    /// cookies refresh and proxies never hold a silent hour-long response.
-    pub max_duration: Option<Duration>,
-    /// The reconnect hint sent when the gateway ends a stream on purpose.
-    pub retry: Duration,
-    pub metrics: Arc<Metrics>,
-    pub transport: Transport,
-}
-
-/// A duration cut by a random 0–10 %, so streams opened together do not all
-/// end (and reconnect) together.
-pub fn jittered(duration: Duration) -> Duration {
-    duration.mul_f64(1.0 - rand::random::<f64>() * 0.1)
-}
 
 /// Why a stream stopped. Not sent to the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,7 +67,7 @@ pub enum Next {
     /// Event frames or a heartbeat.
     Chunk(Bytes),
     /// The stream's last words (a `retry:` hint, `session.closed`): write
-    /// them within [`FINAL_FRAME_WAIT`], without interruption, then end.
+    /// them within [`FINAL_FRAME_WAIT`](super::FINAL_FRAME_WAIT), without interruption, then end.
     Farewell(Bytes),
     /// Nothing more; end the response.
     End,
@@ -198,7 +75,7 @@ pub enum Next {
 
 /// One attached stream, read by whoever writes the response: the
 /// connection's own task on the HTTP/1.1 fast path
-/// ([`crate::http::h1_stream`]), or a pump task feeding [`SseBody`] under
+/// ([`crate::http::h1_stream`]), or a pump task feeding [`SseBody`](super::SseBody) under
 /// hyper. It only reads the session's log (never writes it), holds no lock
 /// across an await, and detaches itself from the session when dropped.
 ///
@@ -212,7 +89,7 @@ pub struct EventStream {
     stream_id: StreamId,
     cursor: EventSeq,
     /// The welcome and the first events, written with the response head.
-    initial: Option<Bytes>,
+    pub(super) initial: Option<Bytes>,
     /// `None` when the log was already gone at open.
     newest: Option<LogWatch>,
     heartbeat: tokio::time::Interval,
@@ -637,66 +514,6 @@ async fn expired(deadline: Option<Pin<&mut tokio::time::Sleep>>) {
     }
 }
 
-/// The response body of a stream served by hyper (HTTP/2, and HTTP/1.1
-/// requests the fast path passes on): a pump task drives the
-/// [`EventStream`] into a small bounded channel that this body drains, so a
-/// slow client holds at most a few chunks in memory.
-pub struct SseBody {
-    initial: Option<Bytes>,
-    receiver: mpsc::Receiver<Bytes>,
-}
-
-impl Body for SseBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(initial) = self.initial.take() {
-            return Poll::Ready(Some(Ok(Frame::data(initial))));
-        }
-        self.receiver
-            .poll_recv(context)
-            .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
-/// Starts the pump task and returns the body it feeds.
-pub async fn open_stream(plan: StreamPlan) -> SseBody {
-    let mut stream = EventStream::open(plan).await;
-    let initial = stream.initial.take();
-    let (sender, receiver) = mpsc::channel(STREAM_CHANNEL_CHUNKS);
-    tokio::spawn(async move {
-        loop {
-            let chunk = tokio::select! {
-                biased;
-                () = sender.closed() => { stream.end(Stop::ClientGone); return }
-                next = stream.next() => next,
-            };
-            match chunk {
-                Next::Chunk(chunk) => {
-                    tokio::select! {
-                        biased;
-                        stop = stream.interrupted() => stream.end(stop),
-                        sent = sender.send(chunk) => if sent.is_err() { stream.end(Stop::ClientGone) },
-                    }
-                }
-                Next::Farewell(bytes) => {
-                    let _ = tokio::time::timeout(FINAL_FRAME_WAIT, sender.send(bytes)).await;
-                }
-                Next::End => return,
-            }
-        }
-    });
-    SseBody { initial, receiver }
-}
-
 /// A keepalive comment, plus a `session.ping` (§6.4, no `id:`, no seq) when
 /// the session negotiated `heartbeat`.
 fn heartbeat_chunk(session: &Session) -> Bytes {
@@ -721,144 +538,6 @@ async fn replaced(attached: &mut watch::Receiver<Option<StreamId>>, stream_id: S
         }
         if attached.changed().await.is_err() {
             return;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-    use serde_json::{json, Value};
-
-    use super::*;
-    use crate::event_log::LogEntry;
-    use crate::ids::JobId;
-
-    /// A parser that follows the WHATWG event-stream interpretation rules,
-    /// for checking what a browser would see.
-    fn parse_events(stream: &str) -> Vec<(Option<String>, String, String)> {
-        let mut events = Vec::new();
-        let (mut id, mut event, mut data): (Option<String>, String, Vec<String>) =
-            (None, String::new(), Vec::new());
-        for line in stream.split('\n') {
-            if line.is_empty() {
-                if !data.is_empty() {
-                    events.push((id.take(), std::mem::take(&mut event), data.join("\n")));
-                }
-                data.clear();
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "id" => id = Some(value.to_owned()),
-                "event" => event = value.to_owned(),
-                "data" => data.push(value.to_owned()),
-                _ => {}
-            }
-        }
-        events
-    }
-
-    fn arbitrary_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(|n| json!(n)),
-            "\\PC*|[\\r\\n\\u{2028}:\\x00-\\x1f]*".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(3, 24, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                prop::collection::hash_map("[a-z\\n:]{0,6}", inner, 0..6)
-                    .prop_map(|map| Value::Object(map.into_iter().collect())),
-            ]
-        })
-    }
-
-    #[test]
-    fn one_draft_fans_out_with_each_sessions_own_envelope_fields() {
-        let draft = EventDraft::new(
-            "job.result",
-            JobId::from_client("job_f"),
-            None,
-            json!({"final_status": "success", "result": {"text": "a\nb"}}),
-        );
-        let mut ids = std::collections::HashSet::new();
-        for (n, session) in ["sess_a", "sess_b", "sess_c"].into_iter().enumerate() {
-            let seq = 10 + n as u64;
-            let encoded = encode_job_event(&SessionId::from_client(session), seq, &draft);
-            let envelope: Value =
-                serde_json::from_slice(&encoded.frame[encoded.envelope.clone()]).unwrap();
-            assert_eq!(envelope["session_id"], json!(session));
-            assert_eq!(envelope["event_seq"], json!(seq));
-            assert_eq!(envelope["type"], json!("job.result"));
-            assert_eq!(envelope["job_id"], json!("job_f"));
-            assert_eq!(envelope["payload"], draft.payload);
-            assert!(envelope.get("trace_id").is_none());
-            assert!(
-                ids.insert(envelope["id"].as_str().unwrap().to_owned()),
-                "message ids differ"
-            );
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn job_event_frames_parse_back_to_one_event(payload in arbitrary_json(), seq in 1u64..u64::MAX) {
-            let session_id = SessionId::from_client("sess_x");
-            let draft = EventDraft::new("job.event", JobId::from_client("job_y"), Some("trace".into()), payload.clone());
-            let encoded = encode_job_event(&session_id, seq, &draft);
-            let text = std::str::from_utf8(&encoded.frame).unwrap();
-            let entry = LogEntry { seq, job_id: draft.job_id.clone(), frame: encoded.frame.clone(), envelope: encoded.envelope };
-            let rebuilt = entry.to_draft().unwrap();
-            prop_assert_eq!(&rebuilt.payload, &payload);
-            prop_assert_eq!(rebuilt.message_type, "job.event");
-            let events = parse_events(text);
-            prop_assert_eq!(events.len(), 1);
-            let (id, event, data) = &events[0];
-            let expected_id = seq.to_string();
-            prop_assert_eq!(id.as_deref(), Some(expected_id.as_str()));
-            prop_assert_eq!(event, "job.event");
-            let envelope: Value = serde_json::from_str(data).unwrap();
-            prop_assert_eq!(&envelope["payload"], &payload);
-            prop_assert_eq!(&envelope["event_seq"], &json!(seq));
-            prop_assert_eq!(&envelope["session_id"], &json!("sess_x"));
-        }
-
-        #[test]
-        fn any_session_id_and_message_id_are_written_as_json_strings(
-            session in any::<String>(),
-            message in proptest::option::of(any::<String>()),
-            seq in any::<u64>(),
-        ) {
-            let session_id = SessionId::from_client(&session);
-            let mut draft = EventDraft::new("job.event", JobId::from_client("job_\"y"), None, json!(1));
-            draft.message_id = message.as_deref().map(crate::ids::MessageId::from_client);
-            let encoded = encode_job_event(&session_id, seq, &draft);
-            let envelope: Value = serde_json::from_slice(&encoded.frame[encoded.envelope.clone()]).unwrap();
-            prop_assert_eq!(&envelope["session_id"], &json!(session));
-            prop_assert_eq!(&envelope["event_seq"], &json!(seq));
-            prop_assert_eq!(&envelope["arcp"], &json!("1.1"));
-            prop_assert_eq!(&envelope["job_id"], &json!("job_\"y"));
-            match message {
-                Some(message) => prop_assert_eq!(&envelope["id"], &json!(message)),
-                None => prop_assert_eq!(envelope["id"].as_str().map(str::len), Some(26)),
-            }
-        }
-
-        #[test]
-        fn unsequenced_events_carry_no_id(payload in arbitrary_json()) {
-            let data = serde_json::to_vec(&payload).unwrap();
-            let frame = encode_unsequenced_event("session.welcome", &data);
-            let events = parse_events(std::str::from_utf8(&frame).unwrap());
-            prop_assert_eq!(events.len(), 1);
-            prop_assert_eq!(events[0].0.clone(), None);
-            let parsed: Value = serde_json::from_str(&events[0].2).unwrap();
-            prop_assert_eq!(parsed, payload);
         }
     }
 }
