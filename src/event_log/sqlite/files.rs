@@ -27,14 +27,7 @@ pub(super) fn create_private_file(path: &Path) -> Result<(), StoreError> {
     if path.exists() {
         return Ok(());
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options
+    new_private_file()
         .open(path)
         .map(drop)
         .map_err(|e| store_error(path, e))
@@ -56,6 +49,18 @@ pub fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, StoreError> {
         return Ok(existing);
     }
     let secret: [u8; 32] = rand::random();
+    let mut file = new_private_file()
+        .open(&path)
+        .map_err(|e| store_error(&path, e))?;
+    file.write_all(&secret)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| store_error(&path, e))?;
+    Ok(secret.to_vec())
+}
+
+/// Options that create a new file readable and writable by its owner only
+/// (0600), failing if it exists.
+fn new_private_file() -> std::fs::OpenOptions {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -63,9 +68,5 @@ pub fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, StoreError> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(&path).map_err(|e| store_error(&path, e))?;
-    file.write_all(&secret)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| store_error(&path, e))?;
-    Ok(secret.to_vec())
+    options
 }
