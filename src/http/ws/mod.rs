@@ -2,7 +2,7 @@
 //! one JSON envelope per text message, as the official SDKs speak it.
 //!
 //! The upgrade goes through hyper (`hyper::upgrade::on`); the socket is then
-//! driven by tokio-tungstenite in a task of its own ([`connection`]). The
+//! driven by tokio-tungstenite in a task of its own (`connection.rs`). The
 //! WebSocket binding shares sessions, tokens, jobs and the event log with
 //! REST/SSE: a session opened here can be streamed over SSE and the other way
 //! round, because both attach a stream to the same [`crate::session::Session`]

@@ -17,7 +17,7 @@
 //! - Bounds: connecting within `connect_timeout_ms`; no message from the
 //!   runtime (its heartbeats included) for `idle_timeout_ms` ends the job;
 //!   messages are limited to `max_line_bytes`.
-//! - A dropped upstream connection is resumed ([`resume`]): reconnect
+//! - A dropped upstream connection is resumed (`arcp/resume.rs`): reconnect
 //!   within a small budget, `session.hello` with `resume`, `job.subscribe`,
 //!   and a `warn` log event in the job before the resumed events, since the
 //!   official runtime loses what it produced while nobody was connected. A

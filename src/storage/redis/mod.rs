@@ -4,7 +4,7 @@
 //! hash slot (`lua/*.lua`); reads are plain commands in a MULTI. Appends are
 //! idempotent by the job's append index, so a request whose reply was lost is
 //! retried without duplicating anything. Wake-ups and node notices travel over
-//! pub/sub ([`wake`]); they are hints, the log is the only source of events.
+//! pub/sub (`wake.rs`); they are hints, the log is the only source of events.
 
 mod coordinator;
 pub use coordinator::now_ms;

@@ -4,7 +4,7 @@
 //! Every SQLite call runs on dedicated threads (`writer.rs`): one writer
 //! that group-commits, and reader threads on their own connections, each fed
 //! by a bounded queue the caller awaits. Handles opened on the same file in
-//! one process share those threads and one in-process [`writer::Signals`]
+//! one process share those threads and one in-process `writer::Signals`
 //! hub (found by canonical path), so several handles act as separate nodes
 //! of one gateway exactly as Redis nodes do: they see each other's writes,
 //! wake each other's readers and receive each other's notices. Another
