@@ -1,7 +1,8 @@
-//! Sessions, streams, jobs, leases, idempotency and subscriptions in Redis.
-//! Each change is one script in the session's slot (`lua/session.lua`,
-//! `lua/job.lua`); notices to other nodes go out on their pub/sub channel
-//! once the script has decided.
+//! Sessions, streams, jobs, leases, idempotency and subscriptions in Redis:
+//! the `Coordinator` half. Each change is one script in the session's slot
+//! (`lua/session.lua`, `lua/job.lua`, invoked in `mod.rs`); notices to other
+//! nodes go out on their pub/sub channel once the script has decided. The
+//! subscription calls beside the trait are in `subscriptions.rs`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,16 +17,6 @@ use crate::storage::{
     Coordinator, GoneReason, IdempotencyClaim, IdempotencyRecord, JobRecord, JobStatus, Lease,
     NodeNotice, ReapedJob, SessionRecord, SessionState, StorageError, StorageResult, StreamHolder,
 };
-
-/// A job's `j:` field in its session's meta, `index:seq` (the append
-/// script writes it): its newest append index and that event's seq, or
-/// zeros when there is none.
-fn job_position(field: Option<&str>) -> (u64, EventSeq) {
-    field
-        .and_then(|text| text.split_once(':'))
-        .and_then(|(index, seq)| Some((index.parse().ok()?, seq.parse().ok()?)))
-        .unwrap_or((0, 0))
-}
 
 /// How long a job's record, its listing entry and its location outlive the
 /// job's end (a listing is bounded in time, not only by the session).
@@ -48,158 +39,6 @@ fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> StorageResult<T> {
 }
 
 impl RedisStorage {
-    /// Adds (`true`) or removes a job from a session's subscriptions
-    /// (§7.6); whether anything changed.
-    pub async fn set_subscription(
-        &self,
-        session_id: &SessionId,
-        job_id: &JobId,
-        subscribed: bool,
-    ) -> StorageResult<bool> {
-        let op: &[u8] = if subscribed { b"sub" } else { b"unsub" };
-        let job = keys::checked(job_id.as_str())?;
-        let reply = self
-            .session_script(session_id, &[op, job.as_bytes()])
-            .await?;
-        match (status(&reply)?, reply.get(1)) {
-            ("ok", Some(changed)) => Ok(number(changed)? == 1),
-            ("gone", _) => Err(StorageError::Gone(GoneReason::SessionMissing)),
-            _ => Err(unexpected(&reply)),
-        }
-    }
-
-    /// The newest append index of `job_id`'s events in a session's log (0
-    /// for none): what a subscriber already holds of a job.
-    pub async fn job_append_index(
-        &self,
-        session_id: &SessionId,
-        job_id: &JobId,
-    ) -> StorageResult<u64> {
-        let keys = SessionKeys::new(session_id)?;
-        let mut connection = self.connection.clone();
-        let position: Option<String> = redis::cmd("HGET")
-            .arg(keys.meta())
-            .arg(format!("j:{}", keys::checked(job_id.as_str())?))
-            .query_async(&mut connection)
-            .await
-            .map_err(read_error)?;
-        Ok(job_position(position.as_deref()).0)
-    }
-
-    /// The jobs a session is subscribed to (§7.6).
-    pub async fn subscriptions(&self, session_id: &SessionId) -> StorageResult<Vec<JobId>> {
-        let keys = SessionKeys::new(session_id)?;
-        let mut connection = self.connection.clone();
-        let subs: Option<String> = redis::cmd("HGET")
-            .arg(keys.session())
-            .arg("subs")
-            .query_async(&mut connection)
-            .await
-            .map_err(read_error)?;
-        Ok(subs
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(JobId::from_client)
-            .collect())
-    }
-
-    /// Stops copying a job's events to `subscriber` (§7.6).
-    pub async fn remove_job_subscriber(
-        &self,
-        owner: &SessionId,
-        job_id: &JobId,
-        subscriber: &SessionId,
-    ) -> StorageResult<()> {
-        let keys = SessionKeys::new(owner)?;
-        let mut connection = self.connection.clone();
-        redis::cmd("SREM")
-            .arg(keys.subscribers(job_id)?)
-            .arg(subscriber.as_str())
-            .query_async::<i64>(&mut connection)
-            .await
-            .map_err(write_error)?;
-        Ok(())
-    }
-
-    /// Each job's newest `event_seq` in its own session's log (0 before its
-    /// first event, or once the log is gone), in one round trip.
-    pub async fn last_event_seqs(
-        &self,
-        jobs: &[(SessionId, JobId)],
-    ) -> StorageResult<Vec<EventSeq>> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for (session_id, job_id) in jobs {
-            let keys = SessionKeys::new(session_id)?;
-            let job = keys::checked(job_id.as_str())?;
-            pipe.cmd("HMGET")
-                .arg(keys.meta())
-                .arg(format!("j:{job}"))
-                .arg(format!("t:{job}"));
-        }
-        let mut connection = self.connection.clone();
-        let positions: Vec<(Option<String>, Option<String>)> = pipe
-            .query_async(&mut connection)
-            .await
-            .map_err(read_error)?;
-        // `j:` is `index:seq` of the job's own newest append; `t:` the seq of
-        // its terminal, which a reaper appends without moving `j:`.
-        Ok(positions
-            .iter()
-            .map(|(position, terminal)| {
-                let own = job_position(position.as_deref()).1;
-                let terminal = terminal
-                    .as_deref()
-                    .and_then(|seq| seq.parse().ok())
-                    .unwrap_or(0);
-                own.max(terminal)
-            })
-            .collect())
-    }
-
-    async fn session_script(
-        &self,
-        session_id: &SessionId,
-        args: &[&[u8]],
-    ) -> StorageResult<Vec<Value>> {
-        let keys = SessionKeys::new(session_id)?;
-        let window = self.window_arg();
-        let mut full: Vec<&[u8]> = Vec::with_capacity(args.len() + 1);
-        full.push(args[0]);
-        full.push(window.as_bytes());
-        full.extend_from_slice(&args[1..]);
-        self.run_script(
-            &self.scripts.session,
-            &[&keys.session(), &keys.meta(), &keys.log()],
-            &full,
-            write_error,
-        )
-        .await
-    }
-
-    async fn job_script(
-        &self,
-        session_id: &SessionId,
-        job_id: &JobId,
-        args: &[&[u8]],
-    ) -> StorageResult<Vec<Value>> {
-        let keys = SessionKeys::new(session_id)?;
-        self.run_script(
-            &self.scripts.job,
-            &[
-                &keys.job(job_id)?,
-                &keys.lease(job_id)?,
-                RUNNING,
-                &keys.subscribers(job_id)?,
-            ],
-            args,
-            write_error,
-        )
-        .await
-    }
-
     /// Best effort: a lost notice is caught by the holder check of a
     /// stream's heartbeat and by lease renewal (`cancel` flag).
     pub async fn publish_notice(&self, node: &str, notice: &NodeNotice) {

@@ -10,6 +10,7 @@ mod coordinator;
 pub use coordinator::now_ms;
 pub mod keys;
 pub mod startup;
+mod subscriptions;
 mod wake;
 
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use super::{
     Retention, StorageError, StorageResult, StoredEvent,
 };
 use crate::ids::{EventSeq, JobId, SessionId};
-use keys::SessionKeys;
+use keys::{SessionKeys, RUNNING};
 
 pub use startup::{check_persistence, PersistenceProblem, PersistenceReport, PersistenceWarning};
 
@@ -156,6 +157,50 @@ impl RedisStorage {
             .invoke_async(&mut connection)
             .await
             .map_err(on_error)
+    }
+
+    /// `lua/session.lua` on a session's keys, the resume window inserted as
+    /// its second argument.
+    async fn session_script(
+        &self,
+        session_id: &SessionId,
+        args: &[&[u8]],
+    ) -> StorageResult<Vec<Value>> {
+        let keys = SessionKeys::new(session_id)?;
+        let window = self.window_arg();
+        let mut full: Vec<&[u8]> = Vec::with_capacity(args.len() + 1);
+        full.push(args[0]);
+        full.push(window.as_bytes());
+        full.extend_from_slice(&args[1..]);
+        self.run_script(
+            &self.scripts.session,
+            &[&keys.session(), &keys.meta(), &keys.log()],
+            &full,
+            write_error,
+        )
+        .await
+    }
+
+    /// `lua/job.lua` on a job's keys and the running index ([`keys::RUNNING`]).
+    async fn job_script(
+        &self,
+        session_id: &SessionId,
+        job_id: &JobId,
+        args: &[&[u8]],
+    ) -> StorageResult<Vec<Value>> {
+        let keys = SessionKeys::new(session_id)?;
+        self.run_script(
+            &self.scripts.job,
+            &[
+                &keys.job(job_id)?,
+                &keys.lease(job_id)?,
+                RUNNING,
+                &keys.subscribers(job_id)?,
+            ],
+            args,
+            write_error,
+        )
+        .await
     }
 
     /// The append script's invocation for one event.
