@@ -53,14 +53,19 @@ async fn hyper_fanout(subscribers: u64, rate: u64, count: u64, frame_bytes: usiz
     deliver_all(readers, count).await
 }
 
-async fn floor_fanout(subscribers: u64, rate: u64, count: u64, frame_bytes: usize) -> Delivery {
+async fn floor_fanout(plan: &Plan, load: &PacedLoad) -> Delivery {
+    let subscribers = load.readers as u64;
+    let count = load.per_channel;
     let mut command = tokio::process::Command::new(std::env::current_exe().expect("own path"));
     command.arg("--serve-floor").args([
         subscribers.to_string(),
-        rate.to_string(),
+        load.rate.to_string(),
         count.to_string(),
-        frame_bytes.to_string(),
+        load.frame_bytes.to_string(),
     ]);
+    if plan.floor_publisher {
+        command.arg("publisher");
+    }
     let floor = start_process(command).await;
     let mut readers = Vec::new();
     for _ in 0..subscribers {
@@ -96,7 +101,6 @@ pub async fn scenario(plan: &Plan, peer: &Peer) -> Vec<Row> {
         let (gateway, gateway_rss) = gateway_fanout(subscribers, rate, count).await;
         let frame_bytes = gateway.frame_bytes().round() as usize;
         let hyper = hyper_fanout(subscribers, rate, count, frame_bytes).await;
-        let floor = floor_fanout(subscribers, rate, count, frame_bytes).await;
         let load = PacedLoad {
             channels: 1,
             readers: subscribers as usize,
@@ -104,6 +108,7 @@ pub async fn scenario(plan: &Plan, peer: &Peer) -> Vec<Row> {
             per_channel: count,
             frame_bytes,
         };
+        let floor = floor_fanout(plan, &load).await;
         let nchan = paced_delivery(peer, load).await;
         let label = format!(
             "fan-out 1 job -> {subscribers} subscribers x {rate} ev/s, {total} deliveries/s total"

@@ -8,9 +8,19 @@
 //! each frame straight to their share of the sockets with blocking
 //! `write` calls: no tasks, channels or logs. Frames are the size of the
 //! gateway's job events in the same scenario and carry `ts_ns`.
+//!
+//! By default every writer thread wakes on its own timer at the event's
+//! due time, so all cores start writing at once with the frame in hand.
+//! No server fed by one publisher can do that: its event appears on one
+//! thread and reaches the others by a wake-up. `--floor-publisher` (a
+//! sixth argument, `publisher`) measures that shape too: one thread wakes
+//! on the timer, stamps and builds the frame, hands it to the other
+//! writers over a channel and writes its own share; the rest wait on
+//! their channels. Still blocking writes, no tasks, no logs.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -24,13 +34,15 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The arguments after `--serve-floor`.
+/// The arguments after `--serve-floor`: `SUBSCRIBERS RATE COUNT BYTES`,
+/// then `publisher` for the one-publisher shape.
 pub fn serve(args: &[String]) {
     let number = |index: usize| -> u64 {
         args.get(index)
             .and_then(|value| value.parse().ok())
-            .expect("--serve-floor SUBSCRIBERS RATE COUNT BYTES")
+            .expect("--serve-floor SUBSCRIBERS RATE COUNT BYTES [publisher]")
     };
+    let publisher = args.get(4).is_some_and(|mode| mode == "publisher");
     let (subscribers, rate, count, bytes) =
         (number(0) as usize, number(1), number(2), number(3) as usize);
     let listener = TcpListener::bind("127.0.0.2:0").expect("bind floor");
@@ -50,16 +62,37 @@ pub fn serve(args: &[String]) {
     }
     let threads = cores();
     let per_thread = subscribers.div_ceil(threads);
-    let barrier = Arc::new(Barrier::new(threads));
     let start = Instant::now() + Duration::from_millis(500);
     let mut remaining = sockets.into_iter();
-    let writers: Vec<_> = (0..threads)
-        .map(|_| {
-            let group: Vec<TcpStream> = remaining.by_ref().take(per_thread).collect();
-            let barrier = barrier.clone();
-            std::thread::spawn(move || write_paced(group, &barrier, start, rate, count, bytes))
-        })
+    let mut groups: Vec<Vec<TcpStream>> = (0..threads)
+        .map(|_| remaining.by_ref().take(per_thread).collect())
         .collect();
+    let writers: Vec<_> = if publisher {
+        let own = groups.remove(0);
+        let mut senders = Vec::new();
+        let mut writers: Vec<_> = groups
+            .into_iter()
+            .map(|group| {
+                let (sender, receiver) = sync_channel(1);
+                senders.push(sender);
+                std::thread::spawn(move || write_handed(group, receiver))
+            })
+            .collect();
+        let pace = Pace { start, rate, count };
+        writers.push(std::thread::spawn(move || {
+            publish(own, &senders, pace, bytes)
+        }));
+        writers
+    } else {
+        let barrier = Arc::new(Barrier::new(threads));
+        groups
+            .into_iter()
+            .map(|group| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || write_paced(group, &barrier, start, rate, count, bytes))
+            })
+            .collect()
+    };
     for writer in writers {
         let _ = writer.join();
     }
@@ -82,6 +115,44 @@ fn write_paced(
         barrier.wait();
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         let frame = event_frame(seq, now_ns(), bytes);
+        group.retain_mut(|socket| socket.write_all(frame.as_bytes()).is_ok());
+    }
+}
+
+/// When frames are due: the `seq`th (from 1) at `start + seq / rate`, as
+/// in [`write_paced`].
+#[derive(Clone, Copy)]
+struct Pace {
+    start: Instant,
+    rate: u64,
+    count: u64,
+}
+
+/// The one-publisher shape's paced thread: wakes when each frame is due,
+/// hands it to the other writers, then writes its own share.
+fn publish(
+    mut group: Vec<TcpStream>,
+    others: &[SyncSender<Arc<String>>],
+    pace: Pace,
+    bytes: usize,
+) {
+    for seq in 1..=pace.count {
+        let due = pace.start + Duration::from_nanos(seq * 1_000_000_000 / pace.rate.max(1));
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let frame = Arc::new(event_frame(seq, now_ns(), bytes));
+        for other in others {
+            // A writer still busy with the last frame: wait for it, as a
+            // real server's hand-off would.
+            let _ = other.send(frame.clone());
+        }
+        group.retain_mut(|socket| socket.write_all(frame.as_bytes()).is_ok());
+    }
+}
+
+/// A writer of the one-publisher shape: each frame it is handed, to its
+/// share of the sockets; ends when the publisher does.
+fn write_handed(mut group: Vec<TcpStream>, frames: Receiver<Arc<String>>) {
+    for frame in frames {
         group.retain_mut(|socket| socket.write_all(frame.as_bytes()).is_ok());
     }
 }

@@ -33,6 +33,10 @@
 //!   `--pin C:S`          the client on CPUs C and every server on CPUs S
 //!                        (`taskset` lists, e.g. `0:1`): each side has
 //!                        cores of its own (nchan is not pinned)
+//!   `--floor-publisher`  the fan-out floor's frames come from one
+//!                        publisher thread that hands them to the other
+//!                        writers, instead of every writer waking on its
+//!                        own timer (`floor.rs`)
 //!
 //! It measures and prints; it asserts nothing about speed. The same
 //! scenarios in cluster mode are `benches/cluster/`; what both use is in
@@ -71,6 +75,8 @@ pub struct Plan {
     /// `--fanout-load`: (subscribers, deliveries/s) pairs; empty for the
     /// default loads.
     fanout_loads: Vec<(u64, u64)>,
+    /// `--floor-publisher`: the floor's one-publisher shape.
+    floor_publisher: bool,
 }
 
 impl Plan {
@@ -148,6 +154,7 @@ async fn run(args: Vec<String>) {
         fanout_loads: options(&args, "--fanout-load")
             .map(|value| fanout_load(&value))
             .collect(),
+        floor_publisher: args.iter().any(|a| a == "--floor-publisher"),
     };
     if let Some(path) = option(&args, "--gateway") {
         common::use_gateway_binary(path.into());
