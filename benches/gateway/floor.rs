@@ -62,7 +62,11 @@ pub fn serve(args: &[String]) {
     }
     let threads = cores();
     let per_thread = subscribers.div_ceil(threads);
-    let start = Instant::now() + Duration::from_millis(500);
+    let pace = Pace {
+        start: Instant::now() + Duration::from_millis(500),
+        rate,
+        count,
+    };
     let mut remaining = sockets.into_iter();
     let mut groups: Vec<Vec<TcpStream>> = (0..threads)
         .map(|_| remaining.by_ref().take(per_thread).collect())
@@ -78,7 +82,6 @@ pub fn serve(args: &[String]) {
                 std::thread::spawn(move || write_handed(group, receiver))
             })
             .collect();
-        let pace = Pace { start, rate, count };
         writers.push(std::thread::spawn(move || {
             publish(own, &senders, pace, bytes)
         }));
@@ -89,7 +92,7 @@ pub fn serve(args: &[String]) {
             .into_iter()
             .map(|group| {
                 let barrier = barrier.clone();
-                std::thread::spawn(move || write_paced(group, &barrier, start, rate, count, bytes))
+                std::thread::spawn(move || write_paced(group, &barrier, pace, bytes))
             })
             .collect()
     };
@@ -100,32 +103,30 @@ pub fn serve(args: &[String]) {
     std::thread::sleep(Duration::from_secs(2));
 }
 
-/// Writes `count` frames at `rate` per second to every socket of `group`,
-/// in step with the other writer threads.
-fn write_paced(
-    mut group: Vec<TcpStream>,
-    barrier: &Barrier,
-    start: Instant,
-    rate: u64,
-    count: u64,
-    bytes: usize,
-) {
-    for seq in 1..=count {
-        let due = start + Duration::from_nanos(seq * 1_000_000_000 / rate.max(1));
+/// Writes every frame of `pace` to every socket of `group`, in step with
+/// the other writer threads.
+fn write_paced(mut group: Vec<TcpStream>, barrier: &Barrier, pace: Pace, bytes: usize) {
+    for seq in 1..=pace.count {
         barrier.wait();
-        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        std::thread::sleep(pace.due(seq).saturating_duration_since(Instant::now()));
         let frame = event_frame(seq, now_ns(), bytes);
         group.retain_mut(|socket| socket.write_all(frame.as_bytes()).is_ok());
     }
 }
 
-/// When frames are due: the `seq`th (from 1) at `start + seq / rate`, as
-/// in [`write_paced`].
+/// `count` frames at `rate` per second from `start`.
 #[derive(Clone, Copy)]
 struct Pace {
     start: Instant,
     rate: u64,
     count: u64,
+}
+
+impl Pace {
+    /// When the `seq`th frame (from 1) is due.
+    fn due(&self, seq: u64) -> Instant {
+        self.start + Duration::from_nanos(seq * 1_000_000_000 / self.rate.max(1))
+    }
 }
 
 /// The one-publisher shape's paced thread: wakes when each frame is due,
@@ -137,12 +138,11 @@ fn publish(
     bytes: usize,
 ) {
     for seq in 1..=pace.count {
-        let due = pace.start + Duration::from_nanos(seq * 1_000_000_000 / pace.rate.max(1));
-        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        std::thread::sleep(pace.due(seq).saturating_duration_since(Instant::now()));
         let frame = Arc::new(event_frame(seq, now_ns(), bytes));
         for other in others {
-            // A writer still busy with the last frame: wait for it, as a
-            // real server's hand-off would.
+            // A writer that has not yet taken the last frame holds this
+            // one up (a channel of one), as a real server's hand-off would.
             let _ = other.send(frame.clone());
         }
         group.retain_mut(|socket| socket.write_all(frame.as_bytes()).is_ok());
