@@ -397,7 +397,7 @@ pub async fn paced_delivery(peer: &Peer, load: PacedLoad) -> Option<crate::commo
                 tick += 1;
             }
             publisher.flush().await;
-            tokio::time::sleep_until((start + due(tick)).into()).await;
+            crate::common::sleep_until_precise(start + due(tick)).await;
         }
         publisher.finish().await;
         late

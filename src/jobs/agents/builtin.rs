@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::pacer;
 use super::{
     AgentOutcome, BuiltinAgent, JobContext, MAX_RESULT_CHUNK_BYTES, MAX_STREAMED_RESULT_BYTES,
 };
@@ -351,10 +352,10 @@ async fn run_firehose(context: &JobContext) -> Terminal {
         match input.rate {
             // Paced: sleep until this event is due (one timer per event, so
             // a thousand slow firehoses cost a thousand wakeups a second,
-            // not a million).
+            // not a million), evenly spaced rather than at millisecond ticks.
             Some(rate) => {
                 let due = started + Duration::from_secs_f64((emitted - 1) as f64 / rate as f64);
-                tokio::time::sleep_until(due).await;
+                pacer::sleep_until(due).await;
             }
             // Unpaced: yield now and then so other tasks run.
             None if emitted % 256 == 0 => tokio::task::yield_now().await,

@@ -4,6 +4,7 @@
 //! them.
 
 mod builtin;
+mod pacer;
 
 use std::sync::Arc;
 
