@@ -23,22 +23,6 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until `due` to within tens of microseconds, as the floor's
-/// `nanosleep` and the gateway's paced agents do, so that every server is
-/// given the same evenly spaced events. tokio's timer alone wakes at a
-/// millisecond tick after the instant: at 1,000 events/s that sent one
-/// event in seven right behind the one before (docs/performance.md,
-/// twelfth pass).
-pub async fn sleep_until_precise(due: Instant) {
-    if let Some(early) = due.checked_sub(Duration::from_millis(3)) {
-        tokio::time::sleep_until(early.into()).await;
-    }
-    let left = due.saturating_duration_since(Instant::now());
-    if !left.is_zero() {
-        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(left)).await;
-    }
-}
-
 // ---------------------------------------------------------------- processes
 
 pub struct Server {

@@ -17,7 +17,7 @@ use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::common::{now_ns, sleep_until_precise};
+use crate::common::now_ns;
 use crate::wire::{event_frame, paced, param, query};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -121,7 +121,7 @@ async fn respond(
             let bytes: usize = param(&params, "bytes", 475);
             tokio::spawn(async move {
                 for frame in paced(rate, count) {
-                    sleep_until_precise(frame.due).await;
+                    frame.wait().await;
                     let encoded = event_frame(frame.number, now_ns(), bytes);
                     if sender.send(Bytes::from(encoded)).await.is_err() {
                         return;
@@ -146,7 +146,7 @@ async fn respond(
             let bytes: usize = param(&params, "bytes", 475);
             tokio::spawn(async move {
                 for frame in paced(rate, count) {
-                    sleep_until_precise(frame.due).await;
+                    frame.wait().await;
                     let encoded = event_frame(frame.number, now_ns(), bytes);
                     let _ = broadcast.send(Bytes::from(encoded));
                 }

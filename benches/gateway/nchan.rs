@@ -23,6 +23,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use arcp_gateway::jobs::agents::pacer::sleep_until_paced;
+
 use crate::common::process_cpu_seconds;
 
 const MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
@@ -397,7 +399,8 @@ pub async fn paced_delivery(peer: &Peer, load: PacedLoad) -> Option<crate::commo
                 tick += 1;
             }
             publisher.flush().await;
-            crate::common::sleep_until_precise(start + due(tick)).await;
+            // Paced as the gateway's agents are (`wire::Paced::wait`).
+            sleep_until_paced((start + due(tick)).into(), due(1)).await;
         }
         publisher.finish().await;
         late

@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::{now_ns, sleep_until_precise};
+use crate::common::now_ns;
 use crate::wire::{event_frame, paced, param, query};
 
 /// Body bytes per HTTP chunk (and per write) in replay. 256 KiB, 1 MiB and
@@ -148,7 +148,7 @@ async fn connection(mut stream: TcpStream, stored: Stored) {
                 return;
             }
             for frame in paced(rate, count) {
-                sleep_until_precise(frame.due).await;
+                frame.wait().await;
                 let encoded = chunk(event_frame(frame.number, now_ns(), bytes).as_bytes());
                 if stream.write_all(&encoded).await.is_err() {
                     return;

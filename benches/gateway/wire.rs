@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use arcp_gateway::jobs::agents::pacer::sleep_until_paced;
+
 /// The `data:` JSON of event `seq`, padded to about `bytes` bytes (never
 /// shorter than its fields need).
 pub fn event_json(seq: u64, ts_ns: u64, bytes: usize) -> String {
@@ -31,14 +33,27 @@ pub fn event_frame(seq: u64, ts_ns: u64, frame_bytes: usize) -> String {
 pub struct Paced {
     pub number: u64,
     pub due: Instant,
+    period: Duration,
+}
+
+impl Paced {
+    /// Waits until the frame is due, as the gateway's paced agents do
+    /// (`jobs::agents::pacer`): to tens of microseconds at paces faster
+    /// than its `FINE_BELOW`, so that every server is given the same
+    /// evenly spaced events.
+    pub async fn wait(&self) {
+        sleep_until_paced(self.due.into(), self.period).await;
+    }
 }
 
 /// `count` frames at `rate` per second, the first one period from now.
 pub fn paced(rate: u64, count: u64) -> impl Iterator<Item = Paced> {
     let started = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     (1..=count).map(move |number| Paced {
         number,
         due: started + Duration::from_secs_f64(number as f64 / rate.max(1) as f64),
+        period,
     })
 }
 

@@ -354,8 +354,9 @@ async fn run_firehose(context: &JobContext) -> Terminal {
             // a thousand slow firehoses cost a thousand wakeups a second,
             // not a million), evenly spaced rather than at millisecond ticks.
             Some(rate) => {
+                let period = Duration::from_secs_f64(1.0 / rate as f64);
                 let due = started + Duration::from_secs_f64((emitted - 1) as f64 / rate as f64);
-                pacer::sleep_until(due).await;
+                pacer::sleep_until_paced(due, period).await;
             }
             // Unpaced: yield now and then so other tasks run.
             None if emitted % 256 == 0 => tokio::task::yield_now().await,

@@ -4,7 +4,7 @@
 //! them.
 
 mod builtin;
-mod pacer;
+pub mod pacer;
 
 use std::sync::Arc;
 

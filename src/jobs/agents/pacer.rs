@@ -8,13 +8,20 @@
 //! mean evenly spaced, and a load that comes in pairs is not the load a
 //! benchmark's floor, woken by `nanosleep`, is given.
 //!
-//! [`sleep_until`] waits with tokio until [`NEAR`] before the instant, then
+//! [`sleep_until`] waits with tokio until `NEAR` before the instant, then
 //! hands the rest to one thread per process, which waits on a condition
 //! variable (the kernel's high-resolution timer, with the usual slack of
 //! about 50 µs) and wakes the task when it is due. The thread only holds
-//! waits that end within [`NEAR`], so its queue is bounded by the paced
+//! waits that end within `NEAR`, so its queue is bounded by the paced
 //! tasks alive in that window, and a task that is dropped leaves its entry
 //! for at most that long.
+//!
+//! The hop through that thread costs a wake-up per event, which tokio's
+//! timer, firing a tick's timers together, does not. So
+//! [`sleep_until_paced`] uses it only for paces faster than [`FINE_BELOW`],
+//! where a tick is a fifth of the period or more; slower paces are late by
+//! under a tick and never pair. The benchmarks' reference servers pace
+//! with the same function, so every server is given the same events.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -28,9 +35,23 @@ use tokio::time::Instant;
 /// pacer's thread: more than tokio's tick, with room for its lateness.
 const NEAR: Duration = Duration::from_millis(3);
 
+/// Events paced at least this far apart keep tokio's timer.
+pub const FINE_BELOW: Duration = Duration::from_millis(5);
+
+/// Waits until `due`, the instant of an event in a pace of one every
+/// `period`: to tens of microseconds if the period is under
+/// [`FINE_BELOW`], otherwise with tokio's timer.
+pub async fn sleep_until_paced(due: Instant, period: Duration) {
+    if period < FINE_BELOW {
+        sleep_until(due).await
+    } else {
+        tokio::time::sleep_until(due).await
+    }
+}
+
 /// Waits until `due`, waking within tens of microseconds of it rather than
 /// at the next millisecond tick.
-pub(super) async fn sleep_until(due: Instant) {
+pub async fn sleep_until(due: Instant) {
     if let Some(early) = due.checked_sub(NEAR) {
         tokio::time::sleep_until(early).await;
     }
