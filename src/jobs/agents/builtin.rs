@@ -346,15 +346,17 @@ async fn run_firehose(context: &JobContext) -> Terminal {
     }
     let padding = "x".repeat(input.size as usize);
     let started = tokio::time::Instant::now();
+    let pace = input
+        .rate
+        .map(|rate| (rate, Duration::from_secs_f64(1.0 / rate as f64)));
     let mut emitted = 0u64;
     while emitted < input.count {
         emitted += 1;
-        match input.rate {
+        match pace {
             // Paced: sleep until this event is due (one timer per event, so
             // a thousand slow firehoses cost a thousand wakeups a second,
             // not a million), evenly spaced rather than at millisecond ticks.
-            Some(rate) => {
-                let period = Duration::from_secs_f64(1.0 / rate as f64);
+            Some((rate, period)) => {
                 let due = started + Duration::from_secs_f64((emitted - 1) as f64 / rate as f64);
                 pacer::sleep_until_paced(due, period).await;
             }
