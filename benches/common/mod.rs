@@ -500,6 +500,9 @@ pub async fn read_all(readers: Vec<Reader>, events_each: u64) -> (Vec<u64>, f64)
 pub struct Delivery {
     /// Emit-to-client latency of every event that carried `ts_ns`, in ns.
     pub latencies: Vec<u64>,
+    /// The same, per reader in the order it read them (for
+    /// `--latencies`: which event each one belongs to).
+    pub per_reader: Vec<Vec<u64>>,
     /// Events per second from the first event anywhere to the last.
     pub rate: f64,
     pub events: u64,
@@ -530,13 +533,15 @@ pub async fn deliver_all(readers: Vec<Reader>, events_each: u64) -> Delivery {
         })
         .collect();
     let mut latencies = Vec::new();
+    let mut per_reader = Vec::new();
     let (mut events, mut bytes) = (0, 0);
     let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
     for task in tasks {
         let mut reader = task.await.expect("reader");
         events += reader.events;
         bytes += reader.bytes;
-        latencies.append(&mut reader.latencies_ns);
+        latencies.extend_from_slice(&reader.latencies_ns);
+        per_reader.push(std::mem::take(&mut reader.latencies_ns));
         first = match (first, reader.first_event_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -549,6 +554,7 @@ pub async fn deliver_all(readers: Vec<Reader>, events_each: u64) -> Delivery {
     };
     Delivery {
         latencies,
+        per_reader,
         rate: events as f64 / span,
         events,
         bytes,

@@ -4,6 +4,8 @@
 //! publisher, K subscribers on one channel). The ratio is against the
 //! floor.
 
+use std::path::Path;
+
 use serde_json::json;
 
 use crate::common::{connect, deliver_all, start_gateway, start_process, Api, Delivery};
@@ -83,6 +85,17 @@ async fn floor_fanout(plan: &Plan, load: &PacedLoad) -> Delivery {
 const MIN_EVENTS: u64 = 1_000;
 const MAX_SECONDS: u64 = 20;
 
+/// `--latencies`: one column's latencies (ns) per reader, in the order
+/// each read its events, as `DIR/ROW-COLUMN-N.json` (N counts the runs).
+fn save_latencies(dir: &Path, row: &str, column: &str, delivery: &Delivery) {
+    let path = (1..)
+        .map(|run| dir.join(format!("{row}-{column}-{run}.json")))
+        .find(|path| !path.exists())
+        .expect("a free file name");
+    let json = serde_json::to_vec(&delivery.per_reader).expect("json");
+    std::fs::write(&path, json).expect("write --latencies file");
+}
+
 /// A full row's events: 4 s at the job's `rate`, or more (above).
 fn full_row_events(rate: u64) -> u64 {
     (rate * 4).max(MIN_EVENTS.min(rate * MAX_SECONDS))
@@ -122,6 +135,15 @@ pub async fn scenario(plan: &Plan, peer: &Peer) -> Vec<Row> {
         };
         let floor = floor_fanout(plan, &load).await;
         let nchan = paced_delivery(peer, load).await;
+        if let Some(dir) = &plan.latencies_dir {
+            let row = format!("fanout-{subscribers}x{rate}");
+            save_latencies(dir, &row, "gateway", &gateway);
+            save_latencies(dir, &row, "hyper", &hyper);
+            save_latencies(dir, &row, "floor", &floor);
+            if let Some(nchan) = &nchan {
+                save_latencies(dir, &row, "nchan", nchan);
+            }
+        }
         let label = format!(
             "fan-out 1 job -> {subscribers} subscribers x {rate} ev/s, {total} deliveries/s total"
         );

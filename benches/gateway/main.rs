@@ -33,6 +33,9 @@
 //!   `--pin C:S`          the client on CPUs C and every server on CPUs S
 //!                        (`taskset` lists, e.g. `0:1`): each side has
 //!                        cores of its own (nchan is not pinned)
+//!   `--latencies DIR`    fan-out also writes each column's latencies per
+//!                        reader, in event order, as JSON files in DIR
+//!                        (`scripts/fanout-events.py` reads them)
 //!   `--floor-publisher`  the fan-out floor's frames come from one
 //!                        publisher thread that hands them to the other
 //!                        writers, instead of every writer waking on its
@@ -77,6 +80,8 @@ pub struct Plan {
     fanout_loads: Vec<(u64, u64)>,
     /// `--floor-publisher`: the floor's one-publisher shape.
     floor_publisher: bool,
+    /// `--latencies DIR`: where fan-out writes its latencies per reader.
+    latencies_dir: Option<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -155,7 +160,11 @@ async fn run(args: Vec<String>) {
             .map(|value| fanout_load(&value))
             .collect(),
         floor_publisher: args.iter().any(|a| a == "--floor-publisher"),
+        latencies_dir: option(&args, "--latencies").map(Into::into),
     };
+    if let Some(dir) = &plan.latencies_dir {
+        std::fs::create_dir_all(dir).expect("create the --latencies directory");
+    }
     if let Some(path) = option(&args, "--gateway") {
         common::use_gateway_binary(path.into());
     }
