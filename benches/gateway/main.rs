@@ -18,7 +18,8 @@
 //!
 //! Run: `cargo bench --bench gateway` (options after `--`):
 //!   `--quick`            smaller workloads (a smoke run, not for quoting)
-//!   `--only NAME`        one scenario: replay, live, fanout, idle, storm, append
+//!   `--only NAME`        one scenario: replay, live, fanout, idle, storm,
+//!                        append (`--only wake`: the wake-up probe alone)
 //!   `--runs N`           repeat the scenarios N times: medians per column,
 //!                        the ratio's min-max (default 1)
 //!   `--json PATH`        also write the results as JSON
@@ -41,6 +42,9 @@
 //!                        writers, instead of every writer waking on its
 //!                        own timer (`floor.rs`)
 //!
+//! Before each run it also measures what this machine charges to wake a
+//! reader on the other, idle core and on the writer's own (`wake.rs`).
+//!
 //! It measures and prints; it asserts nothing about speed. The same
 //! scenarios in cluster mode are `benches/cluster/`; what both use is in
 //! `benches/common/`.
@@ -58,6 +62,7 @@ mod plain;
 mod replay;
 mod storm;
 mod table;
+mod wake;
 mod wire;
 
 use std::time::Instant;
@@ -182,9 +187,20 @@ async fn run(args: Vec<String>) {
     };
     let started = Instant::now();
     let mut results = Results::default();
+    let mut wakes = Vec::new();
     for run in 1..=runs {
         if runs > 1 {
             println!("run {run} of {runs}");
+        }
+        match wake::measure().await {
+            Ok(wake) => {
+                println!("wake-up: {}", wake.line());
+                wakes.push(wake.json());
+            }
+            Err(why) => {
+                println!("wake-up: not measured ({why})");
+                wakes.push(serde_json::Value::Null);
+            }
         }
         results
             .runs
@@ -201,6 +217,7 @@ async fn run(args: Vec<String>) {
             "runs": runs,
             "seconds": elapsed,
             "nchan": matches!(peer, Peer::Found { .. }),
+            "wake": wakes,
             "rows": results.json(),
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&document).expect("json"))
@@ -216,6 +233,14 @@ fn main() {
         .collect();
     if let Some(at) = args.iter().position(|a| a == "--serve-floor") {
         floor::serve(&args[at + 1..]);
+        return;
+    }
+    if let Some(at) = args.iter().position(|a| a == "--wake-writer") {
+        wake::writer(&args[at + 1..]);
+        return;
+    }
+    if let Some(at) = args.iter().position(|a| a == "--wake-reader") {
+        wake::reader(&args[at + 1..]);
         return;
     }
     if let Some(pin) = option(&args, "--pin") {
