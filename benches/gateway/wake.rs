@@ -62,7 +62,12 @@ impl Wake {
 /// Both placements, or why not (one core, or no `taskset`).
 pub async fn measure() -> Result<Wake, String> {
     tokio::task::spawn_blocking(|| {
-        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        // The machine's CPUs, not this process's: `--pin` holds the bench
+        // to one, and the probe places its own processes.
+        let cpus = std::fs::read_to_string("/proc/cpuinfo").map_or(0, |info| {
+            info.lines().filter(|l| l.starts_with("processor")).count()
+        });
+        if cpus < 2 {
             return Err("one core: no other core to wake".to_owned());
         }
         Ok(Wake {
