@@ -110,7 +110,8 @@ pub fn writer(args: &[String]) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the reader");
-    let (mut socket, _) = listener.accept().expect("the reader connects");
+    let mut socket = accept_within(&listener, Duration::from_secs(10))
+        .expect("the reader connects within 10 s (could it run on that CPU?)");
     socket.set_nodelay(true).expect("nodelay");
     std::thread::sleep(Duration::from_millis(100));
     for _ in 0..STAMPS {
@@ -126,6 +127,26 @@ pub fn writer(args: &[String]) {
         .expect("the reader's figures");
     let _ = reader.wait();
     print!("{line}");
+}
+
+/// The first connection to `listener`, or `None` after `limit`: a reader
+/// that could not start (its CPU not allowed here) must not hang the bench.
+fn accept_within(listener: &TcpListener, limit: Duration) -> Option<TcpStream> {
+    listener.set_nonblocking(true).ok()?;
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        match listener.accept() {
+            Ok((socket, _)) => {
+                socket.set_nonblocking(false).ok()?;
+                return Some(socket);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// `--wake-reader ADDRESS`: reads stamps until a zero, prints `p50 p99`.
