@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::now_ns;
+use crate::common::{now_ns, percentile};
 
 const STAMPS: usize = 300;
 const GAP: Duration = Duration::from_millis(10);
@@ -160,16 +160,14 @@ pub fn reader(args: &[String]) {
         if sent == 0 {
             break;
         }
-        latencies.push(now_ns().saturating_sub(sent) as f64 / 1000.0);
+        latencies.push(now_ns().saturating_sub(sent));
     }
     if latencies.is_empty() {
         println!("- -");
         return;
     }
-    latencies.sort_by(f64::total_cmp);
-    let at = |fraction: f64| {
-        let index = ((latencies.len() as f64 * fraction) as usize).min(latencies.len() - 1);
-        latencies[index]
-    };
+    latencies.sort_unstable();
+    // The bench's own percentile, in ms; printed in µs.
+    let at = |fraction: f64| percentile(&latencies, fraction) * 1000.0;
     println!("{:.1} {:.1}", at(0.5), at(0.99));
 }
