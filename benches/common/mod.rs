@@ -93,8 +93,27 @@ pub fn pin_cpus(client_cpus: &str, server_cpus: &str) {
         .expect("the CPUs are chosen once");
 }
 
+/// How many CPUs a server may use: those of `--pin`, else this process's.
+pub fn server_cpu_count() -> usize {
+    let own = || std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Some(cpus) = SERVER_CPUS.get() else {
+        return own();
+    };
+    // A taskset list: "1", "2-3", "0,2-5".
+    cpus.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((from, to)) => match (from.trim().parse::<usize>(), to.trim().parse::<usize>()) {
+                (Ok(from), Ok(to)) if to >= from => to - from + 1,
+                _ => 1,
+            },
+            None => 1,
+        })
+        .sum::<usize>()
+        .max(1)
+}
+
 /// `command`, run under `taskset -c` when servers are pinned.
-fn pinned(command: Command) -> Command {
+pub fn pinned(command: Command) -> Command {
     let Some(cpus) = SERVER_CPUS.get() else {
         return command;
     };

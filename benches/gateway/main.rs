@@ -33,7 +33,7 @@
 //!                        build's (`scripts/bench-ab` alternates builds)
 //!   `--pin C:S`          the client on CPUs C and every server on CPUs S
 //!                        (`taskset` lists, e.g. `0:1`): each side has
-//!                        cores of its own (nchan is not pinned)
+//!                        cores of its own (nchan included)
 //!   `--latencies DIR`    fan-out also writes each column's latencies per
 //!                        reader, in event order, as JSON files in DIR
 //!                        (`scripts/fanout-events.py` reads them)

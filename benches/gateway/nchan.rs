@@ -2,7 +2,8 @@
 //! a temporary directory for one scenario row and torn down on drop, and a
 //! lean publisher for it.
 //!
-//! The configuration: `worker_processes` = the number of cores; one
+//! The configuration: `worker_processes` = the servers' cores (all, or
+//! those of `--pin`, which holds nginx to them too); one
 //! publisher location (`nchan_publisher`) and two EventSource subscriber
 //! locations (`nchan_subscriber eventsource`), `/sub/` starting at the
 //! newest message and `/replay/` at the oldest one
@@ -25,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use arcp_gateway::jobs::agents::pacer::sleep_until_paced;
 
-use crate::common::process_cpu_seconds;
+use crate::common::{pinned, process_cpu_seconds, server_cpu_count};
 
 const MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
 
@@ -78,10 +79,6 @@ pub struct Nchan {
     _dir: tempfile::TempDir,
 }
 
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 fn config(dir: &Path, port: u16) -> String {
     let dir = dir.display();
     format!(
@@ -125,7 +122,7 @@ http {{
     }}
 }}
 ",
-        workers = cores(),
+        workers = server_cpu_count(),
     )
 }
 
@@ -154,12 +151,15 @@ impl Nchan {
             .port();
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, config(dir.path(), port)).expect("write nginx.conf");
-        let child = nginx_command(nginx)
+        let mut command = nginx_command(nginx);
+        command
             .arg("-p")
             .arg(format!("{}/", dir.path().display()))
             .arg("-c")
             .arg(&conf_path)
-            .args(["-g", "daemon off;"])
+            .args(["-g", "daemon off;"]);
+        // With `--pin`, nginx and its workers are held to the servers' CPUs.
+        let child = pinned(command)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log"))
             .spawn()
